@@ -1,0 +1,14 @@
+#ifndef EMU_CLI_CLI_H_
+#define EMU_CLI_CLI_H_
+
+#include <string>
+#include <vector>
+
+namespace emu::cli {
+
+// `emu demo [options]`; returns the process exit status.
+int DemoMain(const std::vector<std::string>& args);
+
+}  // namespace emu::cli
+
+#endif  // EMU_CLI_CLI_H_

@@ -1,0 +1,58 @@
+// HostMmu: the "hardware" under the emulator. The software page table decides;
+// a HostMmu makes the host's page tables agree, for one arena. Implementations
+// (fault/): userfaultfd (SIGBUS or handler-thread delivery) and
+// SIGSEGV+mprotect.
+//
+// Every Install/MakeWritable/Zap call is async-signal-safe: the fault path runs
+// them in signal context. They return false with errno set on failure.
+#ifndef EMU_HOST_MMU_H_
+#define EMU_HOST_MMU_H_
+
+#include "absl/status/status.h"
+#include "emu/types.h"
+
+namespace emu {
+
+enum class FaultMode {
+  kUffdSigbus,  // userfaultfd, UFFD_FEATURE_SIGBUS, resolved in the faulting thread
+  kUffdThread,  // userfaultfd, resolved by handler threads the kernel wakes
+  kSigsegv,     // mprotect + SIGSEGV, no userfaultfd needed
+};
+
+std::string_view FaultModeName(FaultMode m);
+bool ParseFaultMode(std::string_view s, FaultMode* out);
+
+class HostMmu {
+ public:
+  virtual ~HostMmu() = default;
+
+  virtual FaultMode mode() const = 0;
+
+  // True when the host protection of a page encodes its PTE state (SIGSEGV
+  // mode: not-present pages are PROT_NONE, zero pages PROT_READ). The address
+  // space then protects per run of equal state; otherwise host protection
+  // follows the VMA alone.
+  virtual bool prot_encodes_ptes() const = 0;
+
+  // Maps the shared zero page at every page of `r` (all not present), so that
+  // reads see zeros and a write traps to the emulator.
+  virtual bool InstallZero(AddrRange r, Prot vma_prot) = 0;
+  // Maps fresh zero-filled exclusive pages at `r` (all not present), writable
+  // when vma_prot allows.
+  virtual bool InstallZeroed(AddrRange r, Prot vma_prot) = 0;
+  // Lets writes through to the present pages of `r` that were write-protected
+  // (a zero page: the kernel then copies it on the retried write).
+  virtual bool MakeWritable(AddrRange r, Prot vma_prot) = 0;
+  // Drops the pages of `r` and makes them not present.
+  virtual bool Zap(AddrRange r) = 0;
+  // Sets the host protection of a run of pages whose state is uniform.
+  virtual bool Protect(AddrRange r, Prot host_prot) = 0;
+
+  // Called after a fault resolved on behalf of a thread blocked in the kernel
+  // (handler-thread mode) to let it retry; no-op elsewhere.
+  virtual void Wake(AddrRange /*r*/) {}
+};
+
+}  // namespace emu
+
+#endif  // EMU_HOST_MMU_H_

@@ -1,0 +1,177 @@
+#include "emu/machine.h"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cmath>
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "emu/log.h"
+#include "emu/status.h"
+
+namespace emu {
+
+std::string_view FaultModeName(FaultMode m) {
+  switch (m) {
+    case FaultMode::kUffdSigbus: return "sigbus";
+    case FaultMode::kUffdThread: return "thread";
+    case FaultMode::kSigsegv: return "sigsegv";
+  }
+  return "?";
+}
+
+bool ParseFaultMode(std::string_view s, FaultMode* out) {
+  for (FaultMode m : {FaultMode::kUffdSigbus, FaultMode::kUffdThread, FaultMode::kSigsegv}) {
+    if (s == FaultModeName(m)) {
+      *out = m;
+      return true;
+    }
+  }
+  return false;
+}
+
+absl::StatusOr<uint64_t> ParseSize(std::string_view s) {
+  std::string_view in = s;
+  while (!in.empty() && absl::ascii_isspace(in.front())) in.remove_prefix(1);
+  while (!in.empty() && absl::ascii_isspace(in.back())) in.remove_suffix(1);
+  if (in.empty()) return ErrnoError(EINVAL, "size is empty");
+  uint64_t mult = 1;
+  char last = absl::ascii_tolower(in.back());
+  if (last == 'b' && in.size() > 1 && !absl::ascii_isdigit(in[in.size() - 2])) {
+    in.remove_suffix(1);  // "64GB" / "64GiB" read as binary units too
+    last = absl::ascii_tolower(in.back());
+  }
+  if (last == 'i') {
+    in.remove_suffix(1);
+    last = absl::ascii_tolower(in.back());
+  }
+  switch (last) {
+    case 'k': mult = uint64_t{1} << 10; break;
+    case 'm': mult = uint64_t{1} << 20; break;
+    case 'g': mult = uint64_t{1} << 30; break;
+    case 't': mult = uint64_t{1} << 40; break;
+    default: break;
+  }
+  if (mult != 1) in.remove_suffix(1);
+  double v = 0;
+  if (in.empty() || !absl::SimpleAtod(absl::string_view(in.data(), in.size()), &v) || !std::isfinite(v) || v < 0) {
+    return ErrnoError(EINVAL, absl::StrCat("'", std::string(s), "' is not a size (want e.g. 512M, 64G, 4096)"));
+  }
+  double bytes = v * static_cast<double>(mult);
+  if (bytes >= 18446744073709551615.0) return ErrnoError(ERANGE, absl::StrCat("size '", std::string(s), "'"));
+  return static_cast<uint64_t>(bytes);
+}
+
+absl::Status MachineOptions::Validate() const {
+  if (fault_around_pages < 1 || fault_around_pages > 512 ||
+      (fault_around_pages & (fault_around_pages - 1)) != 0) {
+    return ErrnoError(EINVAL, absl::StrCat("fault-around of ", fault_around_pages,
+                                           " pages: want a power of two from 1 to 512"));
+  }
+  if (arena_bytes < Machine::kGranule || arena_bytes % Machine::kGranule != 0 ||
+      arena_bytes / Machine::kGranule > Machine::kMaxGranules) {
+    return ErrnoError(EINVAL, absl::StrCat("arena of ", arena_bytes,
+                                           " bytes: want a whole number of GiB, 1G to 4T"));
+  }
+  return absl::OkStatus();
+}
+
+std::string MachineOptions::ToString() const {
+  return absl::StrFormat("fault_mode=%s fault_around=%d zero_page=%s arena=%dG",
+                         std::string(FaultModeName(fault_mode)), fault_around_pages, zero_page ? "on" : "off",
+                         arena_bytes >> 30);
+}
+
+Machine::Machine(const MachineOptions& options, AddrRange arena)
+    : options_(options), arena_(arena) {}
+
+absl::StatusOr<std::unique_ptr<Machine>> Machine::CreateWith(
+    const MachineOptions& options, const HostMmuFactory& host_factory,
+    const FaultHandlerFactory& handler_factory) {
+  EMU_RETURN_IF_ERROR(options.Validate());
+  // Reserve arena + one granule, then trim to a granule-aligned arena.
+  size_t reserve = options.arena_bytes + kGranule;
+  void* p = mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    return ErrnoError(errno, absl::StrCat("reserve an arena of ", options.arena_bytes, " bytes"));
+  }
+  uintptr_t raw = reinterpret_cast<uintptr_t>(p);
+  uintptr_t start = (raw + kGranule - 1) & ~(kGranule - 1);
+  if (start > raw) munmap(p, start - raw);
+  uintptr_t end = start + options.arena_bytes;
+  if (raw + reserve > end) munmap(reinterpret_cast<void*>(end), raw + reserve - end);
+
+  std::unique_ptr<Machine> m(new Machine(options, AddrRange{start, end}));
+  uint64_t frames = options.max_frames ? options.max_frames : (options.arena_bytes >> kPageShift);
+  auto mem_map = MemMap::Create(frames + 1);
+  if (!mem_map.ok()) {
+    munmap(reinterpret_cast<void*>(start), options.arena_bytes);
+    return mem_map.status();
+  }
+  m->mem_map_.reset(*mem_map);
+  m->fault_handler_ = handler_factory(m.get());
+  auto host = host_factory(m.get(), m->arena_);
+  if (!host.ok()) {
+    munmap(reinterpret_cast<void*>(start), options.arena_bytes);
+    return host.status();
+  }
+  m->host_ = std::move(*host);
+  Log(Component::kEmu).info("machine up: arena={} {}", m->arena_, options.ToString());
+  return m;
+}
+
+Machine::~Machine() {
+  EMU_BUG_ON(nr_address_spaces_.load() != 0);  // address spaces must go first
+  host_.reset();  // unregisters the fault source before the arena goes
+  munmap(reinterpret_cast<void*>(arena_.start), arena_.len_bytes());
+}
+
+absl::StatusOr<std::unique_ptr<AddressSpace>> Machine::CreateAddressSpace(uint64_t window_bytes) {
+  if (window_bytes == 0) window_bytes = std::max(kGranule, arena_.len_bytes() / 4);
+  uint64_t want = (window_bytes + kGranule - 1) / kGranule;
+  uint64_t nr = arena_.len_bytes() / kGranule;
+  absl::MutexLock l(&lock_);
+  uint64_t run = 0;
+  for (uint64_t g = 0; g < nr; g++) {
+    run = granule_owner_[g].load(std::memory_order_relaxed) == nullptr ? run + 1 : 0;
+    if (run == want) {
+      uint64_t first = g + 1 - want;
+      AddrRange window{arena_.start + first * kGranule, arena_.start + (g + 1) * kGranule};
+      std::unique_ptr<AddressSpace> as(new AddressSpace(this, window));
+      for (uint64_t i = first; i <= g; i++) {
+        granule_owner_[i].store(as.get(), std::memory_order_release);
+      }
+      nr_address_spaces_.fetch_add(1);
+      Log(Component::kEmu).debug("address space window={}", window);
+      return as;
+    }
+  }
+  return ErrnoError(ENOMEM, absl::StrCat("no free run of ", want, " GiB in the arena"));
+}
+
+void Machine::ReleaseWindow(AddressSpace* as) {
+  absl::MutexLock l(&lock_);
+  AddrRange w = as->window();
+  for (VirtAddr a = w.start; a < w.end; a += kGranule) {
+    granule_owner_[(a - arena_.start) / kGranule].store(nullptr, std::memory_order_release);
+  }
+  nr_address_spaces_.fetch_sub(1);
+}
+
+std::string Machine::VmStatText() const {
+  std::string out;
+  auto snap = vmstat_.Snapshot();
+  for (int i = 0; i < kNrVmEvents; i++) {
+    absl::StrAppend(&out, std::string(VmEventName(static_cast<VmEvent>(i))), " ", snap[i], "\n");
+  }
+  absl::StrAppend(&out, "nr_anon_pages ", mem_map_->nr_used(), "\n");
+  absl::StrAppend(&out, "peak_anon_pages ", mem_map_->peak_used(), "\n");
+  absl::StrAppend(&out, "nr_address_spaces ", nr_address_spaces_.load(), "\n");
+  return out;
+}
+
+}  // namespace emu

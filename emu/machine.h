@@ -1,0 +1,111 @@
+// Machine: one emulated machine. It owns the arena (a reservation of host
+// virtual memory in which every page it serves lives), the fault source that
+// catches accesses to it, the mem_map and frame accounting, and the vmstat
+// counters. Address spaces are carved out of the arena.
+//
+// Create one with emu::CreateMachine() (fault/machine_factory.h), which wires
+// in the fault source chosen by MachineOptions::fault_mode.
+#ifndef EMU_MACHINE_H_
+#define EMU_MACHINE_H_
+
+#include <array>
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "emu/fault_handler.h"
+#include "emu/host_mmu.h"
+#include "emu/mm.h"
+#include "emu/page.h"
+#include "emu/vmstat.h"
+
+namespace emu {
+
+struct MachineOptions {
+  FaultMode fault_mode = FaultMode::kUffdSigbus;
+  // Pages mapped around a read fault (and a sequential write fault), aligned
+  // like Linux's fault_around_bytes; 1 disables fault-around.
+  int fault_around_pages = 16;
+  // Map the shared zero page on read faults of private anonymous memory.
+  bool zero_page = true;
+  // Host virtual memory reserved for all address spaces of the machine.
+  uint64_t arena_bytes = uint64_t{64} << 30;
+  // Frames the machine may hand out (0: one per arena page).
+  uint64_t max_frames = 0;
+
+  // Checks ranges; returns EINVAL with a message naming the bad option.
+  absl::Status Validate() const;
+  std::string ToString() const;
+};
+
+// Parses "64G", "512M", "4096", "1.5G", "2T", "16k" (binary units).
+absl::StatusOr<uint64_t> ParseSize(std::string_view s);
+
+// Invariants:
+//  1. The arena is granule aligned; each granule belongs to at most one
+//     address space, recorded in granule_owner_.
+//  2. Every live AddressSpace's window is a run of granules it owns.
+class Machine {
+ public:
+  static constexpr uint64_t kGranule = uint64_t{1} << 30;  // address-space window unit
+  static constexpr int kMaxGranules = 4096;
+
+  using HostMmuFactory =
+      std::function<absl::StatusOr<std::unique_ptr<HostMmu>>(Machine*, AddrRange arena)>;
+  using FaultHandlerFactory = std::function<std::unique_ptr<FaultHandler>(Machine*)>;
+  // Used by emu::CreateMachine(); prefer that.
+  static absl::StatusOr<std::unique_ptr<Machine>> CreateWith(
+      const MachineOptions& options, const HostMmuFactory& host_factory,
+      const FaultHandlerFactory& handler_factory);
+  ~Machine();
+  Machine(const Machine&) = delete;
+  Machine& operator=(const Machine&) = delete;
+
+  // A new, empty address space whose window has `window_bytes` (rounded up to
+  // whole granules; 0 = a quarter of the arena, at least one granule).
+  // ENOMEM when the arena has no such free run.
+  absl::StatusOr<std::unique_ptr<AddressSpace>> CreateAddressSpace(uint64_t window_bytes = 0);
+
+  // The address space whose window contains `addr`, or nullptr.
+  // async-signal-safe, lock-free.
+  AddressSpace* FindAddressSpace(VirtAddr addr) const {
+    if (!arena_.Contains(addr)) return nullptr;
+    return granule_owner_[(addr - arena_.start) / kGranule].load(std::memory_order_acquire);
+  }
+
+  const MachineOptions& options() const { return options_; }
+  AddrRange arena() const { return arena_; }
+  HostMmu& host() { return *host_; }
+  FaultHandler& fault_handler() { return *fault_handler_; }
+  MemMap& mem_map() { return *mem_map_; }
+  VmStat& vmstat() { return vmstat_; }
+  const VmStat& vmstat() const { return vmstat_; }
+  int nr_address_spaces() const { return nr_address_spaces_.load(); }
+
+  // vmstat plus gauges (nr_anon_pages, nr_zero_ptes, peak_anon_pages, ...), as
+  // "name value" lines like /proc/vmstat.
+  std::string VmStatText() const;
+
+ private:
+  Machine(const MachineOptions& options, AddrRange arena);
+  friend class AddressSpace;
+  void ReleaseWindow(AddressSpace* as);
+
+  const MachineOptions options_;
+  const AddrRange arena_;  // immutable
+  std::unique_ptr<MemMap> mem_map_;
+  std::unique_ptr<HostMmu> host_;
+  std::unique_ptr<FaultHandler> fault_handler_;
+  VmStat vmstat_;
+  absl::Mutex lock_;  // serializes window allocation; never taken in the fault path
+  // Written under lock_, read lock-free by the fault path.
+  std::array<std::atomic<AddressSpace*>, kMaxGranules> granule_owner_{};
+  std::atomic<int> nr_address_spaces_{0};
+};
+
+}  // namespace emu
+
+#endif  // EMU_MACHINE_H_

@@ -1,0 +1,486 @@
+#include "emu/mm.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "emu/log.h"
+#include "emu/machine.h"
+#include "emu/status.h"
+
+#ifndef PROT_SEM
+#define PROT_SEM 0x8
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+namespace emu {
+namespace {
+
+constexpr int kKnownProt = PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM;
+
+// Checks start alignment and computes the page-rounded end of [addr, addr+len).
+// Returns false when the rounded range overflows.
+bool RoundedEnd(VirtAddr addr, size_t len, VirtAddr* end) {
+  size_t rounded = PageAlignUp(len);
+  if (rounded < len) return false;
+  return !__builtin_add_overflow(addr, rounded, end);
+}
+
+}  // namespace
+
+AddressSpace::~AddressSpace() {
+  {
+    WriteLockHolder l(&mmap_lock_);
+    UnmapLocked(window_);
+  }
+  machine_->ReleaseWindow(this);
+}
+
+size_t AddressSpace::nr_vmas() {
+  ReadLockHolder l(&mmap_lock_);
+  return vmas_.size();
+}
+
+Prot AddressSpace::HostProtFor(const Vma& vma, Pte pte) const {
+  Prot prot = VmFlagsToProt(vma.vm_flags);
+  if (!machine_->host().prot_encodes_ptes()) return prot;
+  if (!pte.present()) return PROT_NONE;
+  if (!pte.write()) prot &= ~PROT_WRITE;
+  return prot;
+}
+
+absl::StatusOr<VirtAddr> AddressSpace::GetUnmappedAreaLocked(VirtAddr hint, size_t len) {
+  if (len > window_.len_bytes()) return ErrnoError(ENOMEM, "mmap: larger than the window");
+  if (hint != 0) {
+    VirtAddr h = PageAlignUp(hint);
+    AddrRange want{h, h + len};
+    if (h >= window_.start && want.end <= window_.end && want.end > h && !vmas_.AnyOverlap(want)) {
+      return h;
+    }
+  }
+  // Top-down: the highest gap that fits.
+  VirtAddr gap_end = window_.end;
+  for (auto it = vmas_.end(); it != vmas_.begin();) {
+    --it;
+    const Vma& v = it->second;
+    if (gap_end - v.end >= len) return gap_end - len;
+    gap_end = v.start;
+  }
+  if (gap_end - window_.start >= len) return gap_end - len;
+  return ErrnoError(ENOMEM, "mmap: no free range in the address space window");
+}
+
+void AddressSpace::ZapRangeLocked(AddrRange r) {
+  MemMap& mem_map = machine_->mem_map();
+  int64_t anon = 0, zero = 0;
+  bool any = false;
+  pt_.ForEachEntry(r, [&](VirtAddr, std::atomic<uint64_t>* e) {
+    Pte pte(e->load(std::memory_order_relaxed));
+    if (pte.none()) return;
+    any = true;
+    EMU_BUG_ON(pte.locked());  // excluded by mmap_lock held for write
+    if (pte.present() && pte.special()) {
+      zero++;
+    } else if (pte.present()) {
+      Page& page = mem_map.page(pte.pfn());
+      page.mapcount.fetch_sub(1, std::memory_order_relaxed);
+      if (page.refcount.fetch_sub(1, std::memory_order_acq_rel) == 1) mem_map.Free(pte.pfn());
+      anon++;
+    }
+    e->store(0, std::memory_order_release);
+  });
+  if (any) machine_->host().Zap(r);
+  rss_anon_.fetch_sub(anon, std::memory_order_relaxed);
+  nr_zero_ptes_.fetch_sub(zero, std::memory_order_relaxed);
+  machine_->vmstat().Add(VmEvent::k_zap_pages, anon + zero);
+  machine_->vmstat().Add(VmEvent::k_pgfree, anon);
+}
+
+void AddressSpace::UnmapLocked(AddrRange r) {
+  r = r.Intersect(window_);
+  if (r.empty()) return;
+  ZapRangeLocked(r);
+  vmas_.Erase(r);
+  machine_->host().Protect(r, PROT_NONE);  // holes are PROT_NONE in the host
+}
+
+void AddressSpace::SyncHostProtLocked(const Vma& vma, AddrRange r) {
+  HostMmu& host = machine_->host();
+  if (!host.prot_encodes_ptes()) {
+    host.Protect(r, VmFlagsToProt(vma.vm_flags));
+    return;
+  }
+  // SIGSEGV mode: one mprotect per run of pages with equal host protection.
+  VirtAddr run_start = r.start;
+  Prot run_prot = -1;
+  for (VirtAddr a = r.start; a < r.end; a += kPageSize) {
+    std::atomic<uint64_t>* e = pt_.Walk(a, false);
+    Prot p = HostProtFor(vma, Pte(e ? e->load(std::memory_order_relaxed) : 0));
+    if (p != run_prot) {
+      if (run_prot != -1) host.Protect({run_start, a}, run_prot);
+      run_start = a;
+      run_prot = p;
+    }
+  }
+  if (run_prot != -1) host.Protect({run_start, r.end}, run_prot);
+}
+
+absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot, int flags,
+                                            int fd, off_t off) {
+  if (len == 0) return ErrnoError(EINVAL, "mmap: length 0");
+  size_t rounded = PageAlignUp(len);
+  if (rounded < len) return ErrnoError(ENOMEM, "mmap: length overflows");
+  if (off & (kPageSize - 1)) return ErrnoError(EINVAL, "mmap: offset not page aligned");
+  int type = flags & MAP_TYPE;
+  if (type != MAP_PRIVATE && type != MAP_SHARED && type != MAP_SHARED_VALIDATE) {
+    return ErrnoError(EINVAL, "mmap: need exactly one of MAP_PRIVATE, MAP_SHARED");
+  }
+  constexpr int kKnownFlags = MAP_TYPE | MAP_FIXED | MAP_ANONYMOUS | MAP_NORESERVE |
+                              MAP_POPULATE | MAP_LOCKED | MAP_STACK | MAP_GROWSDOWN |
+                              MAP_FIXED_NOREPLACE | MAP_NONBLOCK | MAP_DENYWRITE |
+                              MAP_EXECUTABLE | MAP_HUGETLB | MAP_SYNC | MAP_32BIT;
+  if (type == MAP_SHARED_VALIDATE && (flags & ~kKnownFlags)) {
+    return ErrnoError(EOPNOTSUPP, "mmap: unknown flags with MAP_SHARED_VALIDATE");
+  }
+  if (!(flags & MAP_ANONYMOUS)) {
+    if (fd < 0) return ErrnoError(EBADF, "mmap: no file descriptor");
+    if (fcntl(fd, F_GETFD) < 0) return ErrnoError(EBADF, "mmap: bad file descriptor");
+    return ErrnoError(ENODEV, "mmap: file mappings are not emulated yet");
+  }
+  if (type != MAP_PRIVATE) {
+    return ErrnoError(ENODEV, "mmap: shared anonymous mappings are not emulated yet");
+  }
+  if (flags & MAP_HUGETLB) return ErrnoError(ENOMEM, "mmap: MAP_HUGETLB is not emulated");
+  bool fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE);
+  if (fixed && !PageAligned(addr)) return ErrnoError(EINVAL, "mmap: fixed address not aligned");
+
+  uint32_t vm_flags = ProtToVmFlags(prot);
+  if (flags & MAP_NORESERVE) vm_flags |= kVmNoReserve;
+  if (flags & MAP_GROWSDOWN) vm_flags |= kVmGrowsDown;
+  if (flags & MAP_LOCKED) vm_flags |= kVmLocked;
+
+  AddrRange range;
+  {
+    WriteLockHolder l(&mmap_lock_);
+    if (fixed) {
+      VirtAddr end;
+      if (__builtin_add_overflow(addr, rounded, &end) || addr < window_.start ||
+          end > window_.end) {
+        return ErrnoError(ENOMEM, "mmap: fixed range outside the address space window");
+      }
+      range = {addr, end};
+      if (vmas_.AnyOverlap(range)) {
+        if (flags & MAP_FIXED_NOREPLACE) return ErrnoError(EEXIST, "mmap: range is mapped");
+        UnmapLocked(range);
+      }
+    } else {
+      EMU_ASSIGN_OR_RETURN(VirtAddr start, GetUnmappedAreaLocked(addr, rounded));
+      range = {start, start + rounded};
+    }
+    Vma vma{range.start, range.end, vm_flags};
+    vmas_.Insert(vma);
+    SyncHostProtLocked(vma, range);
+    vmas_.MergeAround(range);
+  }
+  Log(Component::kEmu).debug("mmap {} prot={:#x} flags={:#x}", range, prot, flags);
+  if (flags & (MAP_POPULATE | MAP_LOCKED)) {
+    // Linux ignores populate failures here (mm_populate); so do we.
+    (void)Populate(range, (flags & MAP_LOCKED) != 0);
+  }
+  return range.start;
+}
+
+absl::Status AddressSpace::Munmap(VirtAddr addr, size_t len) {
+  if (!PageAligned(addr)) return ErrnoError(EINVAL, "munmap: address not aligned");
+  VirtAddr end;
+  if (len == 0 || !RoundedEnd(addr, len, &end)) return ErrnoError(EINVAL, "munmap: bad length");
+  WriteLockHolder l(&mmap_lock_);
+  UnmapLocked({addr, end});
+  return absl::OkStatus();
+}
+
+template <typename Fn>
+absl::Status AddressSpace::ApplyToVmasLocked(AddrRange r, Fn&& change) {
+  VirtAddr a = r.start;
+  absl::Status status = absl::OkStatus();
+  while (a < r.end) {
+    const Vma* v = vmas_.Lookup(a);
+    if (v == nullptr) {
+      status = ErrnoError(ENOMEM, "range is not fully mapped");
+      break;
+    }
+    AddrRange piece = v->range().Intersect({a, r.end});
+    auto it = vmas_.SplitAround(piece);
+    status = change(it->second);
+    if (!status.ok()) break;
+    a = piece.end;
+  }
+  vmas_.MergeAround(r);
+  return status;
+}
+
+absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
+  if (!PageAligned(addr)) return ErrnoError(EINVAL, "mprotect: address not aligned");
+  if (prot & ~(kKnownProt | PROT_GROWSDOWN | PROT_GROWSUP)) {
+    return ErrnoError(EINVAL, "mprotect: unknown protection bits");
+  }
+  if ((prot & PROT_GROWSDOWN) && (prot & PROT_GROWSUP)) {
+    return ErrnoError(EINVAL, "mprotect: PROT_GROWSDOWN with PROT_GROWSUP");
+  }
+  if (len == 0) return absl::OkStatus();
+  VirtAddr end;
+  if (!RoundedEnd(addr, len, &end)) return ErrnoError(ENOMEM, "mprotect: range overflows");
+  WriteLockHolder l(&mmap_lock_);
+  if (prot & (PROT_GROWSDOWN | PROT_GROWSUP)) {
+    const Vma* v = vmas_.Lookup(addr);
+    if (v == nullptr || !(v->vm_flags & kVmGrowsDown) || (prot & PROT_GROWSUP)) {
+      return ErrnoError(EINVAL, "mprotect: PROT_GROWS* on a mapping that does not grow");
+    }
+  }
+  uint32_t new_prot_flags = ProtToVmFlags(prot);
+  return ApplyToVmasLocked({addr, end}, [&](Vma& vma) {
+    vma.vm_flags = (vma.vm_flags & ~kVmProtMask) | new_prot_flags;
+    // Linux: mm/mprotect.c change_pte_range(): exclusive anonymous pages
+    // follow the VMA's write permission; the zero page never becomes writable.
+    bool write = vma.writable();
+    pt_.ForEachEntry(vma.range(), [&](VirtAddr, std::atomic<uint64_t>* e) {
+      Pte pte(e->load(std::memory_order_relaxed));
+      if (pte.present() && !pte.special() && pte.write() != write) {
+        e->store(pte.WithWrite(write).raw(), std::memory_order_relaxed);
+      }
+    });
+    SyncHostProtLocked(vma, vma.range());
+    return absl::OkStatus();
+  });
+}
+
+absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
+  switch (advice) {
+    case MADV_NORMAL:
+    case MADV_RANDOM:
+    case MADV_SEQUENTIAL:
+    case MADV_WILLNEED:
+    case MADV_DONTNEED:
+    case MADV_FREE:
+      break;
+    default:
+      return ErrnoError(EINVAL, absl::StrCat("madvise: advice ", advice, " is not supported"));
+  }
+  if (!PageAligned(addr)) return ErrnoError(EINVAL, "madvise: address not aligned");
+  VirtAddr end;
+  if (!RoundedEnd(addr, len, &end)) return ErrnoError(EINVAL, "madvise: range overflows");
+  if (len == 0) return absl::OkStatus();
+  AddrRange r{addr, end};
+  WriteLockHolder l(&mmap_lock_);
+  bool hole = false;
+  VirtAddr a = r.start;
+  while (a < r.end) {
+    const Vma* v = vmas_.FindVma(a);
+    if (v == nullptr || v->start >= r.end) {
+      hole = true;
+      break;
+    }
+    if (v->start > a) hole = true;
+    AddrRange piece = v->range().Intersect(r);
+    if (advice == MADV_DONTNEED || advice == MADV_FREE) {
+      // Linux: mm/madvise.c madvise_dontneed_free_valid_vma().
+      if (v->locked()) return ErrnoError(EINVAL, "madvise: MADV_DONTNEED on a locked range");
+      ZapRangeLocked(piece);
+      if (machine_->host().prot_encodes_ptes()) SyncHostProtLocked(*v, piece);
+    }
+    // MADV_WILLNEED on anonymous memory only reads swap ahead (Linux:
+    // madvise_willneed -> force_swapin_readahead); nothing is swapped yet.
+    a = piece.end;
+  }
+  if (hole) return ErrnoError(ENOMEM, "madvise: range is not fully mapped");
+  return absl::OkStatus();
+}
+
+absl::Status AddressSpace::SetLockedLocked(AddrRange r, bool lock) {
+  return ApplyToVmasLocked(r, [&](Vma& vma) {
+    if (lock) {
+      vma.vm_flags |= kVmLocked;
+    } else {
+      vma.vm_flags &= ~kVmLocked;
+      MemMap& mem_map = machine_->mem_map();
+      pt_.ForEachEntry(vma.range(), [&](VirtAddr, std::atomic<uint64_t>* e) {
+        Pte pte(e->load(std::memory_order_relaxed));
+        if (pte.present() && !pte.special()) {
+          mem_map.page(pte.pfn()).flags.fetch_and(~kPgMlocked, std::memory_order_relaxed);
+        }
+      });
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::Status AddressSpace::Mlock(VirtAddr addr, size_t len) {
+  VirtAddr start = PageAlignDown(addr);
+  VirtAddr end;
+  if (!RoundedEnd(start, len + (addr - start), &end)) {
+    return ErrnoError(ENOMEM, "mlock: range overflows");
+  }
+  if (end == start) return absl::OkStatus();
+  absl::Status locked;
+  {
+    WriteLockHolder l(&mmap_lock_);
+    locked = SetLockedLocked({start, end}, true);
+  }
+  // Populate what was locked, even when a hole stopped the walk (as Linux).
+  absl::Status populated = Populate({start, end}, /*nozero=*/true);
+  if (!locked.ok()) return locked;
+  if (!populated.ok() && ToErrno(populated) != EFAULT) return populated;
+  return absl::OkStatus();
+}
+
+absl::Status AddressSpace::Munlock(VirtAddr addr, size_t len) {
+  VirtAddr start = PageAlignDown(addr);
+  VirtAddr end;
+  if (!RoundedEnd(start, len + (addr - start), &end)) {
+    return ErrnoError(ENOMEM, "munlock: range overflows");
+  }
+  if (end == start) return absl::OkStatus();
+  WriteLockHolder l(&mmap_lock_);
+  return SetLockedLocked({start, end}, false);
+}
+
+absl::Status AddressSpace::Populate(AddrRange r, bool nozero) {
+  // Linux: mm/gup.c populate_vma_page_range(): write-fault private writable
+  // VMAs, read-fault the rest; skip PROT_NONE VMAs.
+  VirtAddr a = r.start;
+  while (a < r.end) {
+    uint32_t vm_flags;
+    AddrRange piece;
+    {
+      ReadLockHolder l(&mmap_lock_);
+      const Vma* v = vmas_.FindVma(a);
+      if (v == nullptr || v->start >= r.end) break;
+      piece = v->range().Intersect({std::max(a, v->start), r.end});
+      vm_flags = v->vm_flags;
+    }
+    a = piece.end;
+    if (!(vm_flags & (kVmRead | kVmWrite | kVmExec))) continue;
+    unsigned flags = kFaultPopulate;
+    if (vm_flags & kVmWrite) flags |= kFaultWrite;
+    if (nozero || (vm_flags & kVmLocked)) flags |= kFaultNoZero;
+    for (VirtAddr p = piece.start; p < piece.end; p += kPageSize) {
+      // Linux: follow_page() first; fault only what is missing.
+      Pte pte = GetPte(p);
+      if (pte.present() && (!(flags & kFaultWrite) || pte.write()) &&
+          !((flags & kFaultNoZero) && pte.special())) {
+        continue;
+      }
+      unsigned ret = machine_->fault_handler().HandleMmFault(*this, p, flags, false);
+      if (ret & kFaultOom) return ErrnoError(ENOMEM, "populate: out of frames");
+      if (ret & (kFaultSigsegv | kFaultAccErr | kFaultSigbus)) {
+        return ErrnoError(EFAULT, "populate: fault failed");
+      }
+    }
+    machine_->vmstat().Add(VmEvent::k_populate_pages, piece.nr_pages());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AddressSpace::FaultInPages(VirtAddr addr, size_t len, bool write) {
+  if (len == 0) return absl::OkStatus();
+  VirtAddr start = PageAlignDown(addr);
+  VirtAddr end;
+  if (!RoundedEnd(start, len + (addr - start), &end)) {
+    return ErrnoError(EFAULT, "fault-in: range overflows");
+  }
+  unsigned flags = kFaultPopulate | (write ? unsigned{kFaultWrite} : 0u);
+  for (VirtAddr p = start; p < end; p += kPageSize) {
+    std::atomic<uint64_t>* e = pt_.Walk(p, false);
+    Pte pte(e ? e->load(std::memory_order_acquire) : 0);
+    if (pte.present() && (!write || pte.write())) continue;  // nothing to do
+    unsigned ret = machine_->fault_handler().HandleMmFault(*this, p, flags, false);
+    if (ret & kFaultOom) return ErrnoError(ENOMEM, "fault-in: out of frames");
+    if (ret & (kFaultSigsegv | kFaultAccErr | kFaultSigbus)) {
+      return ErrnoError(EFAULT, absl::StrCat("fault-in: bad access at ", p));
+    }
+  }
+  return absl::OkStatus();
+}
+
+Pte AddressSpace::GetPte(VirtAddr addr) {
+  std::atomic<uint64_t>* e = pt_.Walk(PageAlignDown(addr), false);
+  return Pte(e ? e->load(std::memory_order_acquire) : 0);
+}
+
+absl::Status AddressSpace::CheckInvariants() {
+  ReadLockHolder l(&mmap_lock_);
+  EMU_RETURN_IF_ERROR(vmas_.CheckInvariants());
+  for (const auto& [start, v] : vmas_) {
+    if (!window_.Contains(v.start) || v.end > window_.end) {
+      return ErrnoError(EIO, absl::StrCat("vma ", v.start, " outside the window"));
+    }
+  }
+  MemMap& mem_map = machine_->mem_map();
+  int64_t anon = 0, zero = 0;
+  absl::Status status = absl::OkStatus();
+  auto fail = [&](VirtAddr a, std::string_view what) {
+    if (status.ok()) status = ErrnoError(EIO, absl::StrCat("pte at ", a, ": ", std::string(what)));
+  };
+  pt_.ForEachEntry(window_, [&](VirtAddr a, std::atomic<uint64_t>* e) {
+    Pte pte(e->load(std::memory_order_acquire));
+    if (pte.none()) return;
+    const Vma* v = vmas_.Lookup(a);
+    if (v == nullptr) return fail(a, "outside every vma");
+    if (pte.locked()) return fail(a, "install still in flight");
+    if (!pte.present()) return fail(a, "not present and not none (no swap yet)");
+    if (pte.write() && !v->writable()) return fail(a, "writable in a read-only vma");
+    if (pte.special()) {
+      zero++;
+      if (pte.pfn() != kZeroPfn || pte.write()) return fail(a, "bad zero-page pte");
+      if (v->locked()) return fail(a, "zero page in a VM_LOCKED vma");
+      return;
+    }
+    anon++;
+    const Page& page = mem_map.page(pte.pfn());
+    if (!(page.flags.load() & kPgAnon) || page.mapping != this || page.index != a >> kPageShift) {
+      return fail(a, "page's mapping/index do not point back");
+    }
+    if (page.mapcount.load() != 1 || page.refcount.load() != 1) {
+      return fail(a, "exclusive page with mapcount or refcount != 1");
+    }
+  });
+  EMU_RETURN_IF_ERROR(status);
+  if (anon != static_cast<int64_t>(rss_anon()) || zero != static_cast<int64_t>(nr_zero_ptes())) {
+    return ErrnoError(EIO, absl::StrCat("counts: rss_anon ", rss_anon(), " vs ", anon,
+                                        ", zero ptes ", nr_zero_ptes(), " vs ", zero));
+  }
+  if (!machine_->host().prot_encodes_ptes()) EMU_RETURN_IF_ERROR(CheckHostAgreementLocked());
+  return absl::OkStatus();
+}
+
+absl::Status AddressSpace::CheckHostAgreementLocked() {
+  int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::OkStatus();  // not readable here: nothing to compare with
+  absl::Status status = absl::OkStatus();
+  std::vector<uint64_t> buf;
+  for (const auto& [start, v] : vmas_) {
+    buf.resize(v.range().nr_pages());
+    ssize_t want = static_cast<ssize_t>(buf.size() * sizeof(uint64_t));
+    if (pread(fd, buf.data(), want, (v.start >> kPageShift) * sizeof(uint64_t)) != want) break;
+    for (size_t i = 0; i < buf.size() && status.ok(); i++) {
+      VirtAddr a = v.start + i * kPageSize;
+      bool host_present = buf[i] >> 63;
+      Pte pte = GetPte(a);
+      if (pte.none() && host_present) {
+        status = ErrnoError(EIO, absl::StrCat("host maps ", a, " but its pte is none"));
+      } else if (pte.present() && !host_present) {
+        status = ErrnoError(EIO, absl::StrCat("pte at ", a, " is present but the host lost it"));
+      }
+    }
+  }
+  close(fd);
+  return status;
+}
+
+}  // namespace emu

@@ -1,0 +1,141 @@
+// AddressSpace: one emulated mm_struct. A Machine can hold many; each owns a
+// window of the machine's arena, and everything it maps lies in that window.
+//
+// THE LOCK ORDER (the one place it is written down; mirrors Linux):
+//
+//   AddressSpace::mmap_lock_      (RwSem, = mmap_lock)
+//     PageTable::Ptl(addr)        (SpinLock, = the pte lock; one per leaf table)
+//       MemMap::lock_             (SpinLock, = the zone lock of the buddy allocator)
+//   PageTable::alloc_lock_ and Machine::lock_ are leaves: nothing is taken
+//   under them.
+//
+// Rules:
+//  - No emulator lock is held while touching managed memory from user mode.
+//    A fault signal therefore never arrives in a thread that holds one, and
+//    the fault path may take mmap_lock_ (for read) and a ptl in signal context.
+//  - No SpinLock is held across a system call. A PTE whose host install is in
+//    flight carries Pte::kLocked instead; a racing fault sees it and retries.
+//  - mmap_lock_ held for write excludes every fault on this address space, so
+//    mmap/munmap/mprotect/madvise/mlock edit PTEs without ptls.
+#ifndef EMU_MM_H_
+#define EMU_MM_H_
+
+#include <atomic>
+#include <cstdint>
+#include <sys/types.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "emu/page_table.h"
+#include "emu/sync.h"
+#include "emu/types.h"
+#include "emu/vma.h"
+
+namespace emu {
+
+class Machine;
+
+// Our own advice values, beyond Linux's, live above 100 (none yet).
+
+// Invariants (CheckInvariants, with no fault or mm call in flight):
+//  1. The VMA tree's invariants hold and every VMA lies inside window().
+//  2. Every PTE that is not none lies inside a VMA, and none is kLocked.
+//  3. A special PTE maps the zero page (pfn 0), is never writable, and never
+//     lies in a VM_LOCKED VMA.
+//  4. A present, non-special PTE maps an anonymous Page whose mapping is this
+//     address space and whose index is the page's address >> kPageShift, with
+//     mapcount == refcount == 1 (every page is exclusive so far).
+//  5. A writable PTE lies in a writable VMA.
+//  6. rss_anon() and nr_zero_ptes() equal the counts of such PTEs.
+//  7. In userfaultfd modes the host agrees: a none PTE is not present in the
+//     host page table, a present PTE is present there (/proc/self/pagemap).
+class AddressSpace {
+ public:
+  ~AddressSpace();
+  AddressSpace(const AddressSpace&) = delete;
+  AddressSpace& operator=(const AddressSpace&) = delete;
+
+  // Linux: mm/mmap.c do_mmap(). Anonymous private mappings; `fd` and `off`
+  // follow Linux's checks (file and shared mappings arrive with the frame
+  // pool and page cache). Returns the start address.
+  absl::StatusOr<VirtAddr> Mmap(VirtAddr addr, size_t len, Prot prot, int flags, int fd = -1,
+                                off_t off = 0);
+  // Linux: mm/mmap.c do_munmap(). Unmapping a hole succeeds.
+  absl::Status Munmap(VirtAddr addr, size_t len);
+  // Linux: mm/mprotect.c do_mprotect_pkey(). Applies VMA by VMA and stops with
+  // ENOMEM at the first hole, as Linux does.
+  absl::Status Mprotect(VirtAddr addr, size_t len, Prot prot);
+  // Linux: mm/madvise.c do_madvise(): MADV_DONTNEED, MADV_WILLNEED, MADV_FREE
+  // (discarded at once; a permitted outcome) and the access-pattern hints
+  // MADV_NORMAL/RANDOM/SEQUENTIAL (accepted, no effect). Mapped parts are
+  // advised even when the range has holes; the result is then ENOMEM.
+  absl::Status Madvise(VirtAddr addr, size_t len, int advice);
+  // Linux: mm/mlock.c do_mlock()/munlock(): VM_LOCKED, then populate real
+  // pages (no zero page: GUP_FLAGS_IGNORE_ZERO, seed 004).
+  absl::Status Mlock(VirtAddr addr, size_t len);
+  absl::Status Munlock(VirtAddr addr, size_t len);
+
+  // Makes [addr, addr+len) present now, writable when `write` (Linux:
+  // mm/gup.c fault_in_writeable()/fault_in_readable(), populate_vma_page_range()).
+  // Call it before handing memory to a system call in the SIGBUS and SIGSEGV
+  // modes, where a fault taken inside the kernel fails with EFAULT instead of
+  // reaching the emulator. EFAULT for a hole or a forbidden access.
+  absl::Status FaultInPages(VirtAddr addr, size_t len, bool write);
+
+  // Software state of one page, for tests and tools.
+  Pte GetPte(VirtAddr addr);
+
+  AddrRange window() const { return window_; }
+  Machine& machine() const { return *machine_; }
+  uint64_t rss_anon() const { return rss_anon_.load(std::memory_order_relaxed); }
+  uint64_t nr_zero_ptes() const { return nr_zero_ptes_.load(std::memory_order_relaxed); }
+  size_t nr_vmas();
+
+  absl::Status CheckInvariants();
+
+  // ---- For the fault layer (fault/) ----
+  RwSem* mmap_lock() ABSL_LOCK_RETURNED(mmap_lock_) { return &mmap_lock_; }
+  const VmaTree& vmas() const ABSL_SHARED_LOCKS_REQUIRED(mmap_lock_) { return vmas_; }
+  PageTable& page_table() { return pt_; }
+  // Accounting of PTEs the fault path installs. async-signal-safe.
+  void AddRssAnon(int64_t n) { rss_anon_.fetch_add(n, std::memory_order_relaxed); }
+  void AddZeroPtes(int64_t n) { nr_zero_ptes_.fetch_add(n, std::memory_order_relaxed); }
+  // The host protection of one page: the VMA's, reduced by the PTE's state
+  // where the host encodes it (SIGSEGV mode).
+  Prot HostProtFor(const Vma& vma, Pte pte) const;
+
+ private:
+  friend class Machine;
+  AddressSpace(Machine* machine, AddrRange window) : machine_(machine), window_(window) {}
+
+  // Finds a free range of `len` bytes, top-down (= arch_get_unmapped_area_topdown).
+  absl::StatusOr<VirtAddr> GetUnmappedAreaLocked(VirtAddr hint, size_t len)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  // Clears the PTEs of `r`, frees their pages, drops them from the host.
+  void ZapRangeLocked(AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  // Unmaps `r` entirely: zap, remove VMAs, host protection PROT_NONE.
+  void UnmapLocked(AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  // Brings host protection of `r` (inside one VMA) in line with the VMA and PTEs.
+  void SyncHostProtLocked(const Vma& vma, AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  // Applies `change` to every VMA piece of `r` in order; stops with ENOMEM at
+  // the first hole (mprotect/mlock semantics).
+  template <typename Fn>
+  absl::Status ApplyToVmasLocked(AddrRange r, Fn&& change)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  // Sets or clears kVmLocked over r.
+  absl::Status SetLockedLocked(AddrRange r, bool lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  absl::Status Populate(AddrRange r, bool nozero);
+  absl::Status CheckHostAgreementLocked() ABSL_SHARED_LOCKS_REQUIRED(mmap_lock_);
+
+  Machine* const machine_;  // immutable
+  const AddrRange window_;  // immutable
+  RwSem mmap_lock_;
+  VmaTree vmas_ ABSL_GUARDED_BY(mmap_lock_);
+  PageTable pt_;  // see PageTable for its locking
+  std::atomic<int64_t> rss_anon_{0};
+  std::atomic<int64_t> nr_zero_ptes_{0};
+};
+
+}  // namespace emu
+
+#endif  // EMU_MM_H_

@@ -1,0 +1,95 @@
+// Page: the descriptor of a frame (= struct page), and the machine's mem_map
+// with its frame allocator.
+//
+// A frame is the memory behind one emulated page. An exclusive private page
+// lives in place: its bytes are the kernel's anonymous page at the address it
+// is mapped at (design direction 3), so the descriptor records where that is
+// (mapping + index) rather than owning bytes. Frames seen at more than one
+// address (later: fork, MAP_SHARED) live in the memfd frame pool.
+#ifndef EMU_PAGE_H_
+#define EMU_PAGE_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "emu/sync.h"
+#include "emu/types.h"
+
+namespace emu {
+
+class AddressSpace;
+
+// Page flags (= enum pageflags); only the ones the model uses so far.
+inline constexpr uint32_t kPgLocked = 1u << 0;      // PG_locked: someone is changing the page's identity
+inline constexpr uint32_t kPgAnon = 1u << 1;        // PageAnon(): mapping is an AddressSpace/anon_vma
+inline constexpr uint32_t kPgDirty = 1u << 2;       // PG_dirty: contents differ from any backing copy
+inline constexpr uint32_t kPgReferenced = 1u << 3;  // PG_referenced
+inline constexpr uint32_t kPgMlocked = 1u << 4;     // PG_mlocked: mapped in a VM_LOCKED vma, never reclaimed
+inline constexpr uint32_t kPgReserved = 1u << 5;    // PG_reserved: the zero page
+
+// Invariants:
+//  1. A free page has flags == 0, refcount == 0, mapcount == 0, mapping == 0.
+//  2. An allocated anonymous page has kPgAnon, refcount >= 1 and
+//     mapcount <= refcount; mapcount counts the PTEs that map it.
+//  3. The zero page (pfn 0) is kPgReserved, never counted (pte_special).
+// Fields other than the atomics are written by the owner of the page's PTE
+// under that PTE's ptl (or under mmap_lock held for write), and read under it.
+struct Page {
+  std::atomic<uint32_t> flags{0};
+  std::atomic<int32_t> refcount{0};
+  std::atomic<int32_t> mapcount{0};
+  uint32_t next_free = 0;  // free-list link, valid only while free
+  // For an anonymous page: the AddressSpace that maps it (later the anon_vma),
+  // and its linear page index (address >> kPageShift), as page->index.
+  AddressSpace* mapping = nullptr;
+  uint64_t index = 0;
+};
+static_assert(sizeof(Page) == 32);
+
+// The machine's mem_map: an array of Page descriptors indexed by Pfn, and the
+// allocator of frames. The array is reserved with MAP_NORESERVE and touched
+// as pfns are first used.
+//
+// Invariants:
+//  1. nr_free() + nr_used() == the number of pfns handed out at least once,
+//     excluding the zero page.
+//  2. Every pfn on the free list satisfies Page invariant 1.
+class MemMap {
+ public:
+  static absl::StatusOr<MemMap*> Create(uint64_t max_pages);
+  ~MemMap();
+  MemMap(const MemMap&) = delete;
+  MemMap& operator=(const MemMap&) = delete;
+
+  // Allocates a frame for an anonymous page, refcount 1, mapcount 0.
+  // Returns false when all max_pages frames are in use. async-signal-safe.
+  bool Alloc(Pfn* out);
+  // Frees `pfn`; its counts must have dropped to zero. async-signal-safe.
+  void Free(Pfn pfn);
+
+  Page& page(Pfn pfn) { return pages_[ToU64(pfn)]; }
+  const Page& page(Pfn pfn) const { return pages_[ToU64(pfn)]; }
+  uint64_t max_pages() const { return max_pages_; }
+  uint64_t nr_used() const { return nr_used_.load(std::memory_order_relaxed); }
+  uint64_t peak_used() const { return peak_used_.load(std::memory_order_relaxed); }
+
+  absl::Status CheckInvariants();
+
+ private:
+  MemMap(Page* pages, uint64_t max_pages) : pages_(pages), max_pages_(max_pages) {}
+
+  Page* const pages_;  // immutable after construction
+  const uint64_t max_pages_;
+  SpinLock lock_;
+  uint32_t free_head_ ABSL_GUARDED_BY(lock_) = 0;  // 0: empty (pfn 0 is never free)
+  uint64_t next_unused_ ABSL_GUARDED_BY(lock_) = 1;
+  uint64_t nr_free_ ABSL_GUARDED_BY(lock_) = 0;
+  std::atomic<uint64_t> nr_used_{0};
+  std::atomic<uint64_t> peak_used_{0};
+};
+
+}  // namespace emu
+
+#endif  // EMU_PAGE_H_

@@ -1,0 +1,95 @@
+// Virtual memory areas (= vm_area_struct) and the per-address-space tree of
+// them (= the maple tree of an mm_struct).
+#ifndef EMU_VMA_H_
+#define EMU_VMA_H_
+
+#include <cstdint>
+#include <map>
+
+#include "absl/status/status.h"
+#include "emu/types.h"
+
+namespace emu {
+
+// vm_flags, with Linux's names.
+inline constexpr uint32_t kVmRead = 1u << 0;
+inline constexpr uint32_t kVmWrite = 1u << 1;
+inline constexpr uint32_t kVmExec = 1u << 2;
+inline constexpr uint32_t kVmShared = 1u << 3;
+inline constexpr uint32_t kVmMayShare = 1u << 7;
+inline constexpr uint32_t kVmGrowsDown = 1u << 8;
+inline constexpr uint32_t kVmLocked = 1u << 13;
+inline constexpr uint32_t kVmNoReserve = 1u << 21;
+
+inline constexpr uint32_t kVmProtMask = kVmRead | kVmWrite | kVmExec;
+
+uint32_t ProtToVmFlags(Prot prot);
+Prot VmFlagsToProt(uint32_t vm_flags);
+
+struct Vma {
+  VirtAddr start = 0;
+  VirtAddr end = 0;
+  uint32_t vm_flags = 0;
+
+  AddrRange range() const { return {start, end}; }
+  bool readable() const { return vm_flags & kVmRead; }
+  bool writable() const { return vm_flags & kVmWrite; }
+  bool locked() const { return vm_flags & kVmLocked; }
+  // Linux: mm/memory.c use_zero_page() (seed 004): private, not VM_LOCKED,
+  // anonymous (no fault handler).
+  bool use_zero_page() const { return !(vm_flags & (kVmLocked | kVmShared | kVmMayShare)); }
+  // Two adjacent VMAs merge when their flags are equal (later also their
+  // anon_vma / file and offset).
+  bool CanMergeWith(const Vma& next) const {
+    return end == next.start && vm_flags == next.vm_flags;
+  }
+};
+
+// Invariants:
+//  1. VMAs are page aligned, non-empty and do not overlap; keyed by start.
+//  2. No two adjacent VMAs could merge (every mutation merges back).
+// Locking: owned by an AddressSpace; mutated under its mmap_lock held for
+// write, read under it held for read. Lookups do not allocate, so the fault
+// path may use them in signal context.
+class VmaTree {
+ public:
+  using Map = std::map<VirtAddr, Vma>;
+
+  // Linux: mm/mmap.c find_vma(): the first VMA with end > addr, or nullptr.
+  const Vma* FindVma(VirtAddr addr) const;
+  // The VMA containing addr, or nullptr.
+  const Vma* Lookup(VirtAddr addr) const {
+    const Vma* v = FindVma(addr);
+    return v != nullptr && v->start <= addr ? v : nullptr;
+  }
+  bool AnyOverlap(AddrRange r) const;
+  // True when every page of `r` is covered by some VMA.
+  bool FullyMapped(AddrRange r) const;
+
+  // Splits VMAs so that `r.start` and `r.end` are VMA boundaries (where they
+  // fall inside one) and returns an iterator to the first VMA inside `r`.
+  Map::iterator SplitAround(AddrRange r);
+  // Removes every VMA part inside `r` (after SplitAround).
+  void Erase(AddrRange r);
+  // Inserts a VMA over a range that has no VMA.
+  void Insert(const Vma& vma);
+  // Merges adjacent compatible VMAs from the one before r.start through the
+  // one after r.end (= vma_merge after mprotect/mlock/munmap).
+  void MergeAround(AddrRange r);
+
+  Map::iterator begin() { return map_.begin(); }
+  Map::iterator end() { return map_.end(); }
+  Map::const_iterator begin() const { return map_.begin(); }
+  Map::const_iterator end() const { return map_.end(); }
+  Map::iterator LowerBoundStart(VirtAddr a) { return map_.lower_bound(a); }
+  size_t size() const { return map_.size(); }
+
+  absl::Status CheckInvariants() const;
+
+ private:
+  Map map_;
+};
+
+}  // namespace emu
+
+#endif  // EMU_VMA_H_

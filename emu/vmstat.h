@@ -1,0 +1,71 @@
+// Event counters of a machine, named after /proc/vmstat where Linux has the
+// event. Incremented with relaxed atomics from any context, including signal
+// handlers (async-signal-safe).
+#ifndef EMU_VMSTAT_H_
+#define EMU_VMSTAT_H_
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace emu {
+
+#define EMU_VM_EVENTS(X)                                                              \
+  X(pgfault, "faults decided by the emulator (all kinds)")                            \
+  X(pgfault_read, "read faults on missing pages")                                     \
+  X(pgfault_write, "write faults on missing pages")                                   \
+  X(pgfault_wp, "write faults on present, write-protected pages")                     \
+  X(pgfault_spurious, "faults already resolved by another thread or a retry")         \
+  X(pgfault_sigsegv, "faults forwarded as SIGSEGV (no VMA or bad access)")            \
+  X(zero_page_map, "PTEs pointed at the shared zero page")                            \
+  X(cow_zero, "copy-on-write from the zero page")                                     \
+  X(pgreuse, "write faults that reused the mapped page (no copy)")                    \
+  X(fault_around_pages, "neighbouring pages installed by fault-around")               \
+  X(pgalloc, "exclusive anonymous pages allocated")                                   \
+  X(pgfree, "pages freed")                                                            \
+  X(populate_pages, "pages made present by MAP_POPULATE, mlock and FaultInPages")     \
+  X(zap_pages, "PTEs cleared by munmap and MADV_DONTNEED")                            \
+  X(host_install_calls, "host page-install calls (uffd ioctls or mprotect runs)")     \
+  X(fault_ns_sigbus, "time spent resolving faults in uffd SIGBUS mode (ns)")          \
+  X(fault_ns_thread, "time spent resolving faults in uffd handler-thread mode (ns)")  \
+  X(fault_ns_sigsegv, "time spent resolving faults in SIGSEGV mode (ns)")
+
+enum class VmEvent : int {
+#define EMU_VM_EVENT_ENUM(name, doc) k_##name,
+  EMU_VM_EVENTS(EMU_VM_EVENT_ENUM)
+#undef EMU_VM_EVENT_ENUM
+      kCount
+};
+
+inline constexpr int kNrVmEvents = static_cast<int>(VmEvent::kCount);
+
+// Name and one-line description of `e`.
+std::string_view VmEventName(VmEvent e);
+std::string_view VmEventDoc(VmEvent e);
+
+class VmStat {
+ public:
+  // async-signal-safe.
+  void Add(VmEvent e, uint64_t n = 1) {
+    counters_[static_cast<int>(e)].value.fetch_add(n, std::memory_order_relaxed);
+  }
+  uint64_t Get(VmEvent e) const {
+    return counters_[static_cast<int>(e)].value.load(std::memory_order_relaxed);
+  }
+  std::array<uint64_t, kNrVmEvents> Snapshot() const;
+  void Reset();
+
+ private:
+  // Each counter on its own cache line: faulting threads on different CPUs
+  // bump different counters most of the time.
+  struct alignas(64) Counter {
+    std::atomic<uint64_t> value{0};
+  };
+  std::array<Counter, kNrVmEvents> counters_;
+};
+
+}  // namespace emu
+
+#endif  // EMU_VMSTAT_H_

@@ -1,0 +1,270 @@
+#include "fault/handle_fault.h"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+
+#include "emu/machine.h"
+
+namespace emu {
+namespace {
+
+constexpr int kMaxRun = 512;  // = MachineOptions fault_around_pages maximum
+
+// Per-thread stream detection for write fault-around: where the last fault
+// run of this thread ended. initial-exec TLS: safe in signal context.
+struct FaultStream {
+  const AddressSpace* as = nullptr;
+  VirtAddr next = 0;
+};
+thread_local FaultStream tls_stream __attribute__((tls_model("initial-exec")));
+
+// Lock-free read of a PTE.
+inline uint64_t Load(std::atomic<uint64_t>* e) { return e->load(std::memory_order_acquire); }
+
+}  // namespace
+
+unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags,
+                                         bool mmap_locked) {
+  RwSem* lock = as.mmap_lock();
+  if (!mmap_locked) lock->ReadLock();
+  unsigned ret;
+  {
+    lock->AssertHeld();
+    VmFault vmf{&as, nullptr, PageAlignDown(addr), flags, nullptr};
+    vmf.vma = as.vmas().Lookup(addr);
+    if (vmf.vma == nullptr) {
+      ret = kFaultSigsegv;
+    } else if (vmf.write() ? !vmf.vma->writable() : !(vmf.vma->vm_flags & kVmProtMask)) {
+      ret = kFaultAccErr;  // Linux: mm/memory.c access_error() (x86)
+    } else {
+      ret = HandlePteFault(vmf);
+    }
+  }
+  if (!mmap_locked) lock->ReadUnlock();
+  VmStat& vmstat = machine_->vmstat();
+  vmstat.Add(VmEvent::k_pgfault);
+  if (ret & (kFaultSigsegv | kFaultAccErr)) vmstat.Add(VmEvent::k_pgfault_sigsegv);
+  return ret;
+}
+
+unsigned AnonFaultHandler::HandlePteFault(VmFault& vmf) {
+  vmf.pte = vmf.as->page_table().Walk(vmf.address, true);
+  if (vmf.pte == nullptr) return kFaultOom;
+  uint64_t raw = Load(vmf.pte);
+  Pte pte(raw);
+  if (pte.locked()) return kFaultRetry;  // another thread is installing it
+  if (pte.none()) return DoAnonymousPage(vmf);
+  if (pte.present()) {
+    if ((vmf.flags & kFaultNoZero) && pte.special()) return BreakZeroPage(vmf, raw);
+    if (vmf.write() && !pte.write()) return DoWpPage(vmf, raw);
+    // Already resolved (a racing thread, or a retried access).
+    machine_->vmstat().Add(VmEvent::k_pgfault_spurious);
+    return kFaultOk;
+  }
+  return kFaultSigbus;  // swap entries arrive with the swap device
+}
+
+AddrRange AnonFaultHandler::FaultAroundRange(const VmFault& vmf, bool sequential) const {
+  const int nr = machine_->options().fault_around_pages;
+  AddrRange single{vmf.address, vmf.address + kPageSize};
+  if (nr <= 1) return single;
+  AddrRange window;
+  if (!vmf.write() && !(vmf.flags & kFaultPopulate)) {
+    // Linux: mm/memory.c do_fault_around(): an aligned window.
+    VirtAddr start = vmf.address & ~(uintptr_t{static_cast<unsigned>(nr)} * kPageSize - 1);
+    window = {start, start + nr * kPageSize};
+  } else if (sequential) {
+    window = {vmf.address, vmf.address + nr * kPageSize};
+  } else {
+    return single;
+  }
+  // Stay inside the VMA and the leaf table (one ptl).
+  VirtAddr leaf = vmf.address & ~(PageTable::kLeafSpan - 1);
+  window = window.Intersect(vmf.vma->range()).Intersect({leaf, leaf + PageTable::kLeafSpan});
+  return window;
+}
+
+// Claims the run of none PTEs in `window` that contains vmf.address by
+// marking them kLocked. Returns the claimed run (empty when the faulting PTE
+// was no longer none).
+static AddrRange ClaimNoneRun(VmFault& vmf, AddrRange window) {
+  PageTable& pt = vmf.as->page_table();
+  SpinLockHolder l(pt.Ptl(vmf.address));
+  if (Load(vmf.pte) != 0) return {};
+  VirtAddr start = vmf.address, end = vmf.address + kPageSize;
+  std::atomic<uint64_t>* base = vmf.pte - ((vmf.address - window.start) >> kPageShift);
+  auto entry = [&](VirtAddr a) { return base + ((a - window.start) >> kPageShift); };
+  while (start > window.start && Load(entry(start - kPageSize)) == 0) start -= kPageSize;
+  while (end < window.end && Load(entry(end)) == 0) end += kPageSize;
+  for (VirtAddr a = start; a < end; a += kPageSize) {
+    entry(a)->store(Pte::InstallLocked().raw(), std::memory_order_relaxed);
+  }
+  return {start, end};
+}
+
+// Sets the PTEs of a claimed run: `make(a)` gives each one's final value.
+template <typename Make>
+static void PublishRun(VmFault& vmf, AddrRange run, Make&& make) {
+  PageTable& pt = vmf.as->page_table();
+  std::atomic<uint64_t>* base = vmf.pte - ((vmf.address - run.start) >> kPageShift);
+  SpinLockHolder l(pt.Ptl(vmf.address));
+  for (VirtAddr a = run.start; a < run.end; a += kPageSize) {
+    base[(a - run.start) >> kPageShift].store(make(a).raw(), std::memory_order_release);
+  }
+}
+
+unsigned AnonFaultHandler::DoAnonymousPage(VmFault& vmf) {
+  HostMmu& host = machine_->host();
+  VmStat& vmstat = machine_->vmstat();
+  const Prot prot = VmFlagsToProt(vmf.vma->vm_flags);
+  const bool use_zero = !vmf.write() && !(vmf.flags & kFaultNoZero) &&
+                        machine_->options().zero_page && vmf.vma->use_zero_page();
+  FaultStream& stream = tls_stream;
+  const bool sequential = (vmf.flags & kFaultPopulate) ||
+                          (stream.as == vmf.as && stream.next == vmf.address);
+  AddrRange run = ClaimNoneRun(vmf, FaultAroundRange(vmf, sequential));
+  if (run.empty()) return kFaultRetry;
+  stream = {vmf.as, run.end};
+  const size_t nr = run.nr_pages();
+
+  if (use_zero) {
+    if (!host.InstallZero(run, prot)) {
+      PublishRun(vmf, run, [](VirtAddr) { return Pte(); });
+      return errno == ENOMEM ? kFaultOom : kFaultSigbus;
+    }
+    PublishRun(vmf, run, [](VirtAddr) { return Pte::ZeroPage(); });
+    vmf.as->AddZeroPtes(nr);
+    vmstat.Add(VmEvent::k_pgfault_read);
+    vmstat.Add(VmEvent::k_zero_page_map, nr);
+    vmstat.Add(VmEvent::k_fault_around_pages, nr - 1);
+    return kFaultOk;
+  }
+
+  // Exclusive zeroed pages: allocate frames first, shrinking the run to what
+  // the machine can give (the faulting page must get one).
+  MemMap& mem_map = machine_->mem_map();
+  Pfn pfns[kMaxRun];
+  size_t got = 0;
+  const size_t first = (vmf.address - run.start) >> kPageShift;
+  while (got < nr && mem_map.Alloc(&pfns[got])) got++;
+  if (got < nr) {
+    // Give the faulting page priority: keep [first, first + got) if possible.
+    size_t keep_start = first + got <= nr ? first : nr - got;
+    if (got == 0) {
+      PublishRun(vmf, run, [](VirtAddr) { return Pte(); });
+      return kFaultOom;
+    }
+    AddrRange kept{run.start + keep_start * kPageSize, run.start + (keep_start + got) * kPageSize};
+    PublishRun(vmf, run, [&](VirtAddr a) { return kept.Contains(a) ? Pte::InstallLocked() : Pte(); });
+    run = kept;
+  }
+  const bool writable = vmf.vma->writable();
+  if (!host.InstallZeroed(run, prot)) {
+    int err = errno;
+    for (size_t i = 0; i < run.nr_pages(); i++) mem_map.Free(pfns[i]);
+    PublishRun(vmf, run, [](VirtAddr) { return Pte(); });
+    return err == ENOMEM ? kFaultOom : kFaultSigbus;
+  }
+  const bool mlocked = vmf.vma->locked();
+  PublishRun(vmf, run, [&](VirtAddr a) {
+    Pfn pfn = pfns[(a - run.start) >> kPageShift];
+    Page& page = mem_map.page(pfn);
+    page.mapping = vmf.as;
+    page.index = a >> kPageShift;
+    page.mapcount.store(1, std::memory_order_relaxed);
+    if (mlocked) page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+    return Pte::Anon(pfn, writable, vmf.write());
+  });
+  vmf.as->AddRssAnon(run.nr_pages());
+  vmstat.Add(vmf.write() ? VmEvent::k_pgfault_write : VmEvent::k_pgfault_read);
+  vmstat.Add(VmEvent::k_pgalloc, run.nr_pages());
+  vmstat.Add(VmEvent::k_fault_around_pages, run.nr_pages() - 1);
+  return kFaultOk;
+}
+
+// Replaces the PTE at vmf.address, which still holds `orig`, by a real page.
+// `host_op` makes the host agree; returns false on failure.
+template <typename HostOp>
+static unsigned ReplaceZeroPage(Machine* machine, VmFault& vmf, uint64_t orig, bool dirty,
+                                HostOp&& host_op) {
+  MemMap& mem_map = machine->mem_map();
+  Pfn pfn;
+  if (!mem_map.Alloc(&pfn)) return kFaultOom;
+  PageTable& pt = vmf.as->page_table();
+  {
+    SpinLockHolder l(pt.Ptl(vmf.address));
+    if (Load(vmf.pte) != orig) {
+      mem_map.Free(pfn);
+      return kFaultRetry;
+    }
+    vmf.pte->store(Pte::InstallLocked().raw(), std::memory_order_relaxed);
+  }
+  if (!host_op()) {
+    int err = errno;
+    mem_map.Free(pfn);
+    SpinLockHolder l(pt.Ptl(vmf.address));
+    vmf.pte->store(orig, std::memory_order_release);
+    return err == ENOMEM ? kFaultOom : kFaultSigbus;
+  }
+  Page& page = mem_map.page(pfn);
+  page.mapping = vmf.as;
+  page.index = vmf.address >> kPageShift;
+  page.mapcount.store(1, std::memory_order_relaxed);
+  if (vmf.vma->locked()) page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+  {
+    SpinLockHolder l(pt.Ptl(vmf.address));
+    vmf.pte->store(Pte::Anon(pfn, vmf.vma->writable(), dirty).raw(), std::memory_order_release);
+  }
+  vmf.as->AddZeroPtes(-1);
+  vmf.as->AddRssAnon(1);
+  machine->vmstat().Add(VmEvent::k_pgalloc);
+  return kFaultOk;
+}
+
+unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
+  Pte pte(orig);
+  HostMmu& host = machine_->host();
+  const Prot prot = VmFlagsToProt(vmf.vma->vm_flags);
+  AddrRange page{vmf.address, vmf.address + kPageSize};
+  machine_->vmstat().Add(VmEvent::k_pgfault_wp);
+  if (pte.special()) {
+    if (vmf.flags & kFaultPopulate) return BreakZeroPage(vmf, orig);
+    // Copy-on-write from the zero page: the software PTE gets a fresh page;
+    // the host lets the write through and the kernel copies the zero page on
+    // the retried access (cheaper than zap + install, see docs/DESIGN.md).
+    unsigned ret = ReplaceZeroPage(machine_, vmf, orig, /*dirty=*/true,
+                                   [&] { return host.MakeWritable(page, prot); });
+    if (ret == kFaultOk) machine_->vmstat().Add(VmEvent::k_cow_zero);
+    return ret;
+  }
+  // An exclusive page (mapcount 1, no swap yet): reuse it, no copy.
+  // Linux: mm/memory.c wp_can_reuse_anon_folio() (seed 002 decides by
+  // mapcount + swapcount).
+  Page& p = machine_->mem_map().page(pte.pfn());
+  EMU_BUG_ON(p.mapcount.load(std::memory_order_relaxed) != 1);
+  PageTable& pt = vmf.as->page_table();
+  {
+    SpinLockHolder l(pt.Ptl(vmf.address));
+    if (Load(vmf.pte) != orig) return kFaultRetry;
+    vmf.pte->store(Pte::InstallLocked().raw(), std::memory_order_relaxed);
+  }
+  bool ok = host.MakeWritable(page, prot);
+  {
+    SpinLockHolder l(pt.Ptl(vmf.address));
+    vmf.pte->store(ok ? pte.WithWrite(true).WithDirty().raw() : orig, std::memory_order_release);
+  }
+  if (!ok) return kFaultSigbus;
+  machine_->vmstat().Add(VmEvent::k_pgreuse);
+  return kFaultOk;
+}
+
+unsigned AnonFaultHandler::BreakZeroPage(VmFault& vmf, uint64_t orig) {
+  HostMmu& host = machine_->host();
+  const Prot prot = VmFlagsToProt(vmf.vma->vm_flags);
+  AddrRange page{vmf.address, vmf.address + kPageSize};
+  return ReplaceZeroPage(machine_, vmf, orig, vmf.write(),
+                         [&] { return host.Zap(page) && host.InstallZeroed(page, prot); });
+}
+
+}  // namespace emu

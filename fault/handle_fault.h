@@ -1,0 +1,52 @@
+// The fault path: decides every fault from the software page table, then makes
+// the host agree through the machine's HostMmu. Runs in signal context (SIGBUS
+// and SIGSEGV modes) or in a handler thread: it allocates nothing, logs
+// nothing, and takes only mmap_lock (read) and ptls.
+#ifndef EMU_FAULT_HANDLE_FAULT_H_
+#define EMU_FAULT_HANDLE_FAULT_H_
+
+#include "emu/fault_handler.h"
+#include "emu/mm.h"
+#include "emu/vma.h"
+
+namespace emu {
+
+class Machine;
+
+// = struct vm_fault.
+struct VmFault {
+  AddressSpace* as;
+  const Vma* vma;
+  VirtAddr address;  // page aligned
+  unsigned flags;    // FaultFlag
+  std::atomic<uint64_t>* pte;
+  bool write() const { return flags & kFaultWrite; }
+};
+
+class AnonFaultHandler : public FaultHandler {
+ public:
+  explicit AnonFaultHandler(Machine* machine) : machine_(machine) {}
+  unsigned HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags,
+                         bool mmap_locked) override;
+
+ private:
+  // Linux: mm/memory.c handle_pte_fault().
+  unsigned HandlePteFault(VmFault& vmf);
+  // Linux: mm/memory.c do_anonymous_page(): zero page on read (seed 004), a
+  // zeroed exclusive page on write.
+  unsigned DoAnonymousPage(VmFault& vmf);
+  // Linux: mm/memory.c do_wp_page(): write to a present, write-protected PTE.
+  // Copy from the zero page, or reuse an exclusive page.
+  unsigned DoWpPage(VmFault& vmf, uint64_t orig);
+  // Replaces a zero-page PTE with a real zeroed page now (mlock, populate with
+  // kFaultNoZero: GUP_FLAGS_IGNORE_ZERO).
+  unsigned BreakZeroPage(VmFault& vmf, uint64_t orig);
+  // The run of none PTEs around the fault to install together.
+  AddrRange FaultAroundRange(const VmFault& vmf, bool sequential) const;
+
+  Machine* const machine_;
+};
+
+}  // namespace emu
+
+#endif  // EMU_FAULT_HANDLE_FAULT_H_

@@ -1,0 +1,162 @@
+#include "fault/signals.h"
+
+#include <signal.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <mutex>
+
+#include "emu/machine.h"
+#include "emu/status.h"
+
+namespace emu {
+namespace {
+
+constexpr int kMaxMachines = 16;
+std::atomic<Machine*> g_machines[kMaxMachines];
+struct sigaction g_prev_segv, g_prev_bus;  // written once, before any dispatch
+std::once_flag g_install_once;
+
+constexpr unsigned long kPfWrite = 1ul << 1;  // x86 page-fault error code: write access
+
+Machine* FindMachine(VirtAddr addr) {
+  for (auto& slot : g_machines) {
+    Machine* m = slot.load(std::memory_order_acquire);
+    if (m != nullptr && m->arena().Contains(addr)) return m;
+  }
+  return nullptr;
+}
+
+void WriteStr(const char* s) {
+  size_t n = 0;
+  while (s[n]) n++;
+  ssize_t ignored = write(2, s, n);
+  (void)ignored;
+}
+
+void WriteHex(uintptr_t v) {
+  char buf[19] = "0x";
+  for (int i = 0; i < 16; i++) buf[2 + i] = "0123456789abcdef"[(v >> (60 - 4 * i)) & 15];
+  buf[18] = 0;
+  WriteStr(buf);
+}
+
+// Delivers `sig` to the handler installed before ours; with no such handler,
+// restores the default action so that the signal kills the process as it
+// would have without emu. `refault`: the faulting instruction will raise the
+// same signal again when we return, so there is no need to raise it.
+void Forward(int sig, siginfo_t* info, void* ctx, bool refault) {
+  const struct sigaction& prev = sig == SIGSEGV ? g_prev_segv : g_prev_bus;
+  if (prev.sa_flags & SA_SIGINFO) {
+    if (prev.sa_sigaction != nullptr) {
+      prev.sa_sigaction(sig, info, ctx);
+      return;
+    }
+  } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
+    prev.sa_handler(sig);
+    return;
+  }
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigaction(sig, &dfl, nullptr);
+  if (!refault) {
+    // Queue it for this thread with the siginfo we decided on; it is
+    // delivered (and kills) once this handler returns.
+    syscall(SYS_rt_tgsigqueueinfo, getpid(), gettid(), sig, info);
+  }
+}
+
+void Dispatch(int sig, siginfo_t* info, void* ctx) {
+  int saved_errno = errno;
+  VirtAddr addr = reinterpret_cast<VirtAddr>(info->si_addr);
+  Machine* m = info->si_code > 0 ? FindMachine(addr) : nullptr;  // si_code <= 0: sent by a process
+  if (m == nullptr) {
+    Forward(sig, info, ctx, /*refault=*/info->si_code > 0);
+    errno = saved_errno;
+    return;
+  }
+  FaultMode mode = m->options().fault_mode;
+  bool ours = (sig == SIGBUS && mode == FaultMode::kUffdSigbus) ||
+              (sig == SIGSEGV && mode == FaultMode::kSigsegv);
+  AddressSpace* as = m->FindAddressSpace(addr);
+  unsigned ret;
+  if (!ours) {
+    // The kernel refused the access (uffd modes: a hole or a protection
+    // violation); only the si_code needs the emulator's view.
+    ret = kFaultAccErr;
+    if (as == nullptr) {
+      ret = kFaultSigsegv;
+    } else {
+      ReadLockHolder l(as->mmap_lock());
+      if (as->vmas().Lookup(addr) == nullptr) ret = kFaultSigsegv;
+    }
+  } else if (as == nullptr) {
+    ret = kFaultSigsegv;
+  } else {
+    auto* uc = static_cast<ucontext_t*>(ctx);
+    unsigned flags = (uc->uc_mcontext.gregs[REG_ERR] & kPfWrite) ? kFaultWrite : 0;
+    timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ret = m->fault_handler().HandleMmFault(*as, addr, flags, false);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    m->vmstat().Add(mode == FaultMode::kSigsegv ? VmEvent::k_fault_ns_sigsegv
+                                                : VmEvent::k_fault_ns_sigbus,
+                    (t1.tv_sec - t0.tv_sec) * 1000000000ull + t1.tv_nsec - t0.tv_nsec);
+  }
+  if (ret & (kFaultSigsegv | kFaultAccErr)) {
+    siginfo_t si = *info;
+    si.si_signo = SIGSEGV;
+    si.si_code = (ret & kFaultSigsegv) ? SEGV_MAPERR : SEGV_ACCERR;
+    Forward(SIGSEGV, &si, ctx, /*refault=*/sig == SIGSEGV);
+  } else if (ret & (kFaultSigbus | kFaultOom)) {
+    ReportFatalFault(addr, ret);
+    siginfo_t si = *info;
+    si.si_signo = SIGBUS;
+    si.si_code = BUS_ADRERR;
+    Forward(SIGBUS, &si, ctx, /*refault=*/false);
+  } else if (ret & kFaultRetry) {
+    sched_yield();  // another thread is installing this page
+  }
+  errno = saved_errno;
+}
+
+void InstallHandlers() {
+  struct sigaction sa {};
+  sa.sa_sigaction = Dispatch;
+  // SA_NODEFER: a forwarded handler may itself touch emulated memory.
+  sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK | SA_NODEFER;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGSEGV, &sa, &g_prev_segv);
+  sigaction(SIGBUS, &sa, &g_prev_bus);
+}
+
+}  // namespace
+
+absl::Status RegisterSignalMachine(Machine* machine) {
+  std::call_once(g_install_once, InstallHandlers);
+  for (auto& slot : g_machines) {
+    Machine* expected = nullptr;
+    if (slot.compare_exchange_strong(expected, machine)) return absl::OkStatus();
+  }
+  return ErrnoError(ENOSPC, "too many machines in one process");
+}
+
+void UnregisterSignalMachine(Machine* machine) {
+  for (auto& slot : g_machines) {
+    Machine* expected = machine;
+    slot.compare_exchange_strong(expected, nullptr);
+  }
+}
+
+void ReportFatalFault(VirtAddr addr, unsigned fault_result) {
+  WriteStr("emu: fatal fault at ");
+  WriteHex(addr);
+  WriteStr((fault_result & kFaultOom) ? ": out of frames (machine memory exhausted), SIGBUS\n"
+                                      : ": the host refused the page install, SIGBUS\n");
+}
+
+}  // namespace emu

@@ -1,0 +1,54 @@
+#include <sys/mman.h>
+
+#include <cerrno>
+
+#include "emu/machine.h"
+#include "emu/status.h"
+#include "fault/host_backends.h"
+#include "fault/signals.h"
+
+namespace emu {
+namespace {
+
+// Without userfaultfd the host protection carries the PTE state: a page that
+// is not present is PROT_NONE, so any access traps; a zero page is
+// PROT_READ, and the kernel maps its own zero page on the retried read; a
+// written page has the VMA's protection, and the kernel allocates it on the
+// retried write (or copies the zero page). The emulator decides each of these
+// transitions in its SIGSEGV handler.
+class SigsegvMmu : public HostMmu {
+ public:
+  explicit SigsegvMmu(Machine* machine) : machine_(machine) {}
+  ~SigsegvMmu() override { UnregisterSignalMachine(machine_); }
+
+  FaultMode mode() const override { return FaultMode::kSigsegv; }
+  bool prot_encodes_ptes() const override { return true; }
+
+  bool InstallZero(AddrRange r, Prot vma_prot) override {
+    return Protect(r, PROT_READ | (vma_prot & PROT_EXEC));
+  }
+  bool InstallZeroed(AddrRange r, Prot vma_prot) override { return Protect(r, vma_prot); }
+  bool MakeWritable(AddrRange r, Prot vma_prot) override { return Protect(r, vma_prot); }
+  bool Zap(AddrRange r) override {
+    void* p = reinterpret_cast<void*>(r.start);
+    return madvise(p, r.len_bytes(), MADV_DONTNEED) == 0 &&
+           mprotect(p, r.len_bytes(), PROT_NONE) == 0;
+  }
+  bool Protect(AddrRange r, Prot host_prot) override {
+    machine_->vmstat().Add(VmEvent::k_host_install_calls);
+    return mprotect(reinterpret_cast<void*>(r.start), r.len_bytes(), host_prot) == 0;
+  }
+
+ private:
+  Machine* const machine_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HostMmu>> CreateSigsegvMmu(Machine* machine, AddrRange) {
+  auto mmu = std::make_unique<SigsegvMmu>(machine);
+  EMU_RETURN_IF_ERROR(RegisterSignalMachine(machine));
+  return std::unique_ptr<HostMmu>(std::move(mmu));
+}
+
+}  // namespace emu

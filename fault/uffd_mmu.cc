@@ -1,0 +1,266 @@
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "emu/log.h"
+#include "emu/machine.h"
+#include "emu/status.h"
+#include "fault/host_backends.h"
+#include "fault/signals.h"
+
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+namespace emu {
+namespace {
+
+constexpr size_t kZeroSrcBytes = 512 * kPageSize;  // the largest install run
+
+int OpenUffd(int flags, std::string* why) {
+  int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+  if (dev >= 0) {
+    int fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
+    int err = errno;
+    close(dev);
+    if (fd >= 0) return fd;
+    if (why) *why = absl::StrCat("USERFAULTFD_IOC_NEW: ", strerror(err));
+  }
+  int fd = static_cast<int>(syscall(SYS_userfaultfd, flags));
+  if (fd < 0 && why) {
+    *why = absl::StrCat("userfaultfd(2): ", strerror(errno),
+                        " (need root, access to /dev/userfaultfd, or "
+                        "vm.unprivileged_userfaultfd=1)");
+  }
+  return fd;
+}
+
+class UffdMmu : public HostMmu {
+ public:
+  UffdMmu(Machine* machine, FaultMode mode, int uffd, void* zero_src)
+      : machine_(machine), mode_(mode), uffd_(uffd), zero_src_(zero_src) {}
+
+  ~UffdMmu() override {
+    UnregisterSignalMachine(machine_);
+    StopThreads();
+    AddrRange arena = machine_->arena();
+    uffdio_range r{arena.start, arena.len_bytes()};
+    ioctl(uffd_, UFFDIO_UNREGISTER, &r);
+    close(uffd_);
+    munmap(zero_src_, kZeroSrcBytes);
+  }
+
+  FaultMode mode() const override { return mode_; }
+  bool prot_encodes_ptes() const override { return false; }
+
+  bool InstallZero(AddrRange r, Prot) override {
+    uffdio_zeropage z{};
+    z.range = {r.start, r.len_bytes()};
+    z.mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE;
+    if (!Retry(UFFDIO_ZEROPAGE, &z, &z.zeropage)) return false;
+    // Every zero-page PTE is write-protected, whatever the VMA allows now,
+    // so a later mprotect(PROT_WRITE) needs no PTE walk: a write always traps.
+    uffdio_writeprotect wp{};
+    wp.range = {r.start, r.len_bytes()};
+    wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+    if (ioctl(uffd_, UFFDIO_WRITEPROTECT, &wp) != 0) return false;
+    machine_->vmstat().Add(VmEvent::k_host_install_calls, 2);
+    return true;
+  }
+
+  bool InstallZeroed(AddrRange r, Prot) override {
+    uffdio_copy c{};
+    c.dst = r.start;
+    c.src = reinterpret_cast<uintptr_t>(zero_src_);
+    c.len = r.len_bytes();
+    c.mode = UFFDIO_COPY_MODE_DONTWAKE;
+    machine_->vmstat().Add(VmEvent::k_host_install_calls);
+    return Retry(UFFDIO_COPY, &c, &c.copy);
+  }
+
+  bool MakeWritable(AddrRange r, Prot) override {
+    uffdio_writeprotect wp{};
+    wp.range = {r.start, r.len_bytes()};
+    wp.mode = UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
+    machine_->vmstat().Add(VmEvent::k_host_install_calls);
+    return ioctl(uffd_, UFFDIO_WRITEPROTECT, &wp) == 0;
+  }
+
+  bool Zap(AddrRange r) override {
+    return madvise(reinterpret_cast<void*>(r.start), r.len_bytes(), MADV_DONTNEED) == 0;
+  }
+
+  bool Protect(AddrRange r, Prot host_prot) override {
+    return mprotect(reinterpret_cast<void*>(r.start), r.len_bytes(), host_prot) == 0;
+  }
+
+  void Wake(AddrRange r) override {
+    uffdio_range range{r.start, r.len_bytes()};
+    ioctl(uffd_, UFFDIO_WAKE, &range);
+  }
+
+  void StartThreads(int n);
+
+ private:
+  // Runs a fill ioctl until all of it is done. The kernel may do part of the
+  // range and return EAGAIN (mm layout changing); `done` reports progress.
+  template <typename Arg>
+  bool Retry(unsigned long cmd, Arg* arg, __s64* done) {
+    for (;;) {
+      *done = 0;
+      if (ioctl(uffd_, cmd, arg) == 0) return true;
+      if (errno != EAGAIN) return false;
+      if (*done > 0) {
+        if constexpr (requires { arg->range; }) {
+          arg->range.start += *done;
+          arg->range.len -= *done;
+        } else {
+          arg->dst += *done;
+          arg->src += *done;
+          arg->len -= *done;
+        }
+      }
+    }
+  }
+  void HandlerLoop();
+  void StopThreads();
+
+  Machine* const machine_;
+  const FaultMode mode_;
+  const int uffd_;
+  void* const zero_src_;  // kZeroSrcBytes of never-written memory: reads as zeros
+  int stop_fd_ = -1;
+  std::vector<std::thread> threads_;
+};
+
+void UffdMmu::StartThreads(int n) {
+  stop_fd_ = eventfd(0, EFD_CLOEXEC);
+  for (int i = 0; i < n; i++) {
+    threads_.emplace_back([this] {
+      // Handler threads take no process signals; they are left unpinned, so
+      // the kernel wakes them on the faulting CPU (see docs/DESIGN.md).
+      sigset_t all;
+      sigfillset(&all);
+      pthread_sigmask(SIG_BLOCK, &all, nullptr);
+      HandlerLoop();
+    });
+  }
+}
+
+void UffdMmu::StopThreads() {
+  if (threads_.empty()) return;
+  uint64_t one = 1;
+  ssize_t ignored = write(stop_fd_, &one, sizeof(one));
+  (void)ignored;
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  close(stop_fd_);
+}
+
+void UffdMmu::HandlerLoop() {
+  FaultHandler& handler = machine_->fault_handler();
+  VmStat& vmstat = machine_->vmstat();
+  uffd_msg msgs[16];
+  for (;;) {
+    pollfd fds[2] = {{uffd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (fds[1].revents) return;
+    ssize_t n = read(uffd_, msgs, sizeof(msgs));
+    if (n < 0) continue;  // EAGAIN: another handler thread took it
+    for (size_t i = 0; i < n / sizeof(uffd_msg); i++) {
+      if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
+      timespec t0, t1;
+      clock_gettime(CLOCK_MONOTONIC, &t0);
+      VirtAddr addr = msgs[i].arg.pagefault.address;
+      unsigned flags = kFaultRemote;
+      if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) flags |= kFaultWrite;
+      AddressSpace* as = machine_->FindAddressSpace(addr);
+      unsigned ret = as ? handler.HandleMmFault(*as, addr, flags, false) : kFaultSigsegv;
+      if (ret & (kFaultSigbus | kFaultOom)) {
+        // The thread is blocked in the kernel: queue SIGBUS for it, then wake
+        // it; the signal is delivered as its fault returns.
+        ReportFatalFault(addr, ret);
+        syscall(SYS_tgkill, getpid(), msgs[i].arg.pagefault.feat.ptid, SIGBUS);
+      }
+      // Bad accesses retry into a host PROT_NONE page and get the kernel's
+      // own SIGSEGV; everything else finds its page installed.
+      Wake({PageAlignDown(addr), PageAlignDown(addr) + kPageSize});
+      clock_gettime(CLOCK_MONOTONIC, &t1);
+      vmstat.Add(VmEvent::k_fault_ns_thread,
+                 (t1.tv_sec - t0.tv_sec) * 1000000000ull + t1.tv_nsec - t0.tv_nsec);
+    }
+  }
+}
+
+}  // namespace
+
+bool UffdAvailable(std::string* why) {
+  int fd = OpenUffd(O_CLOEXEC | O_NONBLOCK, why);
+  if (fd < 0) return false;
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_SIGBUS | UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID;
+  bool ok = ioctl(fd, UFFDIO_API, &api) == 0;
+  if (!ok && why) *why = absl::StrCat("UFFDIO_API: ", strerror(errno));
+  close(fd);
+  return ok;
+}
+
+absl::StatusOr<std::unique_ptr<HostMmu>> CreateUffdMmu(Machine* machine, AddrRange arena,
+                                                       FaultMode mode) {
+  std::string why;
+  int fd = OpenUffd(O_CLOEXEC | O_NONBLOCK, &why);
+  if (fd < 0) return ErrnoError(errno ? errno : EPERM, absl::StrCat("userfaultfd: ", why));
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID;
+  if (mode == FaultMode::kUffdSigbus) api.features |= UFFD_FEATURE_SIGBUS;
+  if (ioctl(fd, UFFDIO_API, &api) != 0) {
+    int err = errno;
+    close(fd);
+    return ErrnoError(err, "UFFDIO_API (need SIGBUS and write-protect features)");
+  }
+  uffdio_register reg{};
+  reg.range = {arena.start, arena.len_bytes()};
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
+  if (ioctl(fd, UFFDIO_REGISTER, &reg) != 0) {
+    int err = errno;
+    close(fd);
+    return ErrnoError(err, "UFFDIO_REGISTER of the arena");
+  }
+  constexpr uint64_t kNeed = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_ZEROPAGE) |
+                             (1ull << _UFFDIO_WRITEPROTECT) | (1ull << _UFFDIO_WAKE);
+  if ((reg.ioctls & kNeed) != kNeed) {
+    close(fd);
+    return ErrnoError(EOPNOTSUPP, "userfaultfd lacks COPY/ZEROPAGE/WRITEPROTECT here");
+  }
+  void* zero = mmap(nullptr, kZeroSrcBytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (zero == MAP_FAILED) {
+    close(fd);
+    return ErrnoError(errno, "map the zero source");
+  }
+  auto mmu = std::make_unique<UffdMmu>(machine, mode, fd, zero);
+  if (mode == FaultMode::kUffdThread) {
+    mmu->StartThreads(std::max(1u, std::thread::hardware_concurrency()));
+  }
+  EMU_RETURN_IF_ERROR(RegisterSignalMachine(machine));
+  return std::unique_ptr<HostMmu>(std::move(mmu));
+}
+
+}  // namespace emu
