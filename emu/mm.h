@@ -20,6 +20,7 @@
 #ifndef EMU_MM_H_
 #define EMU_MM_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <sys/types.h>
@@ -100,6 +101,9 @@ class AddressSpace {
   // Accounting of PTEs the fault path installs. async-signal-safe.
   void AddRssAnon(int64_t n) { rss_anon_.fetch_add(n, std::memory_order_relaxed); }
   void AddZeroPtes(int64_t n) { nr_zero_ptes_.fetch_add(n, std::memory_order_relaxed); }
+  // Where the last fault run of faulting thread `tid` ended (a hint for
+  // detecting sequential streams; collisions between threads only weaken it).
+  std::atomic<VirtAddr>& FaultStream(uint32_t tid) { return fault_stream_[tid % kNrStreams]; }
   // The host protection of one page: the VMA's, reduced by the PTE's state
   // where the host encodes it (SIGSEGV mode).
   Prot HostProtFor(const Vma& vma, Pte pte) const;
@@ -132,6 +136,8 @@ class AddressSpace {
   RwSem mmap_lock_;
   VmaTree vmas_ ABSL_GUARDED_BY(mmap_lock_);
   PageTable pt_;  // see PageTable for its locking
+  static constexpr int kNrStreams = 64;
+  std::array<std::atomic<VirtAddr>, kNrStreams> fault_stream_{};  // hints, relaxed atomics
   std::atomic<int64_t> rss_anon_{0};
   std::atomic<int64_t> nr_zero_ptes_{0};
 };

@@ -2,6 +2,8 @@
 
 #include <sys/mman.h>
 
+#include <unistd.h>
+
 #include <cerrno>
 
 #include "emu/machine.h"
@@ -11,18 +13,23 @@ namespace {
 
 constexpr int kMaxRun = 512;  // = MachineOptions fault_around_pages maximum
 
-// Per-thread stream detection for write fault-around: where the last fault
-// run of this thread ended. initial-exec TLS: safe in signal context.
-struct FaultStream {
-  const AddressSpace* as = nullptr;
-  VirtAddr next = 0;
-};
-thread_local FaultStream tls_stream __attribute__((tls_model("initial-exec")));
+// The faulting thread's id: cached per thread, or set by a uffd handler
+// thread for the thread it serves. initial-exec TLS: safe in signal context.
+thread_local uint32_t tls_tid __attribute__((tls_model("initial-exec"))) = 0;
+thread_local uint32_t tls_served_tid __attribute__((tls_model("initial-exec"))) = 0;
+
+uint32_t FaultingTid() {
+  if (tls_served_tid != 0) return tls_served_tid;
+  if (tls_tid == 0) tls_tid = static_cast<uint32_t>(gettid());
+  return tls_tid;
+}
 
 // Lock-free read of a PTE.
 inline uint64_t Load(std::atomic<uint64_t>* e) { return e->load(std::memory_order_acquire); }
 
 }  // namespace
+
+void SetFaultingThread(uint32_t tid) { tls_served_tid = tid; }
 
 unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags,
                                          bool mmap_locked) {
@@ -120,12 +127,14 @@ unsigned AnonFaultHandler::DoAnonymousPage(VmFault& vmf) {
   const Prot prot = VmFlagsToProt(vmf.vma->vm_flags);
   const bool use_zero = !vmf.write() && !(vmf.flags & kFaultNoZero) &&
                         machine_->options().zero_page && vmf.vma->use_zero_page();
-  FaultStream& stream = tls_stream;
+  // Write fault-around only for a thread that streams forward (readahead's
+  // sequential detection); reads use Linux's aligned window always.
+  std::atomic<VirtAddr>& stream = vmf.as->FaultStream(FaultingTid());
   const bool sequential = (vmf.flags & kFaultPopulate) ||
-                          (stream.as == vmf.as && stream.next == vmf.address);
+                          stream.load(std::memory_order_relaxed) == vmf.address;
   AddrRange run = ClaimNoneRun(vmf, FaultAroundRange(vmf, sequential));
   if (run.empty()) return kFaultRetry;
-  stream = {vmf.as, run.end};
+  stream.store(run.end, std::memory_order_relaxed);
   const size_t nr = run.nr_pages();
 
   if (use_zero) {

@@ -23,6 +23,10 @@ struct VmFault {
   bool write() const { return flags & kFaultWrite; }
 };
 
+// The thread a fault is resolved for, when it is not the calling thread
+// (handler-thread mode sets it from the uffd message; 0 = the caller).
+void SetFaultingThread(uint32_t tid);
+
 class AnonFaultHandler : public FaultHandler {
  public:
   explicit AnonFaultHandler(Machine* machine) : machine_(machine) {}

@@ -19,7 +19,7 @@ namespace {
 constexpr int kMaxMachines = 16;
 std::atomic<Machine*> g_machines[kMaxMachines];
 struct sigaction g_prev_segv, g_prev_bus;  // written once, before any dispatch
-std::once_flag g_install_once;
+std::mutex g_install_mu;  // serializes (re)installation; never taken in a handler
 
 constexpr unsigned long kPfWrite = 1ul << 1;  // x86 page-fault error code: write access
 
@@ -124,20 +124,31 @@ void Dispatch(int sig, siginfo_t* info, void* ctx) {
   errno = saved_errno;
 }
 
-void InstallHandlers() {
+// Installs Dispatch for `sig` unless it is already there; the handler it
+// displaces becomes the one signals are forwarded to. Called whenever a
+// machine registers, so a handler someone installed after an earlier machine
+// (a test framework, a runtime) is chained rather than lost.
+void InstallHandler(int sig, struct sigaction* prev) {
+  struct sigaction cur {};
+  sigaction(sig, nullptr, &cur);
+  if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == Dispatch) return;
   struct sigaction sa {};
   sa.sa_sigaction = Dispatch;
   // SA_NODEFER: a forwarded handler may itself touch emulated memory.
   sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK | SA_NODEFER;
   sigemptyset(&sa.sa_mask);
-  sigaction(SIGSEGV, &sa, &g_prev_segv);
-  sigaction(SIGBUS, &sa, &g_prev_bus);
+  *prev = cur;
+  sigaction(sig, &sa, nullptr);
 }
 
 }  // namespace
 
 absl::Status RegisterSignalMachine(Machine* machine) {
-  std::call_once(g_install_once, InstallHandlers);
+  {
+    std::lock_guard<std::mutex> l(g_install_mu);
+    InstallHandler(SIGSEGV, &g_prev_segv);
+    InstallHandler(SIGBUS, &g_prev_bus);
+  }
   for (auto& slot : g_machines) {
     Machine* expected = nullptr;
     if (slot.compare_exchange_strong(expected, machine)) return absl::OkStatus();

@@ -18,6 +18,7 @@
 #include "emu/log.h"
 #include "emu/machine.h"
 #include "emu/status.h"
+#include "fault/handle_fault.h"
 #include "fault/host_backends.h"
 #include "fault/signals.h"
 
@@ -191,7 +192,9 @@ void UffdMmu::HandlerLoop() {
       unsigned flags = kFaultRemote;
       if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) flags |= kFaultWrite;
       AddressSpace* as = machine_->FindAddressSpace(addr);
+      SetFaultingThread(msgs[i].arg.pagefault.feat.ptid);
       unsigned ret = as ? handler.HandleMmFault(*as, addr, flags, false) : kFaultSigsegv;
+      SetFaultingThread(0);
       if (ret & (kFaultSigbus | kFaultOom)) {
         // The thread is blocked in the kernel: queue SIGBUS for it, then wake
         // it; the signal is delivered as its fault returns.
