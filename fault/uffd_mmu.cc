@@ -198,8 +198,14 @@ void UffdMmu::HandlerLoop() {
       if (ret & (kFaultSigbus | kFaultOom)) {
         // The thread is blocked in the kernel: queue SIGBUS for it, then wake
         // it; the signal is delivered as its fault returns.
+        // The si_code must be negative to queue a signal for another thread;
+        // si_addr still tells the program where.
         ReportFatalFault(addr, ret);
-        syscall(SYS_tgkill, getpid(), msgs[i].arg.pagefault.feat.ptid, SIGBUS);
+        siginfo_t si{};
+        si.si_signo = SIGBUS;
+        si.si_code = SI_QUEUE;
+        si.si_addr = reinterpret_cast<void*>(addr);
+        syscall(SYS_rt_tgsigqueueinfo, getpid(), msgs[i].arg.pagefault.feat.ptid, SIGBUS, &si);
       }
       // Bad accesses retry into a host PROT_NONE page and get the kernel's
       // own SIGSEGV; everything else finds its page installed.
