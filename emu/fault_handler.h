@@ -30,10 +30,9 @@ inline constexpr unsigned kFaultMajor = 1u << 5;    // VM_FAULT_MAJOR (I/O was n
 class FaultHandler {
  public:
   virtual ~FaultHandler() = default;
-  // Linux: mm/memory.c handle_mm_fault(). Takes mmap_lock for read itself
-  // unless `mmap_locked`. async-signal-safe.
-  virtual unsigned HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags,
-                                 bool mmap_locked) = 0;
+  // Linux: mm/memory.c handle_mm_fault(). Takes the address space's
+  // mmap_lock for read. async-signal-safe.
+  virtual unsigned HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags) = 0;
 };
 
 }  // namespace emu

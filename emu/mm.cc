@@ -245,6 +245,7 @@ absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
   }
   uint32_t new_prot_flags = ProtToVmFlags(prot);
   return ApplyToVmasLocked({addr, end}, [&](Vma& vma) {
+    mmap_lock_.AssertWriteHeld();
     vma.vm_flags = (vma.vm_flags & ~kVmProtMask) | new_prot_flags;
     // Linux: mm/mprotect.c change_pte_range(): exclusive anonymous pages
     // follow the VMA's write permission; the zero page never becomes writable.
@@ -376,7 +377,7 @@ absl::Status AddressSpace::Populate(AddrRange r, bool nozero) {
           !((flags & kFaultNoZero) && pte.special())) {
         continue;
       }
-      unsigned ret = machine_->fault_handler().HandleMmFault(*this, p, flags, false);
+      unsigned ret = machine_->fault_handler().HandleMmFault(*this, p, flags);
       if (ret & kFaultOom) return ErrnoError(ENOMEM, "populate: out of frames");
       if (ret & (kFaultSigsegv | kFaultAccErr | kFaultSigbus)) {
         return ErrnoError(EFAULT, "populate: fault failed");
@@ -399,7 +400,7 @@ absl::Status AddressSpace::FaultInPages(VirtAddr addr, size_t len, bool write) {
     std::atomic<uint64_t>* e = pt_.Walk(p, false);
     Pte pte(e ? e->load(std::memory_order_acquire) : 0);
     if (pte.present() && (!write || pte.write())) continue;  // nothing to do
-    unsigned ret = machine_->fault_handler().HandleMmFault(*this, p, flags, false);
+    unsigned ret = machine_->fault_handler().HandleMmFault(*this, p, flags);
     if (ret & kFaultOom) return ErrnoError(ENOMEM, "fault-in: out of frames");
     if (ret & (kFaultSigsegv | kFaultAccErr | kFaultSigbus)) {
       return ErrnoError(EFAULT, absl::StrCat("fault-in: bad access at ", p));
@@ -428,6 +429,7 @@ absl::Status AddressSpace::CheckInvariants() {
     if (status.ok()) status = ErrnoError(EIO, absl::StrCat("pte at ", a, ": ", std::string(what)));
   };
   pt_.ForEachEntry(window_, [&](VirtAddr a, std::atomic<uint64_t>* e) {
+    mmap_lock_.AssertHeld();
     Pte pte(e->load(std::memory_order_acquire));
     if (pte.none()) return;
     const Vma* v = vmas_.Lookup(a);

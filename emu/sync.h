@@ -127,6 +127,9 @@ class ABSL_LOCKABLE RwSem {
   void AssertHeld() const ABSL_ASSERT_SHARED_LOCK() {
     EMU_DCHECK(state_.load(std::memory_order_relaxed) != 0);
   }
+  void AssertWriteHeld() const ABSL_ASSERT_EXCLUSIVE_LOCK() {
+    EMU_DCHECK(state_.load(std::memory_order_relaxed) & kWriter);
+  }
 
  private:
   static constexpr uint32_t kWriter = 1;

@@ -31,13 +31,10 @@ inline uint64_t Load(std::atomic<uint64_t>* e) { return e->load(std::memory_orde
 
 void SetFaultingThread(uint32_t tid) { tls_served_tid = tid; }
 
-unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags,
-                                         bool mmap_locked) {
-  RwSem* lock = as.mmap_lock();
-  if (!mmap_locked) lock->ReadLock();
+unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags) {
   unsigned ret;
   {
-    lock->AssertHeld();
+    ReadLockHolder l(as.mmap_lock());
     VmFault vmf{&as, nullptr, PageAlignDown(addr), flags, nullptr};
     vmf.vma = as.vmas().Lookup(addr);
     if (vmf.vma == nullptr) {
@@ -48,7 +45,6 @@ unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsign
       ret = HandlePteFault(vmf);
     }
   }
-  if (!mmap_locked) lock->ReadUnlock();
   VmStat& vmstat = machine_->vmstat();
   vmstat.Add(VmEvent::k_pgfault);
   if (ret & (kFaultSigsegv | kFaultAccErr)) vmstat.Add(VmEvent::k_pgfault_sigsegv);

@@ -30,8 +30,7 @@ void SetFaultingThread(uint32_t tid);
 class AnonFaultHandler : public FaultHandler {
  public:
   explicit AnonFaultHandler(Machine* machine) : machine_(machine) {}
-  unsigned HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags,
-                         bool mmap_locked) override;
+  unsigned HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags) override;
 
  private:
   // Linux: mm/memory.c handle_pte_fault().

@@ -101,7 +101,7 @@ void Dispatch(int sig, siginfo_t* info, void* ctx) {
     unsigned flags = (uc->uc_mcontext.gregs[REG_ERR] & kPfWrite) ? kFaultWrite : 0;
     timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    ret = m->fault_handler().HandleMmFault(*as, addr, flags, false);
+    ret = m->fault_handler().HandleMmFault(*as, addr, flags);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     m->vmstat().Add(mode == FaultMode::kSigsegv ? VmEvent::k_fault_ns_sigsegv
                                                 : VmEvent::k_fault_ns_sigbus,

@@ -193,7 +193,7 @@ void UffdMmu::HandlerLoop() {
       if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) flags |= kFaultWrite;
       AddressSpace* as = machine_->FindAddressSpace(addr);
       SetFaultingThread(msgs[i].arg.pagefault.feat.ptid);
-      unsigned ret = as ? handler.HandleMmFault(*as, addr, flags, false) : kFaultSigsegv;
+      unsigned ret = as ? handler.HandleMmFault(*as, addr, flags) : kFaultSigsegv;
       SetFaultingThread(0);
       if (ret & (kFaultSigbus | kFaultOom)) {
         // The thread is blocked in the kernel: queue SIGBUS for it, then wake
