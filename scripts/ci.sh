@@ -1,29 +1,54 @@
 #!/usr/bin/env bash
-# The whole test suite: install dependencies, build Debug and ASan+UBSan, run
-# every test in both, and smoke-run the benchmarks. Exit status 0 only when
-# everything passed; skipped tests are listed and do not count as passed.
-set -euo pipefail
+# The whole test suite: install dependencies; build Debug and ASan+UBSan and
+# run every test in both; build with clang -Wthread-safety -Werror; run the
+# concurrency tests under TSan; smoke-run the benchmark and the demo.
+# Exit status 0 only when everything passed. Skipped tests (exit 77: a kernel
+# feature or privilege is missing) are listed and never count as passed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh || exit 1
 jobs=$(nproc)
-status=0
-for preset in debug asan; do
-  echo "=== build $preset"
-  scripts/build.sh "$preset"
-  echo "=== test $preset"
-  export ASAN_OPTIONS=handle_segv=0:handle_sigbus=0:detect_leaks=1
-  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-  if ! ctest --test-dir "build/$preset" --output-on-failure -j "$jobs" --timeout 300 \
-      | tee "build/$preset/ctest.log"; then
-    status=1
+failed=()
+step() {  # step NAME COMMAND...: runs a step, records a failure
+  local name=$1
+  shift
+  echo "=== $name"
+  "$@" || failed+=("$name")
+}
+run_ctest() {
+  local dir=$1
+  ctest --test-dir "$dir" --output-on-failure -j "$jobs" --timeout 300 | tee "$dir/ctest.log"
+  local rc=${PIPESTATUS[0]}
+  if grep -qE "\*\*\*Skipped|Not Run" "$dir/ctest.log"; then
+    echo "SKIPPED (not passed):"
+    grep -E "\*\*\*Skipped|Not Run" "$dir/ctest.log"
+    return 1
   fi
-  if grep -q "Not Run\|Skipped" "build/$preset/ctest.log"; then
-    echo "=== $preset: SKIPPED tests (not passes):"
-    grep -E "Not Run|Skipped" "build/$preset/ctest.log" || true
-  fi
-done
-echo "=== benchmark smoke run (debug build, --quick)"
-build/debug/bench/fault_latency_bench --quick >/dev/null || status=1
-echo "=== demo"
-build/debug/emu/cli/emu demo --size 32M >/dev/null || status=1
-exit $status
+  return "$rc"
+}
+
+step "build debug" scripts/build.sh debug
+step "tests debug" run_ctest build/debug
+export ASAN_OPTIONS=handle_segv=0:handle_sigbus=0:detect_leaks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+step "build asan+ubsan" scripts/build.sh asan
+step "tests asan+ubsan" run_ctest build/asan
+unset ASAN_OPTIONS UBSAN_OPTIONS
+step "build clang -Wthread-safety" scripts/build.sh clang-tsa
+echo "=== tsan (concurrency tests)"
+if cmake --preset tsan -DEMU_BUILD_BENCH=OFF >/dev/null &&
+   cmake --build build/tsan --target stress_test model_test demand_paging_test; then
+  for t in stress_test model_test demand_paging_test; do
+    TSAN_OPTIONS=halt_on_error=1 build/tsan/tests/$t || failed+=("tsan $t")
+  done
+else
+  failed+=("build tsan")
+fi
+step "benchmark smoke run" build/debug/bench/fault_latency_bench --quick
+step "demo" build/debug/emu/cli/emu demo --size 32M
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "=== FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "=== all passed"
