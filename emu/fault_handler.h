@@ -25,7 +25,8 @@ inline constexpr unsigned kFaultOom = 1u << 1;      // VM_FAULT_OOM
 inline constexpr unsigned kFaultSigbus = 1u << 2;   // VM_FAULT_SIGBUS
 inline constexpr unsigned kFaultSigsegv = 1u << 3;  // bad access: no VMA (SEGV_MAPERR) ...
 inline constexpr unsigned kFaultAccErr = 1u << 4;   // ... or forbidden by the VMA's protection (SEGV_ACCERR)
-inline constexpr unsigned kFaultMajor = 1u << 5;    // VM_FAULT_MAJOR (I/O was needed)
+inline constexpr unsigned kFaultMajor = 1u << 5;     // VM_FAULT_MAJOR (I/O was needed)
+inline constexpr unsigned kFaultSpurious = 1u << 6;  // nothing to do: already resolved
 
 class FaultHandler {
  public:

@@ -63,7 +63,7 @@ unsigned AnonFaultHandler::HandlePteFault(VmFault& vmf) {
     if (vmf.write() && !pte.write()) return DoWpPage(vmf, raw);
     // Already resolved (a racing thread, or a retried access).
     machine_->vmstat().Add(VmEvent::k_pgfault_spurious);
-    return kFaultOk;
+    return kFaultSpurious;
   }
   return kFaultSigbus;  // swap entries arrive with the swap device
 }
