@@ -27,6 +27,7 @@ inline constexpr unsigned kFaultSigsegv = 1u << 3;  // bad access: no VMA (SEGV_
 inline constexpr unsigned kFaultAccErr = 1u << 4;   // ... or forbidden by the VMA's protection (SEGV_ACCERR)
 inline constexpr unsigned kFaultMajor = 1u << 5;     // VM_FAULT_MAJOR (I/O was needed)
 inline constexpr unsigned kFaultSpurious = 1u << 6;  // nothing to do: already resolved
+inline constexpr unsigned kFaultHostLimit = 1u << 7;  // the host refused with ENOMEM
 
 class FaultHandler {
  public:

@@ -67,10 +67,10 @@ absl::StatusOr<uint64_t> ParseSize(std::string_view s) {
 }
 
 absl::Status MachineOptions::Validate() const {
-  if (fault_around_pages < 1 || fault_around_pages > 512 ||
+  if (fault_around_pages < 1 || fault_around_pages > 64 ||
       (fault_around_pages & (fault_around_pages - 1)) != 0) {
     return ErrnoError(EINVAL, absl::StrCat("fault-around of ", fault_around_pages,
-                                           " pages: want a power of two from 1 to 512"));
+                                           " pages: want a power of two from 1 to 64"));
   }
   if (arena_bytes < Machine::kGranule || arena_bytes % Machine::kGranule != 0 ||
       arena_bytes / Machine::kGranule > Machine::kMaxGranules) {

@@ -104,6 +104,17 @@ class Machine {
   // Written under lock_, read lock-free by the fault path.
   std::array<std::atomic<AddressSpace*>, kMaxGranules> granule_owner_{};
   std::atomic<int> nr_address_spaces_{0};
+
+ public:
+  // SIGSEGV mode: an upper estimate of the host VMAs the fault path has
+  // created by protecting runs of pages differently from their neighbours
+  // (each protection boundary it adds is one more host VMA). Above
+  // kHostVmaBudget faults make whole blocks uniform instead.
+  static constexpr int64_t kHostVmaBudget = 24000;  // vm.max_map_count is 65530 by default
+  std::atomic<int64_t>& host_vma_estimate() { return host_vma_estimate_; }
+
+ private:
+  std::atomic<int64_t> host_vma_estimate_{0};
 };
 
 }  // namespace emu

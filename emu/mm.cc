@@ -379,6 +379,7 @@ absl::Status AddressSpace::Populate(AddrRange r, bool nozero) {
       }
       unsigned ret = machine_->fault_handler().HandleMmFault(*this, p, flags);
       if (ret & kFaultOom) return ErrnoError(ENOMEM, "populate: out of frames");
+      if (ret & kFaultHostLimit) return ErrnoError(ENOMEM, "populate: the host refused");
       if (ret & (kFaultSigsegv | kFaultAccErr | kFaultSigbus)) {
         return ErrnoError(EFAULT, "populate: fault failed");
       }
@@ -401,7 +402,7 @@ absl::Status AddressSpace::FaultInPages(VirtAddr addr, size_t len, bool write) {
     Pte pte(e ? e->load(std::memory_order_acquire) : 0);
     if (pte.present() && (!write || pte.write())) continue;  // nothing to do
     unsigned ret = machine_->fault_handler().HandleMmFault(*this, p, flags);
-    if (ret & kFaultOom) return ErrnoError(ENOMEM, "fault-in: out of frames");
+    if (ret & (kFaultOom | kFaultHostLimit)) return ErrnoError(ENOMEM, "fault-in: out of memory");
     if (ret & (kFaultSigsegv | kFaultAccErr | kFaultSigbus)) {
       return ErrnoError(EFAULT, absl::StrCat("fault-in: bad access at ", p));
     }

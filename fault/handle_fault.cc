@@ -11,7 +11,9 @@
 namespace emu {
 namespace {
 
-constexpr int kMaxRun = 512;  // = MachineOptions fault_around_pages maximum
+// = the MachineOptions fault_around_pages maximum. Bounds the arrays the
+// fault path keeps on the (possibly small, alternate) signal stack.
+constexpr int kMaxRun = 64;
 
 // The faulting thread's id: cached per thread, or set by a uffd handler
 // thread for the thread it serves. initial-exec TLS: safe in signal context.
@@ -117,6 +119,122 @@ static void PublishRun(VmFault& vmf, AddrRange run, Make&& make) {
   }
 }
 
+bool AnonFaultHandler::OverHostBudget() const {
+  return machine_->host().prot_encodes_ptes() &&
+         machine_->host_vma_estimate().load(std::memory_order_relaxed) > Machine::kHostVmaBudget;
+}
+
+int AnonFaultHandler::BoundaryDelta(const VmFault& vmf, AddrRange run, Prot old_prot,
+                                    Prot new_prot) {
+  if (!machine_->host().prot_encodes_ptes()) return 0;
+  auto prot_at = [&](VirtAddr a) -> int {
+    if (!vmf.vma->range().Contains(a)) return -1;
+    std::atomic<uint64_t>* e = vmf.as->page_table().Walk(a, false);
+    return vmf.as->HostProtFor(*vmf.vma, Pte(e ? Load(e) : 0));
+  };
+  int delta = 0;
+  for (int neighbour : {prot_at(run.start - kPageSize), prot_at(run.end)}) {
+    if (neighbour == -1) continue;  // a VMA edge is a boundary anyway
+    delta += (neighbour != new_prot) - (neighbour != old_prot);
+  }
+  return delta;
+}
+
+unsigned AnonFaultHandler::HostFailure(VmFault& vmf, int err) {
+  if (err != ENOMEM) return kFaultSigbus;
+  if (machine_->host().prot_encodes_ptes()) return MergeHostBlock(vmf);
+  return kFaultHostLimit;
+}
+
+unsigned AnonFaultHandler::MergeHostBlock(VmFault& vmf) {
+  const Vma& vma = *vmf.vma;
+  VirtAddr leaf = vmf.address & ~(PageTable::kLeafSpan - 1);
+  AddrRange block = AddrRange{leaf, leaf + PageTable::kLeafSpan}.Intersect(vma.range());
+  std::atomic<uint64_t>* base = vmf.pte - ((vmf.address - block.start) >> kPageShift);
+  const size_t nr = block.nr_pages();
+  const bool writable = vma.writable();
+  MemMap& mem_map = machine_->mem_map();
+  // Claim what changes: missing PTEs, and zero pages when the block becomes
+  // writable. PTEs another thread is installing are left to it. Two bitmaps
+  // and a chain of frames through Page::next_free (unused while a page is
+  // allocated) keep the signal-stack footprint small.
+  uint64_t claimed[PageTable::kEntriesPerTable / 64] = {};
+  uint64_t was_zero[PageTable::kEntriesPerTable / 64] = {};
+  auto test = [](const uint64_t* bits, size_t i) { return (bits[i / 64] >> (i % 64)) & 1; };
+  size_t need = 0;
+  {
+    SpinLockHolder l(vmf.as->page_table().Ptl(vmf.address));
+    for (size_t i = 0; i < nr; i++) {
+      Pte pte(Load(&base[i]));
+      if (!(pte.none() || (writable && pte.present() && pte.special()))) continue;
+      claimed[i / 64] |= uint64_t{1} << (i % 64);
+      if (pte.special()) was_zero[i / 64] |= uint64_t{1} << (i % 64);
+      base[i].store(Pte::InstallLocked().raw(), std::memory_order_relaxed);
+      need++;
+    }
+  }
+  uint64_t chain = 0;  // pfns linked through Page::next_free; 0 ends it
+  size_t got = 0;
+  Pfn pfn;
+  while (writable && got < need && mem_map.Alloc(&pfn)) {
+    mem_map.page(pfn).next_free = static_cast<uint32_t>(chain);
+    chain = ToU64(pfn);
+    got++;
+  }
+  const Prot prot = VmFlagsToProt(vma.vm_flags);
+  const Prot block_prot = writable ? prot : PROT_READ | (prot & PROT_EXEC);
+  // Boundaries inside the block disappear; its edges may gain one each.
+  int inside = 0;
+  Prot prev = -1;
+  for (size_t i = 0; i < nr; i++) {
+    Prot p = test(claimed, i) ? (test(was_zero, i) ? PROT_READ : PROT_NONE)
+                              : vmf.as->HostProtFor(vma, Pte(Load(&base[i])));
+    if (prev != -1 && p != prev) inside++;
+    prev = p;
+  }
+  bool ok = (!writable || got == need) && machine_->host().Protect(block, block_prot);
+  int64_t new_anon = 0, zero_delta = 0;
+  {
+    SpinLockHolder l(vmf.as->page_table().Ptl(vmf.address));
+    for (size_t i = 0; i < nr; i++) {
+      if (!test(claimed, i)) continue;
+      if (!ok) {
+        base[i].store(test(was_zero, i) ? Pte::ZeroPage().raw() : 0, std::memory_order_release);
+      } else if (!writable) {
+        base[i].store(Pte::ZeroPage().raw(), std::memory_order_release);
+        zero_delta++;
+      } else {
+        Pfn p{chain};
+        Page& page = mem_map.page(p);
+        chain = page.next_free;
+        page.next_free = 0;
+        page.mapping = vmf.as;
+        page.index = (block.start >> kPageShift) + i;
+        page.mapcount.store(1, std::memory_order_relaxed);
+        if (vma.locked()) page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+        base[i].store(Pte::Anon(p, true, false).raw(), std::memory_order_release);
+        new_anon++;
+        if (test(was_zero, i)) zero_delta--;
+      }
+    }
+  }
+  if (!ok) {
+    while (chain != 0) {
+      Pfn p{chain};
+      chain = mem_map.page(p).next_free;
+      mem_map.page(p).next_free = 0;
+      mem_map.Free(p);
+    }
+    return got < need ? kFaultOom : kFaultHostLimit;
+  }
+  vmf.as->AddRssAnon(new_anon);
+  vmf.as->AddZeroPtes(zero_delta);
+  machine_->host_vma_estimate().fetch_add(2 - inside, std::memory_order_relaxed);
+  machine_->vmstat().Add(VmEvent::k_pgalloc, new_anon);
+  machine_->vmstat().Add(VmEvent::k_host_vma_merges);
+  return kFaultOk;
+}
+
 unsigned AnonFaultHandler::DoAnonymousPage(VmFault& vmf) {
   HostMmu& host = machine_->host();
   VmStat& vmstat = machine_->vmstat();
@@ -128,6 +246,7 @@ unsigned AnonFaultHandler::DoAnonymousPage(VmFault& vmf) {
   std::atomic<VirtAddr>& stream = vmf.as->FaultStream(FaultingTid());
   const bool sequential = (vmf.flags & kFaultPopulate) ||
                           stream.load(std::memory_order_relaxed) == vmf.address;
+  if (OverHostBudget() && !(vmf.flags & kFaultPopulate)) return MergeHostBlock(vmf);
   AddrRange run = ClaimNoneRun(vmf, FaultAroundRange(vmf, sequential));
   if (run.empty()) return kFaultRetry;
   stream.store(run.end, std::memory_order_relaxed);
@@ -135,10 +254,14 @@ unsigned AnonFaultHandler::DoAnonymousPage(VmFault& vmf) {
 
   if (use_zero) {
     if (!host.InstallZero(run, prot)) {
+      int err = errno;
       PublishRun(vmf, run, [](VirtAddr) { return Pte(); });
-      return errno == ENOMEM ? kFaultOom : kFaultSigbus;
+      return HostFailure(vmf, err);
     }
     PublishRun(vmf, run, [](VirtAddr) { return Pte::ZeroPage(); });
+    machine_->host_vma_estimate().fetch_add(
+        BoundaryDelta(vmf, run, PROT_NONE, PROT_READ | (prot & PROT_EXEC)),
+        std::memory_order_relaxed);
     vmf.as->AddZeroPtes(nr);
     vmstat.Add(VmEvent::k_pgfault_read);
     vmstat.Add(VmEvent::k_zero_page_map, nr);
@@ -169,7 +292,7 @@ unsigned AnonFaultHandler::DoAnonymousPage(VmFault& vmf) {
     int err = errno;
     for (size_t i = 0; i < run.nr_pages(); i++) mem_map.Free(pfns[i]);
     PublishRun(vmf, run, [](VirtAddr) { return Pte(); });
-    return err == ENOMEM ? kFaultOom : kFaultSigbus;
+    return HostFailure(vmf, err);
   }
   const bool mlocked = vmf.vma->locked();
   PublishRun(vmf, run, [&](VirtAddr a) {
@@ -181,6 +304,9 @@ unsigned AnonFaultHandler::DoAnonymousPage(VmFault& vmf) {
     if (mlocked) page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
     return Pte::Anon(pfn, writable, vmf.write());
   });
+  machine_->host_vma_estimate().fetch_add(
+      BoundaryDelta(vmf, run, PROT_NONE, writable ? prot : prot & ~PROT_WRITE),
+      std::memory_order_relaxed);
   vmf.as->AddRssAnon(run.nr_pages());
   vmstat.Add(vmf.write() ? VmEvent::k_pgfault_write : VmEvent::k_pgfault_read);
   vmstat.Add(VmEvent::k_pgalloc, run.nr_pages());
@@ -210,7 +336,7 @@ static unsigned ReplaceZeroPage(Machine* machine, VmFault& vmf, uint64_t orig, b
     mem_map.Free(pfn);
     SpinLockHolder l(pt.Ptl(vmf.address));
     vmf.pte->store(orig, std::memory_order_release);
-    return err == ENOMEM ? kFaultOom : kFaultSigbus;
+    return err == ENOMEM ? kFaultHostLimit : kFaultSigbus;
   }
   Page& page = mem_map.page(pfn);
   page.mapping = vmf.as;
@@ -235,12 +361,19 @@ unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
   machine_->vmstat().Add(VmEvent::k_pgfault_wp);
   if (pte.special()) {
     if (vmf.flags & kFaultPopulate) return BreakZeroPage(vmf, orig);
+    if (OverHostBudget()) return MergeHostBlock(vmf);
     // Copy-on-write from the zero page: the software PTE gets a fresh page;
     // the host lets the write through and the kernel copies the zero page on
     // the retried access (cheaper than zap + install, see docs/DESIGN.md).
     unsigned ret = ReplaceZeroPage(machine_, vmf, orig, /*dirty=*/true,
                                    [&] { return host.MakeWritable(page, prot); });
-    if (ret == kFaultOk) machine_->vmstat().Add(VmEvent::k_cow_zero);
+    if (ret == kFaultOk) {
+      machine_->vmstat().Add(VmEvent::k_cow_zero);
+      machine_->host_vma_estimate().fetch_add(
+          BoundaryDelta(vmf, page, PROT_READ | (prot & PROT_EXEC), prot),
+          std::memory_order_relaxed);
+    }
+    if (ret == kFaultHostLimit && host.prot_encodes_ptes()) return MergeHostBlock(vmf);
     return ret;
   }
   // An exclusive page (mapcount 1, no swap yet): reuse it, no copy.

@@ -44,6 +44,19 @@ class AnonFaultHandler : public FaultHandler {
   // Replaces a zero-page PTE with a real zeroed page now (mlock, populate with
   // kFaultNoZero: GUP_FLAGS_IGNORE_ZERO).
   unsigned BreakZeroPage(VmFault& vmf, uint64_t orig);
+  // What a failed host install means: ENOMEM is the host's memory, page
+  // table or VMA limit (not a lack of frames); SIGSEGV mode degrades.
+  unsigned HostFailure(VmFault& vmf, int err);
+  // SIGSEGV mode, when an mprotect failed with ENOMEM (vm.max_map_count):
+  // makes the faulting page's 2 MiB block uniform under one host protection
+  // (writable VMA: every page a real page; read-only: every missing page the
+  // zero page), merging its host VMAs, so that the fault still resolves.
+  unsigned MergeHostBlock(VmFault& vmf);
+  // SIGSEGV mode: how many host protection boundaries changing `run` from
+  // `old_prot` to `new_prot` adds (negative: removes). Neighbours outside the
+  // VMA count as boundaries either way.
+  int BoundaryDelta(const VmFault& vmf, AddrRange run, Prot old_prot, Prot new_prot);
+  bool OverHostBudget() const;
   // The run of none PTEs around the fault to install together.
   AddrRange FaultAroundRange(const VmFault& vmf, bool sequential) const;
 

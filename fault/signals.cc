@@ -112,7 +112,7 @@ void Dispatch(int sig, siginfo_t* info, void* ctx) {
     si.si_signo = SIGSEGV;
     si.si_code = (ret & kFaultSigsegv) ? SEGV_MAPERR : SEGV_ACCERR;
     Forward(SIGSEGV, &si, ctx, /*refault=*/sig == SIGSEGV);
-  } else if (ret & (kFaultSigbus | kFaultOom)) {
+  } else if (ret & (kFaultSigbus | kFaultOom | kFaultHostLimit)) {
     ReportFatalFault(addr, ret);
     siginfo_t si = *info;
     si.si_signo = SIGBUS;
@@ -167,7 +167,10 @@ void ReportFatalFault(VirtAddr addr, unsigned fault_result) {
   WriteStr("emu: fatal fault at ");
   WriteHex(addr);
   WriteStr((fault_result & kFaultOom) ? ": out of frames (machine memory exhausted), SIGBUS\n"
-                                      : ": the host refused the page install, SIGBUS\n");
+           : (fault_result & kFaultHostLimit)
+               ? ": the host refused with ENOMEM (memory, page tables or VMAs: "
+                 "vm.max_map_count), SIGBUS\n"
+               : ": the host refused the page install, SIGBUS\n");
 }
 
 }  // namespace emu

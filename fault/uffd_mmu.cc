@@ -198,7 +198,7 @@ void UffdMmu::HandlerLoop() {
       SetFaultingThread(msgs[i].arg.pagefault.feat.ptid);
       unsigned ret = as ? handler.HandleMmFault(*as, addr, flags) : kFaultSigsegv;
       SetFaultingThread(0);
-      if (ret & (kFaultSigbus | kFaultOom)) {
+      if (ret & (kFaultSigbus | kFaultOom | kFaultHostLimit)) {
         // The thread is blocked in the kernel: queue SIGBUS for it, then wake
         // it; the signal is delivered as its fault returns.
         // The si_code must be negative to queue a signal for another thread;

@@ -34,7 +34,7 @@ OPTIONS
                          no userfaultfd permission)
     --size SIZE          memory the workload maps (default 256M)
     --threads N          concurrent writer threads (default 2)
-    --fault-around N     pages mapped around a fault, power of two 1..512
+    --fault-around N     pages mapped around a fault, power of two 1..64
                          (default 16)
     --zero-page on|off   map the shared zero page on read faults (default on)
     --arena SIZE         host virtual memory reserved (default 64G)

@@ -146,7 +146,7 @@ TEST_CASE("MachineOptions: bad fault-around and arena sizes are refused with EIN
   CHECK(o.Validate().ok());
   o.fault_around_pages = 3;
   CHECK(ToErrno(o.Validate()) == EINVAL);
-  o.fault_around_pages = 1024;
+  o.fault_around_pages = 128;
   CHECK(ToErrno(o.Validate()) == EINVAL);
   o = MachineOptions{};
   o.arena_bytes = 12345;

@@ -243,3 +243,28 @@ TEST_CASE("FaultInPages makes a range present and writable without touching it",
 
 }  // namespace
 }  // namespace emu
+
+namespace emu {
+namespace {
+
+// SIGSEGV mode encodes PTE state in host protection, so isolated pages split
+// host VMAs. Near vm.max_map_count the emulator makes whole 2 MiB blocks
+// uniform instead of failing (design direction 4: degrade, do not fail).
+TEST_CASE("SIGSEGV mode: random faults beyond the host VMA limit degrade by merging blocks",
+          "[fault][sigsegv]") {
+  auto env = MakeEnv(FaultMode::kSigsegv);
+  AddressSpace& as = *env->as;
+  // 80k isolated pages (every 4th page written) would need ~160k host VMAs.
+  constexpr uint64_t kPages = 320 * 1024;
+  char* p = MapAnon(as, kPages * kPageSize);
+  for (uint64_t i = 0; i < kPages; i += 4) Write(p + ((i * 7919) % kPages) * kPageSize, 1);
+  CHECK(Stat(*env->machine, VmEvent::k_host_vma_merges) > 0);
+  for (uint64_t i = 0; i < kPages; i += 4) {
+    if (p[((i * 7919) % kPages) * kPageSize] != 1) FAIL("lost write at page " << i);
+  }
+  RequireInvariants(as);
+  REQUIRE(as.Munmap(reinterpret_cast<VirtAddr>(p), kPages * kPageSize).ok());
+}
+
+}  // namespace
+}  // namespace emu
