@@ -5,7 +5,11 @@
 // Measurements (each on a fresh mapping, emu and native alternately inside
 // one repetition loop so that machine noise lands on both):
 //   random_first_touch_write     one byte written per page, shuffled order
-//   random_first_touch_read      one byte read per page, shuffled (zero page)
+//   random_first_touch_read      one byte read per page, shuffled (zero page;
+//                                emu's fault-around maps 16 pages per fault)
+//   sparse_random_read           one page read per aligned 16-page block,
+//                                blocks shuffled: every read is a fault, so
+//                                this is the per-fault cost of a zero-page read
 //   write_after_read             all pages read first (untimed), then written
 //                                in shuffled order: COW from the zero page
 //   sequential_first_touch_read  ascending reads (emu: fault-around)
@@ -50,6 +54,7 @@ constexpr int64_t kMaxPages = int64_t{1} << 20;  // 4 GiB: the window
 enum class Kind {
   kRandomWrite,
   kRandomRead,
+  kSparseRead,
   kWriteAfterRead,
   kSeqRead,
   kSeqWrite,
@@ -68,6 +73,7 @@ struct Spec {
 constexpr Spec kSpecs[] = {
     {Kind::kRandomWrite, "random_first_touch_write", "random first-touch write", false, 2.4},
     {Kind::kRandomRead, "random_first_touch_read", "random first-touch read", false, 3.6},
+    {Kind::kSparseRead, "sparse_random_read", "sparse random read (1/16)", false, 3.6},
     {Kind::kWriteAfterRead, "write_after_read", "write after read (COW)", false, 2.0},
     {Kind::kSeqRead, "sequential_first_touch_read", "sequential first-touch read", false, 0.5},
     {Kind::kSeqWrite, "sequential_first_touch_write", "sequential first-touch write", false, 1.0},
@@ -83,6 +89,7 @@ struct Options {
   int64_t passes = 2;        // bandwidth passes per repetition
   bool json = false;
   bool quick = false;
+  int64_t fault_around = 16;  // MachineOptions::fault_around_pages
 };
 
 // ---- Where memory comes from ----
@@ -182,7 +189,16 @@ struct Sample {
 struct Orders {
   std::vector<uint32_t> sequential;
   std::vector<uint32_t> shuffled;
+  std::vector<uint32_t> sparse;  // one page per aligned 16-page block, blocks shuffled
 };
+
+std::vector<uint32_t> SparseOrder(size_t pages, uint64_t seed) {
+  std::vector<uint32_t> blocks = ShuffledOrder(pages / 16, seed);
+  std::vector<uint32_t> out;
+  out.reserve(blocks.size());
+  for (uint32_t b : blocks) out.push_back(b * 16 + (b * 2654435761u >> 7) % 16);
+  return out;
+}
 
 // Times one latency measurement on a fresh mapping of `orders` pages.
 bool LatencyRun(Kind kind, Side& side, const Orders& orders, Sample* out) {
@@ -198,6 +214,7 @@ bool LatencyRun(Kind kind, Side& side, const Orders& orders, Sample* out) {
     case Kind::kRandomWrite:
     case Kind::kWriteAfterRead: WritePages(p, orders.shuffled); break;
     case Kind::kRandomRead: sum = ReadPages(p, orders.shuffled); break;
+    case Kind::kSparseRead: sum = ReadPages(p, orders.sparse); break;
     case Kind::kSeqRead: sum = ReadPages(p, orders.sequential); break;
     case Kind::kSeqWrite: WritePages(p, orders.sequential); break;
     default: break;
@@ -212,8 +229,9 @@ bool LatencyRun(Kind kind, Side& side, const Orders& orders, Sample* out) {
     ok = false;
   }
   side.Unmap(p, bytes);
-  out->value = static_cast<double>(t1 - t0) / static_cast<double>(pages);
-  out->faults_per_page = static_cast<double>(f1 - f0) / static_cast<double>(pages);
+  const size_t touched = kind == Kind::kSparseRead ? orders.sparse.size() : pages;
+  out->value = static_cast<double>(t1 - t0) / static_cast<double>(touched);
+  out->faults_per_page = static_cast<double>(f1 - f0) / static_cast<double>(touched);
   out->handler_ns_per_fault = f1 > f0 ? static_cast<double>(h1 - h0) / static_cast<double>(f1 - f0) : 0;
   return ok;
 }
@@ -455,6 +473,7 @@ void RunMode(FaultMode mode, const Orders& orders, Context& ctx) {
   MachineOptions mo;
   mo.fault_mode = mode;
   mo.arena_bytes = kArenaBytes;
+  mo.fault_around_pages = static_cast<int>(ctx.options.fault_around);
   ctx.config = mo.ToString();
   ctx.fault_around = mo.fault_around_pages;
   auto machine = CreateMachine(mo);
@@ -497,6 +516,7 @@ void PrintHelp() {
       "  --pages N     pages per latency run (default 32768 = 128 MiB); the bandwidth\n"
       "                region is the larger of this and 256 MiB (with --quick: this)\n"
       "  --reps N      timed repetitions after one warm-up (default 5)\n"
+      "  --fault-around N  emu's fault-around pages, power of two 1..64 (default 16)\n"
       "  --quick       tiny sizes and 1 repetition (smoke test; explicit --pages/--reps win)\n"
       "  --json        one JSON object per line per (measurement, mode) instead of the table\n"
       "  --help        this text\n\n"
@@ -539,6 +559,14 @@ int ParseOptions(int argc, char** argv, Options* o) {
       args.IntValue(16, kMaxPages / 2, &pages);
     } else if (args.Is("--mode")) {
       AddModes(args, &o->modes);
+    } else if (args.Is("--fault-around")) {
+      int64_t n = 0;
+      if (args.IntValue(1, 64, &n)) {
+        if ((n & (n - 1)) != 0) {
+          args.Fail("--fault-around %lld: want a power of two", static_cast<long long>(n));
+        }
+        o->fault_around = n;
+      }
     } else {
       args.Unknown();
     }
@@ -564,7 +592,8 @@ int Main(int argc, char** argv) {
   int parsed = ParseOptions(argc, argv, &ctx.options);
   if (parsed != 0) return parsed == 1 ? 0 : 2;
   const uint64_t t0 = NowNs();
-  Orders orders{SequentialOrder(ctx.options.pages), ShuffledOrder(ctx.options.pages, kSeed)};
+  Orders orders{SequentialOrder(ctx.options.pages), ShuffledOrder(ctx.options.pages, kSeed),
+                SparseOrder(ctx.options.pages, kSeed)};
   if (!ctx.options.json) PrintTableHeader(ctx.options);
   for (FaultMode mode : ctx.options.modes) RunMode(mode, orders, ctx);
   if (!ctx.options.json) {

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "emu_git_sha.h"
 #ifndef EMU_GIT_SHA
 #define EMU_GIT_SHA "unknown"
 #endif

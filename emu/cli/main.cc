@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "emu/cli/cli.h"
+#include "emu_git_sha.h"
 
 namespace {
 
