@@ -240,7 +240,12 @@ absl::StatusOr<std::unique_ptr<HostMmu>> CreateUffdMmu(Machine* machine, AddrRan
                                                        FaultMode mode) {
   std::string why;
   int fd = OpenUffd(O_CLOEXEC | O_NONBLOCK, &why);
-  if (fd < 0) return ErrnoError(errno ? errno : EPERM, absl::StrCat("userfaultfd: ", why));
+  if (fd < 0) {
+    int err = errno ? errno : EPERM;
+    Log(Component::kFault).info("userfaultfd unavailable: {}", why);
+    return ErrnoError(err, "userfaultfd (needs root, access to /dev/userfaultfd, or "
+                           "vm.unprivileged_userfaultfd=1)");
+  }
   uffdio_api api{};
   api.api = UFFD_API;
   api.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID;

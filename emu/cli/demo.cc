@@ -12,6 +12,7 @@
 #include "emu/cli/cli.h"
 #include "emu/log.h"
 #include "emu/machine.h"
+#include "emu/status.h"
 #include "fault/machine_factory.h"
 
 namespace emu::cli {
@@ -100,15 +101,16 @@ int DemoMain(const std::vector<std::string>& args) {
   if (!ParseArgs(args, &o)) return 2;
   o.size = (o.size + kPageSize - 1) & kPageMask;
   if (o.machine.arena_bytes < 4 * o.size) {
-    std::fprintf(stderr, "emu demo: --size %llu needs an arena of at least 4x that\n",
-                 static_cast<unsigned long long>(o.size));
+    std::fprintf(stderr, "emu demo: --size %llu MiB needs an --arena of at least 4x that\n",
+                 static_cast<unsigned long long>(o.size >> 20));
     return 2;
   }
   auto machine = CreateMachine(o.machine);
   if (!machine.ok()) {
     std::fprintf(stderr, "emu demo: cannot create the machine: %s\n",
                  std::string(machine.status().message()).c_str());
-    if (o.machine.fault_mode != FaultMode::kSigsegv) {
+    int err = ToErrno(machine.status());
+    if (o.machine.fault_mode != FaultMode::kSigsegv && (err == EPERM || err == EACCES)) {
       std::fprintf(stderr, "emu demo: without userfaultfd permission, try --mode sigsegv\n");
     }
     return 2;
