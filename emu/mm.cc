@@ -32,6 +32,18 @@ bool RoundedEnd(VirtAddr addr, size_t len, VirtAddr* end) {
   return !__builtin_add_overflow(addr, rounded, end);
 }
 
+// Linux: mm/mlock.c do_mlock()/munlock(): the start rounds down, the length
+// rounds up with wrap-around (so -1 becomes 0, a no-op), and a range that then
+// wraps is EINVAL. Returns false for EINVAL.
+bool MlockRange(VirtAddr addr, size_t len, AddrRange* r) {
+  VirtAddr start = PageAlignDown(addr);
+  size_t rounded = PageAlignUp(len + (addr - start));  // wraps like PAGE_ALIGN
+  VirtAddr end = start + rounded;
+  if (end < start) return false;
+  *r = {start, end};
+  return true;
+}
+
 }  // namespace
 
 AddressSpace::~AddressSpace() {
@@ -51,7 +63,9 @@ Prot AddressSpace::HostProtFor(const Vma& vma, Pte pte) const {
   Prot prot = VmFlagsToProt(vma.vm_flags);
   if (!machine_->host().prot_encodes_ptes()) return prot;
   if (!pte.present()) return PROT_NONE;
-  if (!pte.write()) prot &= ~PROT_WRITE;
+  // x86 has no write-only pages: write implies read, so a write-protected
+  // page of a PROT_WRITE mapping stays readable.
+  if (!pte.write() && (prot & PROT_WRITE)) prot = (prot & ~PROT_WRITE) | PROT_READ;
   return prot;
 }
 
@@ -145,6 +159,11 @@ absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot
                               MAP_POPULATE | MAP_LOCKED | MAP_STACK | MAP_GROWSDOWN |
                               MAP_FIXED_NOREPLACE | MAP_NONBLOCK | MAP_DENYWRITE |
                               MAP_EXECUTABLE | MAP_HUGETLB | MAP_SYNC | MAP_32BIT;
+  if ((flags & MAP_ANONYMOUS) && type == MAP_SHARED_VALIDATE) {
+    // Linux: do_mmap() validates MAP_SHARED_VALIDATE only for files; an
+    // anonymous mapping must be MAP_SHARED or MAP_PRIVATE.
+    return ErrnoError(EINVAL, "mmap: MAP_SHARED_VALIDATE on anonymous memory");
+  }
   if (type == MAP_SHARED_VALIDATE && (flags & ~kKnownFlags)) {
     return ErrnoError(EOPNOTSUPP, "mmap: unknown flags with MAP_SHARED_VALIDATE");
   }
@@ -191,7 +210,7 @@ absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot
   Log(Component::kEmu).debug("mmap {} prot={:#x} flags={:#x}", range, prot, flags);
   if (flags & (MAP_POPULATE | MAP_LOCKED)) {
     // Linux ignores populate failures here (mm_populate); so do we.
-    (void)Populate(range, (flags & MAP_LOCKED) != 0);
+    (void)Populate(range, (flags & MAP_LOCKED) != 0, /*stop_at_inaccessible=*/false);
   }
   return range.start;
 }
@@ -236,16 +255,25 @@ absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
   if (len == 0) return absl::OkStatus();
   VirtAddr end;
   if (!RoundedEnd(addr, len, &end)) return ErrnoError(ENOMEM, "mprotect: range overflows");
-  WriteLockHolder l(&mmap_lock_);
+  std::vector<AddrRange> populate;
+  ReleasableWriteLock l(&mmap_lock_);
+  // Linux: do_mprotect_pkey() looks up the first VMA in the range before it
+  // judges PROT_GROWS*: a hole is ENOMEM, a VMA that does not grow EINVAL.
   if (prot & (PROT_GROWSDOWN | PROT_GROWSUP)) {
-    const Vma* v = vmas_.Lookup(addr);
-    if (v == nullptr || !(v->vm_flags & kVmGrowsDown) || (prot & PROT_GROWSUP)) {
+    const Vma* v = vmas_.FindVma(addr);
+    if (v == nullptr || v->start >= end) return ErrnoError(ENOMEM, "mprotect: range not mapped");
+    if (!(v->vm_flags & kVmGrowsDown) || (prot & PROT_GROWSUP)) {
       return ErrnoError(EINVAL, "mprotect: PROT_GROWS* on a mapping that does not grow");
     }
   }
   uint32_t new_prot_flags = ProtToVmFlags(prot);
-  return ApplyToVmasLocked({addr, end}, [&](Vma& vma) {
+  absl::Status status = ApplyToVmasLocked({addr, end}, [&](Vma& vma) {
     mmap_lock_.AssertWriteHeld();
+    // Linux: mm/mprotect.c mprotect_fixup() populates a VM_LOCKED private
+    // VMA that becomes writable, so its pages are real and stay resident.
+    if (vma.locked() && !vma.writable() && (new_prot_flags & kVmWrite)) {
+      populate.push_back(vma.range());
+    }
     vma.vm_flags = (vma.vm_flags & ~kVmProtMask) | new_prot_flags;
     // Linux: mm/mprotect.c change_pte_range(): exclusive anonymous pages
     // follow the VMA's write permission; the zero page never becomes writable.
@@ -259,6 +287,9 @@ absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
     SyncHostProtLocked(vma, vma.range());
     return absl::OkStatus();
   });
+  l.Release();
+  for (AddrRange r : populate) (void)Populate(r, /*nozero=*/true, /*stop_at_inaccessible=*/false);
+  return status;
 }
 
 absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
@@ -322,38 +353,37 @@ absl::Status AddressSpace::SetLockedLocked(AddrRange r, bool lock) {
 }
 
 absl::Status AddressSpace::Mlock(VirtAddr addr, size_t len) {
-  VirtAddr start = PageAlignDown(addr);
-  VirtAddr end;
-  if (!RoundedEnd(start, len + (addr - start), &end)) {
-    return ErrnoError(ENOMEM, "mlock: range overflows");
-  }
-  if (end == start) return absl::OkStatus();
-  absl::Status locked;
+  AddrRange r;
+  if (!MlockRange(addr, len, &r)) return ErrnoError(EINVAL, "mlock: range wraps");
+  if (r.empty()) return absl::OkStatus();
   {
     WriteLockHolder l(&mmap_lock_);
-    locked = SetLockedLocked({start, end}, true);
+    // A hole: the VMAs before it stay locked, nothing is populated (Linux
+    // returns before __mm_populate).
+    EMU_RETURN_IF_ERROR(SetLockedLocked(r, true));
   }
-  // Populate what was locked, even when a hole stopped the walk (as Linux).
-  absl::Status populated = Populate({start, end}, /*nozero=*/true);
-  if (!locked.ok()) return locked;
-  if (!populated.ok() && ToErrno(populated) != EFAULT) return populated;
-  return absl::OkStatus();
+  // Linux: __mm_populate() stops at an inaccessible (PROT_NONE) VMA and
+  // mlock reports that as ENOMEM (__mlock_posix_error_return: EFAULT ->
+  // ENOMEM, ENOMEM -> EAGAIN); the range stays locked.
+  absl::Status populated = Populate(r, /*nozero=*/true, /*stop_at_inaccessible=*/true);
+  if (populated.ok()) return populated;
+  int err = ToErrno(populated);
+  return ErrnoError(err == EFAULT ? ENOMEM : err == ENOMEM ? EAGAIN : err,
+                    "mlock: could not populate the range");
 }
 
 absl::Status AddressSpace::Munlock(VirtAddr addr, size_t len) {
-  VirtAddr start = PageAlignDown(addr);
-  VirtAddr end;
-  if (!RoundedEnd(start, len + (addr - start), &end)) {
-    return ErrnoError(ENOMEM, "munlock: range overflows");
-  }
-  if (end == start) return absl::OkStatus();
+  AddrRange r;
+  if (!MlockRange(addr, len, &r)) return ErrnoError(EINVAL, "munlock: range wraps");
+  if (r.empty()) return absl::OkStatus();
   WriteLockHolder l(&mmap_lock_);
-  return SetLockedLocked({start, end}, false);
+  return SetLockedLocked(r, false);
 }
 
-absl::Status AddressSpace::Populate(AddrRange r, bool nozero) {
-  // Linux: mm/gup.c populate_vma_page_range(): write-fault private writable
-  // VMAs, read-fault the rest; skip PROT_NONE VMAs.
+absl::Status AddressSpace::Populate(AddrRange r, bool nozero, bool stop_at_inaccessible) {
+  // Linux: mm/gup.c __mm_populate() / populate_vma_page_range(): write-fault
+  // private writable VMAs, read-fault the rest; a PROT_NONE VMA fails the
+  // walk with EFAULT (mlock) or is skipped (mmap's populate ignores errors).
   VirtAddr a = r.start;
   while (a < r.end) {
     uint32_t vm_flags;
@@ -366,7 +396,10 @@ absl::Status AddressSpace::Populate(AddrRange r, bool nozero) {
       vm_flags = v->vm_flags;
     }
     a = piece.end;
-    if (!(vm_flags & (kVmRead | kVmWrite | kVmExec))) continue;
+    if (!(vm_flags & (kVmRead | kVmWrite | kVmExec))) {
+      if (stop_at_inaccessible) return ErrnoError(EFAULT, "populate: PROT_NONE mapping");
+      continue;
+    }
     unsigned flags = kFaultPopulate;
     if (vm_flags & kVmWrite) flags |= kFaultWrite;
     if (nozero || (vm_flags & kVmLocked)) flags |= kFaultNoZero;
@@ -441,7 +474,6 @@ absl::Status AddressSpace::CheckInvariants() {
     if (pte.special()) {
       zero++;
       if (pte.pfn() != kZeroPfn || pte.write()) return fail(a, "bad zero-page pte");
-      if (v->locked()) return fail(a, "zero page in a VM_LOCKED vma");
       return;
     }
     anon++;

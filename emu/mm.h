@@ -41,8 +41,9 @@ class Machine;
 // Invariants (CheckInvariants, with no fault or mm call in flight):
 //  1. The VMA tree's invariants hold and every VMA lies inside window().
 //  2. Every PTE that is not none lies inside a VMA, and none is kLocked.
-//  3. A special PTE maps the zero page (pfn 0), is never writable, and never
-//     lies in a VM_LOCKED VMA.
+//  3. A special PTE maps the zero page (pfn 0) and is never writable. (It may
+//     lie in a VM_LOCKED VMA, as in Linux: mlock of a PROT_NONE range fails to
+//     populate it, and a later mprotect(PROT_READ) does not populate.)
 //  4. A present, non-special PTE maps an anonymous Page whose mapping is this
 //     address space and whose index is the page's address >> kPageShift, with
 //     mapcount == refcount == 1 (every page is exclusive so far).
@@ -128,7 +129,7 @@ class AddressSpace {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   // Sets or clears kVmLocked over r.
   absl::Status SetLockedLocked(AddrRange r, bool lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
-  absl::Status Populate(AddrRange r, bool nozero);
+  absl::Status Populate(AddrRange r, bool nozero, bool stop_at_inaccessible);
   absl::Status CheckHostAgreementLocked() ABSL_SHARED_LOCKS_REQUIRED(mmap_lock_);
 
   Machine* const machine_;  // immutable

@@ -150,6 +150,26 @@ class ABSL_SCOPED_LOCKABLE ReadLockHolder {
   RwSem* s_;
 };
 
+// A write lock that can be dropped before the end of its scope.
+class ABSL_SCOPED_LOCKABLE ReleasableWriteLock {
+ public:
+  explicit ReleasableWriteLock(RwSem* s) ABSL_EXCLUSIVE_LOCK_FUNCTION(s) : s_(s) {
+    s_->WriteLock();
+  }
+  ~ReleasableWriteLock() ABSL_UNLOCK_FUNCTION() {
+    if (s_ != nullptr) s_->WriteUnlock();
+  }
+  void Release() ABSL_UNLOCK_FUNCTION() {
+    s_->WriteUnlock();
+    s_ = nullptr;
+  }
+  ReleasableWriteLock(const ReleasableWriteLock&) = delete;
+  ReleasableWriteLock& operator=(const ReleasableWriteLock&) = delete;
+
+ private:
+  RwSem* s_;
+};
+
 class ABSL_SCOPED_LOCKABLE WriteLockHolder {
  public:
   explicit WriteLockHolder(RwSem* s) ABSL_EXCLUSIVE_LOCK_FUNCTION(s) : s_(s) { s_->WriteLock(); }

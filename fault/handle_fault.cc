@@ -108,6 +108,17 @@ static AddrRange ClaimNoneRun(VmFault& vmf, AddrRange window) {
   return {start, end};
 }
 
+// Gives back the claimed PTEs of `run` other than the faulting one.
+template <typename Make>
+static void PublishRun(VmFault& vmf, AddrRange run, Make&& make);
+
+static AddrRange ShrinkToFaultingPage(VmFault& vmf, AddrRange run) {
+  PublishRun(vmf, run, [&](VirtAddr a) {
+    return a == vmf.address ? Pte::InstallLocked() : Pte();
+  });
+  return {vmf.address, vmf.address + kPageSize};
+}
+
 // Sets the PTEs of a claimed run: `make(a)` gives each one's final value.
 template <typename Make>
 static void PublishRun(VmFault& vmf, AddrRange run, Make&& make) {
@@ -253,7 +264,15 @@ unsigned AnonFaultHandler::DoAnonymousPage(VmFault& vmf) {
   const size_t nr = run.nr_pages();
 
   if (use_zero) {
-    if (!host.InstallZero(run, prot)) {
+    bool ok = host.InstallZero(run, prot);
+    if (!ok && errno == ENOENT && nr > 1) {
+      // The run spans two host VMAs that did not merge (e.g. different
+      // anon_vmas after MAP_FIXED): userfaultfd installs within one VMA only.
+      // Fall back to the faulting page.
+      run = ShrinkToFaultingPage(vmf, run);
+      ok = host.InstallZero(run, prot);
+    }
+    if (!ok) {
       int err = errno;
       PublishRun(vmf, run, [](VirtAddr) { return Pte(); });
       return HostFailure(vmf, err);
@@ -262,10 +281,10 @@ unsigned AnonFaultHandler::DoAnonymousPage(VmFault& vmf) {
     machine_->host_vma_estimate().fetch_add(
         BoundaryDelta(vmf, run, PROT_NONE, PROT_READ | (prot & PROT_EXEC)),
         std::memory_order_relaxed);
-    vmf.as->AddZeroPtes(nr);
+    vmf.as->AddZeroPtes(run.nr_pages());
     vmstat.Add(VmEvent::k_pgfault_read);
-    vmstat.Add(VmEvent::k_zero_page_map, nr);
-    vmstat.Add(VmEvent::k_fault_around_pages, nr - 1);
+    vmstat.Add(VmEvent::k_zero_page_map, run.nr_pages());
+    vmstat.Add(VmEvent::k_fault_around_pages, run.nr_pages() - 1);
     return kFaultOk;
   }
 
@@ -288,7 +307,18 @@ unsigned AnonFaultHandler::DoAnonymousPage(VmFault& vmf) {
     run = kept;
   }
   const bool writable = vmf.vma->writable();
-  if (!host.InstallZeroed(run, prot)) {
+  bool installed = host.InstallZeroed(run, prot);
+  if (!installed && errno == ENOENT && run.nr_pages() > 1) {
+    // As above: keep the faulting page's frame, free the others.
+    size_t keep = (vmf.address - run.start) >> kPageShift;
+    for (size_t i = 0; i < run.nr_pages(); i++) {
+      if (i != keep) mem_map.Free(pfns[i]);
+    }
+    pfns[0] = pfns[keep];
+    run = ShrinkToFaultingPage(vmf, run);
+    installed = host.InstallZeroed(run, prot);
+  }
+  if (!installed) {
     int err = errno;
     for (size_t i = 0; i < run.nr_pages(); i++) mem_map.Free(pfns[i]);
     PublishRun(vmf, run, [](VirtAddr) { return Pte(); });

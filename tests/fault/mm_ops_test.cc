@@ -158,7 +158,12 @@ TEST_CASE("Mlock: unaligned starts round down, holes give ENOMEM, munlock merges
   CHECK(as.nr_vmas() == 1);
   REQUIRE(as.Munmap(A(p) + 8 * kPageSize - kPageSize, kPageSize).ok());
   CHECK(ToErrno(as.Mlock(A(p), 8 * kPageSize)) == ENOMEM);
-  CHECK(as.rss_anon() == 7);  // the mapped prefix was locked and populated
+  CHECK(as.rss_anon() == 2);  // the mapped prefix is locked but, as in Linux, not populated
+  CHECK(as.nr_vmas() == 1);   // ... and the whole prefix is one VM_LOCKED vma
+  CHECK(as.Mlock(A(p), static_cast<size_t>(-1)).ok());  // length rounds to 0: no-op
+  CHECK(ToErrno(as.Mlock(A(p), static_cast<size_t>(-4096))) == EINVAL);  // wraps
+  char* none = MapAnon(as, 2 * kPageSize, PROT_NONE);
+  CHECK(ToErrno(as.Mlock(A(none), 2 * kPageSize)) == ENOMEM);  // cannot populate PROT_NONE
   RequireInvariants(as);
 }
 
