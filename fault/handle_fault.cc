@@ -247,9 +247,6 @@ unsigned AnonFaultHandler::MergeHostBlock(VmFault& vmf) {
 }
 
 unsigned AnonFaultHandler::DoAnonymousPage(VmFault& vmf) {
-  HostMmu& host = machine_->host();
-  VmStat& vmstat = machine_->vmstat();
-  const Prot prot = VmFlagsToProt(vmf.vma->vm_flags);
   const bool use_zero = !vmf.write() && !(vmf.flags & kFaultNoZero) &&
                         machine_->options().zero_page && vmf.vma->use_zero_page();
   // Write fault-around only for a thread that streams forward (readahead's
@@ -261,35 +258,44 @@ unsigned AnonFaultHandler::DoAnonymousPage(VmFault& vmf) {
   AddrRange run = ClaimNoneRun(vmf, FaultAroundRange(vmf, sequential));
   if (run.empty()) return kFaultRetry;
   stream.store(run.end, std::memory_order_relaxed);
-  const size_t nr = run.nr_pages();
+  return use_zero ? InstallZeroRun(vmf, run) : InstallAnonRun(vmf, run);
+}
 
-  if (use_zero) {
-    bool ok = host.InstallZero(run, prot);
-    if (!ok && errno == ENOENT && nr > 1) {
-      // The run spans two host VMAs that did not merge (e.g. different
-      // anon_vmas after MAP_FIXED): userfaultfd installs within one VMA only.
-      // Fall back to the faulting page.
-      run = ShrinkToFaultingPage(vmf, run);
-      ok = host.InstallZero(run, prot);
-    }
-    if (!ok) {
-      int err = errno;
-      PublishRun(vmf, run, [](VirtAddr) { return Pte(); });
-      return HostFailure(vmf, err);
-    }
-    PublishRun(vmf, run, [](VirtAddr) { return Pte::ZeroPage(); });
-    machine_->host_vma_estimate().fetch_add(
-        BoundaryDelta(vmf, run, PROT_NONE, PROT_READ | (prot & PROT_EXEC)),
-        std::memory_order_relaxed);
-    vmf.as->AddZeroPtes(run.nr_pages());
-    vmstat.Add(VmEvent::k_pgfault_read);
-    vmstat.Add(VmEvent::k_zero_page_map, run.nr_pages());
-    vmstat.Add(VmEvent::k_fault_around_pages, run.nr_pages() - 1);
-    return kFaultOk;
+unsigned AnonFaultHandler::InstallZeroRun(VmFault& vmf, AddrRange run) {
+  HostMmu& host = machine_->host();
+  VmStat& vmstat = machine_->vmstat();
+  const Prot prot = VmFlagsToProt(vmf.vma->vm_flags);
+  bool ok = host.InstallZero(run, prot);
+  if (!ok && errno == ENOENT && run.nr_pages() > 1) {
+    // The run spans two host VMAs that did not merge (e.g. different
+    // anon_vmas after MAP_FIXED): userfaultfd installs within one VMA only.
+    // Fall back to the faulting page.
+    run = ShrinkToFaultingPage(vmf, run);
+    ok = host.InstallZero(run, prot);
   }
+  if (!ok) {
+    int err = errno;
+    PublishRun(vmf, run, [](VirtAddr) { return Pte(); });
+    return HostFailure(vmf, err);
+  }
+  PublishRun(vmf, run, [](VirtAddr) { return Pte::ZeroPage(); });
+  machine_->host_vma_estimate().fetch_add(
+      BoundaryDelta(vmf, run, PROT_NONE, PROT_READ | (prot & PROT_EXEC)),
+      std::memory_order_relaxed);
+  vmf.as->AddZeroPtes(run.nr_pages());
+  vmstat.Add(VmEvent::k_pgfault_read);
+  vmstat.Add(VmEvent::k_zero_page_map, run.nr_pages());
+  vmstat.Add(VmEvent::k_fault_around_pages, run.nr_pages() - 1);
+  return kFaultOk;
+}
 
-  // Exclusive zeroed pages: allocate frames first, shrinking the run to what
-  // the machine can give (the faulting page must get one).
+unsigned AnonFaultHandler::InstallAnonRun(VmFault& vmf, AddrRange run) {
+  HostMmu& host = machine_->host();
+  VmStat& vmstat = machine_->vmstat();
+  const Prot prot = VmFlagsToProt(vmf.vma->vm_flags);
+  const size_t nr = run.nr_pages();
+  // Allocate frames first, shrinking the run to what the machine can give
+  // (the faulting page must get one).
   MemMap& mem_map = machine_->mem_map();
   Pfn pfns[kMaxRun];
   size_t got = 0;

@@ -38,6 +38,11 @@ class AnonFaultHandler : public FaultHandler {
   // Linux: mm/memory.c do_anonymous_page(): zero page on read (seed 004), a
   // zeroed exclusive page on write.
   unsigned DoAnonymousPage(VmFault& vmf);
+  // Install a claimed run (all PTEs kLocked) as zero pages, or as zeroed
+  // exclusive pages, and publish it. A run spanning two host mappings that
+  // did not merge falls back to the faulting page.
+  unsigned InstallZeroRun(VmFault& vmf, AddrRange run);
+  unsigned InstallAnonRun(VmFault& vmf, AddrRange run);
   // Linux: mm/memory.c do_wp_page(): write to a present, write-protected PTE.
   // Copy from the zero page, or reuse an exclusive page.
   unsigned DoWpPage(VmFault& vmf, uint64_t orig);
