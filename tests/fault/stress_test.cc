@@ -128,5 +128,58 @@ TEST_CASE("Threads fault in several address spaces while another maps and unmaps
   second->reset();
 }
 
+TEST_CASE("Faults racing MADV_DONTNEED on the same pages see either the old data or zeros",
+          "[stress]") {
+  FaultMode mode = EMU_ALL_MODES();
+  uint64_t seed = Seed();
+  INFO("mode " << FaultModeName(mode) << " seed " << seed);
+  auto env = MakeEnv(mode);
+  AddressSpace& as = *env->as;
+  constexpr uint64_t kPages = 1024;
+  constexpr int kWriters = 3;
+  char* p = MapAnon(as, kPages * kPageSize);
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  std::thread zapper([&] {
+    std::mt19937_64 rng(seed);
+    while (!stop.load()) {
+      uint64_t first = rng() % kPages;
+      uint64_t n = 1 + rng() % std::min<uint64_t>(32, kPages - first);
+      if (!as.Madvise(reinterpret_cast<VirtAddr>(p + first * kPageSize), n * kPageSize,
+                      MADV_DONTNEED).ok()) {
+        bad++;
+      }
+      std::this_thread::yield();
+    }
+  });
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kWriters; t++) {
+    ts.emplace_back([&, t] {
+      std::mt19937_64 rng(seed * 13 + t);
+      for (int i = 0; i < 20000; i++) {
+        uint64_t page = rng() % kPages;
+        volatile char* b = p + page * kPageSize + t;
+        if (rng() % 2) {
+          *b = static_cast<char>(Value(page, 0));
+        } else {
+          uint8_t v = static_cast<uint8_t>(*b);
+          if (v != 0 && v != Value(page, 0)) bad++;
+        }
+      }
+    });
+  }
+  for (auto& th : ts) th.join();
+  stop = true;
+  zapper.join();
+  for (uint64_t page = 0; page < kPages; page++) {
+    for (int t = 0; t < kWriters; t++) {
+      uint8_t v = static_cast<uint8_t>(p[page * kPageSize + t]);
+      if (v != 0 && v != Value(page, 0)) bad++;
+    }
+  }
+  CHECK(bad.load() == 0);
+  RequireInvariants(as);
+}
+
 }  // namespace
 }  // namespace emu
