@@ -21,6 +21,10 @@ absl::StatusOr<std::unique_ptr<HostMmu>> CreateUffdMmu(Machine* machine, AddrRan
 // page PROT_READ, a written page the VMA's protection. Faults arrive as SIGSEGV.
 absl::StatusOr<std::unique_ptr<HostMmu>> CreateSigsegvMmu(Machine* machine, AddrRange arena);
 
+// Handler threads in kUffdThread mode: EMU_UFFD_HANDLERS, else one per
+// online CPU. With more than one, thread i is pinned to CPU i.
+int HandlerThreads();
+
 // Whether userfaultfd with the features emu needs is usable here; the reason
 // in *why when not.
 bool UffdAvailable(std::string* why);

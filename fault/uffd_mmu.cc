@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <thread>
 #include <vector>
 
@@ -153,12 +154,20 @@ class UffdMmu : public HostMmu {
 void UffdMmu::StartThreads(int n) {
   stop_fd_ = eventfd(0, EFD_CLOEXEC);
   for (int i = 0; i < n; i++) {
-    threads_.emplace_back([this] {
-      // Handler threads take no process signals; they are left unpinned, so
-      // the kernel wakes them on the faulting CPU (see docs/DESIGN.md).
+    threads_.emplace_back([this, i, n] {
+      // Handler threads take no process signals.
       sigset_t all;
       sigfillset(&all);
       pthread_sigmask(SIG_BLOCK, &all, nullptr);
+      if (n > 1) {
+        // One handler per CPU, pinned: every poller wakes for each fault, and
+        // the one on the faulting CPU (idle now that the faulting thread
+        // sleeps) takes it at once; the others find nothing to read.
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(i, &set);
+        pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+      }
       HandlerLoop();
     });
   }
@@ -224,6 +233,14 @@ void UffdMmu::HandlerLoop() {
 
 }  // namespace
 
+int HandlerThreads() {
+  if (const char* env = std::getenv("EMU_UFFD_HANDLERS")) {
+    int n = std::atoi(env);
+    if (n >= 1 && n <= 1024) return n;
+  }
+  return std::max(1, static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)));
+}
+
 bool UffdAvailable(std::string* why) {
   int fd = OpenUffd(O_CLOEXEC | O_NONBLOCK, why);
   if (fd < 0) return false;
@@ -276,11 +293,12 @@ absl::StatusOr<std::unique_ptr<HostMmu>> CreateUffdMmu(Machine* machine, AddrRan
   }
   auto mmu = std::make_unique<UffdMmu>(machine, mode, fd, zero);
   if (mode == FaultMode::kUffdThread) {
-    // One handler thread: every poller of a userfaultfd is woken for each
-    // fault, and with one per CPU the wake of the idle vCPU's poller
-    // (~30 us here) dominated: random first-touch write measured 6.9-22 us
-    // with two pollers (bench/fault_latency, thread mode).
-    mmu->StartThreads(1);
+    // One pinned handler per CPU. A single unpinned handler is only fast
+    // when the scheduler happens to wake it on the faulting CPU: random
+    // first-touch write measured 5.4 us in one session and 75-78 us in
+    // another; pinned per-CPU handlers measured 7.9-8.1 us every time
+    // (bench/fault_latency --mode thread, docs/DESIGN.md).
+    mmu->StartThreads(HandlerThreads());
   }
   EMU_RETURN_IF_ERROR(RegisterSignalMachine(machine));
   return std::unique_ptr<HostMmu>(std::move(mmu));
