@@ -135,9 +135,15 @@ bool AnonFaultHandler::OverHostBudget() const {
          machine_->host_vma_estimate().load(std::memory_order_relaxed) > Machine::kHostVmaBudget;
 }
 
+void AnonFaultHandler::AccountHostBoundaries(const VmFault& vmf, AddrRange run, Prot old_prot,
+                                             Prot new_prot) {
+  if (!machine_->host().prot_encodes_ptes()) return;  // no shared atomic on the uffd path
+  machine_->host_vma_estimate().fetch_add(BoundaryDelta(vmf, run, old_prot, new_prot),
+                                          std::memory_order_relaxed);
+}
+
 int AnonFaultHandler::BoundaryDelta(const VmFault& vmf, AddrRange run, Prot old_prot,
                                     Prot new_prot) {
-  if (!machine_->host().prot_encodes_ptes()) return 0;
   auto prot_at = [&](VirtAddr a) -> int {
     if (!vmf.vma->range().Contains(a)) return -1;
     std::atomic<uint64_t>* e = vmf.as->page_table().Walk(a, false);
@@ -279,9 +285,7 @@ unsigned AnonFaultHandler::InstallZeroRun(VmFault& vmf, AddrRange run) {
     return HostFailure(vmf, err);
   }
   PublishRun(vmf, run, [](VirtAddr) { return Pte::ZeroPage(); });
-  machine_->host_vma_estimate().fetch_add(
-      BoundaryDelta(vmf, run, PROT_NONE, PROT_READ | (prot & PROT_EXEC)),
-      std::memory_order_relaxed);
+  AccountHostBoundaries(vmf, run, PROT_NONE, PROT_READ | (prot & PROT_EXEC));
   vmf.as->AddZeroPtes(run.nr_pages());
   vmstat.Add(VmEvent::k_pgfault_read);
   vmstat.Add(VmEvent::k_zero_page_map, run.nr_pages());
@@ -340,9 +344,7 @@ unsigned AnonFaultHandler::InstallAnonRun(VmFault& vmf, AddrRange run) {
     if (mlocked) page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
     return Pte::Anon(pfn, writable, vmf.write());
   });
-  machine_->host_vma_estimate().fetch_add(
-      BoundaryDelta(vmf, run, PROT_NONE, writable ? prot : prot & ~PROT_WRITE),
-      std::memory_order_relaxed);
+  AccountHostBoundaries(vmf, run, PROT_NONE, writable ? prot : prot & ~PROT_WRITE);
   vmf.as->AddRssAnon(run.nr_pages());
   vmstat.Add(vmf.write() ? VmEvent::k_pgfault_write : VmEvent::k_pgfault_read);
   vmstat.Add(VmEvent::k_pgalloc, run.nr_pages());
@@ -405,9 +407,7 @@ unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
                                    [&] { return host.MakeWritable(page, prot); });
     if (ret == kFaultOk) {
       machine_->vmstat().Add(VmEvent::k_cow_zero);
-      machine_->host_vma_estimate().fetch_add(
-          BoundaryDelta(vmf, page, PROT_READ | (prot & PROT_EXEC), prot),
-          std::memory_order_relaxed);
+      AccountHostBoundaries(vmf, page, PROT_READ | (prot & PROT_EXEC), prot);
     }
     if (ret == kFaultHostLimit && host.prot_encodes_ptes()) return MergeHostBlock(vmf);
     return ret;

@@ -61,6 +61,8 @@ class AnonFaultHandler : public FaultHandler {
   // `old_prot` to `new_prot` adds (negative: removes). Neighbours outside the
   // VMA count as boundaries either way.
   int BoundaryDelta(const VmFault& vmf, AddrRange run, Prot old_prot, Prot new_prot);
+  // Adds BoundaryDelta to the machine's estimate (SIGSEGV mode only).
+  void AccountHostBoundaries(const VmFault& vmf, AddrRange run, Prot old_prot, Prot new_prot);
   bool OverHostBudget() const;
   // The run of none PTEs around the fault to install together.
   AddrRange FaultAroundRange(const VmFault& vmf, bool sequential) const;
