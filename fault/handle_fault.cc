@@ -29,6 +29,16 @@ uint32_t FaultingTid() {
 // Lock-free read of a PTE.
 inline uint64_t Load(std::atomic<uint64_t>* e) { return e->load(std::memory_order_acquire); }
 
+// Makes a freshly allocated frame the exclusive anonymous page mapped at
+// `addr` of `vma` in `as`. Linux: mm/rmap.c folio_add_new_anon_rmap().
+// Preconditions: the page's PTE is claimed (kLocked) by the caller.
+inline void AddNewAnonRmap(Page& page, AddressSpace* as, const Vma& vma, VirtAddr addr) {
+  page.mapping = as;
+  page.index = addr >> kPageShift;
+  page.mapcount.store(1, std::memory_order_relaxed);
+  if (vma.locked()) page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+}
+
 }  // namespace
 
 void SetFaultingThread(uint32_t tid) { tls_served_tid = tid; }
@@ -108,10 +118,11 @@ static AddrRange ClaimNoneRun(VmFault& vmf, AddrRange window) {
   return {start, end};
 }
 
-// Gives back the claimed PTEs of `run` other than the faulting one.
 template <typename Make>
 static void PublishRun(VmFault& vmf, AddrRange run, Make&& make);
 
+// Gives back the claimed PTEs of `run` other than the faulting one and
+// returns the one-page run that is still claimed.
 static AddrRange ShrinkToFaultingPage(VmFault& vmf, AddrRange run) {
   PublishRun(vmf, run, [&](VirtAddr a) {
     return a == vmf.address ? Pte::InstallLocked() : Pte();
@@ -225,10 +236,7 @@ unsigned AnonFaultHandler::MergeHostBlock(VmFault& vmf) {
         Page& page = mem_map.page(p);
         chain = page.next_free;
         page.next_free = 0;
-        page.mapping = vmf.as;
-        page.index = (block.start >> kPageShift) + i;
-        page.mapcount.store(1, std::memory_order_relaxed);
-        if (vma.locked()) page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+        AddNewAnonRmap(page, vmf.as, vma, block.start + i * kPageSize);
         base[i].store(Pte::Anon(p, true, false).raw(), std::memory_order_release);
         new_anon++;
         if (test(was_zero, i)) zero_delta--;
@@ -334,14 +342,10 @@ unsigned AnonFaultHandler::InstallAnonRun(VmFault& vmf, AddrRange run) {
     PublishRun(vmf, run, [](VirtAddr) { return Pte(); });
     return HostFailure(vmf, err);
   }
-  const bool mlocked = vmf.vma->locked();
   PublishRun(vmf, run, [&](VirtAddr a) {
     Pfn pfn = pfns[(a - run.start) >> kPageShift];
     Page& page = mem_map.page(pfn);
-    page.mapping = vmf.as;
-    page.index = a >> kPageShift;
-    page.mapcount.store(1, std::memory_order_relaxed);
-    if (mlocked) page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+    AddNewAnonRmap(page, vmf.as, *vmf.vma, a);
     return Pte::Anon(pfn, writable, vmf.write());
   });
   AccountHostBoundaries(vmf, run, PROT_NONE, writable ? prot : prot & ~PROT_WRITE);
@@ -377,10 +381,7 @@ static unsigned ReplaceZeroPage(Machine* machine, VmFault& vmf, uint64_t orig, b
     return err == ENOMEM ? kFaultHostLimit : kFaultSigbus;
   }
   Page& page = mem_map.page(pfn);
-  page.mapping = vmf.as;
-  page.index = vmf.address >> kPageShift;
-  page.mapcount.store(1, std::memory_order_relaxed);
-  if (vmf.vma->locked()) page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+  AddNewAnonRmap(page, vmf.as, *vmf.vma, vmf.address);
   {
     SpinLockHolder l(pt.Ptl(vmf.address));
     vmf.pte->store(Pte::Anon(pfn, vmf.vma->writable(), dirty).raw(), std::memory_order_release);
