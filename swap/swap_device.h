@@ -1,0 +1,221 @@
+// The swap device: a file, its swap_map and the slot allocator (Linux:
+// mm/swapfile.c). See README.md in this folder for the picture and the locking.
+#ifndef EMU_SWAP_SWAP_DEVICE_H_
+#define EMU_SWAP_SWAP_DEVICE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "emu/sync.h"
+#include "swap/swap_io.h"
+
+namespace emu {
+
+struct SwapOptions {
+  std::string path;         // use/create this file (mode 0600); empty: an unlinked O_TMPFILE
+                            // (mode 0600) in `dir`
+  std::string dir;          // empty: $TMPDIR, else /var/tmp
+  uint64_t size_bytes = 0;  // rounded down to whole pages; must be >= 1 MiB (else EINVAL)
+  bool direct_io = true;    // try O_DIRECT; fall back to buffered I/O when the filesystem
+                            // refuses it (EINVAL)
+  int queue_depth = 64;
+  int nr_rings = 0;  // 0: 2 x online CPUs, at least 4
+};
+
+// A swap entry is the slot number (one device). Slot counts (swap_map[slot]):
+// the number of swap PTEs that reference the slot, plus the flag kSwapHasCache
+// while a page in memory holds the slot (the swap cache, = SWAP_HAS_CACHE);
+// kSwapMapBad retires a slot forever.
+inline constexpr uint16_t kSwapHasCache = 0x8000;   // = SWAP_HAS_CACHE
+inline constexpr uint16_t kSwapMapBad = 0x7fff;     // = SWAP_MAP_BAD: never allocated again
+inline constexpr uint16_t kSwapMapMax = 0x7ffe;     // the most PTE references per slot
+inline constexpr uint32_t kSwapClusterPages = 256;  // = SWAPFILE_CLUSTER
+
+// Linux: mm/swapfile.c, struct swap_info_struct.
+// Differs: one device, no priorities, no swap count continuation (a count
+// tops out at kSwapMapMax, and going past it is a bug), no per-CPU clusters
+// (one current cluster per device), no discard.
+//
+// Slot states (swap_map[slot]):
+//   0                  free
+//   1..kSwapMapMax     in use: that many swap PTEs, no page in the swap cache
+//   kSwapHasCache | c  in use: c swap PTEs (possibly 0) and a swap-cache page
+//   kSwapMapBad        retired after a failed write; neither free nor used
+//
+// Invariants (CheckInvariants):
+//  1. nr_free + nr_used + nr_bad == nr_slots, each equal to the count of such
+//     slots in swap_map.
+//  2. Each cluster's nr_free equals the free slots in it.
+//  3. The free-cluster list holds exactly the wholly free clusters (nr_free ==
+//     the cluster's size; a cluster with a retired slot never is), each once,
+//     its links consistent.
+//  4. The current cluster, if any, is a valid cluster, and the cursor lies in
+//     [its first slot, its end].
+//
+// Locking: every field below the I/O backend is guarded by swap_lock_ (=
+// swap_info_struct->lock), a leaf lock: nothing is taken under it. It is a
+// SpinLock held for a few loads and stores, never across a system call or a
+// callback that touches emulated memory, so a fault cannot interrupt its
+// holder in the same thread. Everything but Open, the destructor,
+// ReplaceIo/TakeIo and CheckInvariants is async-signal-safe.
+class SwapDevice {
+ public:
+  // Creates (or truncates) the file, sizes it (fallocate where the filesystem
+  // can, else ftruncate), probes O_DIRECT (open with it; if the open or a
+  // 4 KiB aligned test pwrite fails with EINVAL, I/O is buffered), and creates
+  // the io_uring backend. Errors carry the errno and name what failed:
+  // EACCES/EROFS/ENOENT/ENOTDIR name the directory (or the path), EINVAL for a
+  // size under 1 MiB, ENOSPC when fallocate finds the disk full.
+  // Linux: mm/swapfile.c sys_swapon(), with mkswap folded in.
+  static absl::StatusOr<std::unique_ptr<SwapDevice>> Open(const SwapOptions& options);
+  ~SwapDevice();
+  SwapDevice(const SwapDevice&) = delete;
+  SwapDevice& operator=(const SwapDevice&) = delete;
+
+  uint64_t nr_slots() const { return nr_slots_; }
+  bool direct_io() const { return direct_io_; }  // whether O_DIRECT is in use
+  // e.g. "unlinked tmpfile in /var/tmp, 1.0 GiB, O_DIRECT"
+  const std::string& description() const { return description_; }
+
+  // The backend in use. async-signal-safe.
+  SwapIo& io() {
+    EMU_BUG_ON(io_ == nullptr);
+    return *io_;
+  }
+  // Replaces the backend (tests: wrap the current one); returns the old one.
+  // Not while I/O is in flight.
+  std::unique_ptr<SwapIo> ReplaceIo(std::unique_ptr<SwapIo> io);
+  // Hands out the current backend (for wrapping) and leaves none; ReplaceIo
+  // must follow before the next io(). Not while I/O is in flight.
+  std::unique_ptr<SwapIo> TakeIo();
+
+  // ---- The slot allocator and swap_map. async-signal-safe, thread-safe (one
+  // SpinLock, swap_lock_), O(1) amortized except AllocRun's cluster scan.
+  // Slot numbers >= nr_slots() are a bug.
+
+  // Allocates a run of up to `n` contiguous free slots (0 < n <=
+  // kSwapClusterPages), each with count kSwapHasCache; the caller then adds PTE
+  // references with Duplicate. Returns the run length (0 when the device is
+  // full, or n == 0) and the first slot in *first. Never returns a retired slot.
+  // Clustered: a cursor in the current cluster hands out slots in ascending
+  // order, so successive calls give adjacent runs; a run that reaches the end
+  // of the current cluster continues into the next one if that is wholly free.
+  // When the current cluster runs out: the head of the free-cluster list, else
+  // a round-robin scan for a partially used cluster. A run stops early at a
+  // used slot.
+  // Linux: mm/swapfile.c get_swap_pages() / scan_swap_map_slots().
+  // Differs: one cluster cursor per device, not per CPU; no SSD/rotational
+  // distinction; runs may be shorter than asked for even with free slots left.
+  uint32_t AllocRun(uint32_t n, uint64_t* first);
+
+  // One more PTE reference. Returns false if the slot is free or bad.
+  // Linux: mm/swapfile.c swap_duplicate().
+  bool Duplicate(uint64_t slot);
+
+  // Drops one PTE reference (count - 1; the count must be > 0); the slot is
+  // free again once neither a count nor the cache flag is left. Returns the new
+  // count (without the cache flag).
+  // Linux: mm/swapfile.c swap_free() / swap_entry_put().
+  int Free(uint64_t slot);
+
+  // Drops kSwapHasCache (which must be set) and frees the slot if no PTE
+  // references it. On a retired slot: does nothing.
+  // Linux: mm/swap_state.c delete_from_swap_cache() -> put_swap_folio().
+  void ClearCache(uint64_t slot);
+
+  // Sets kSwapHasCache on a slot that is in use (a page read back keeps its
+  // slot). Returns false if the slot is free or bad.
+  // Differs from swapcache_prepare(): setting a flag that is already set
+  // returns true (it is not -EEXIST); serialize swap-in of one slot elsewhere.
+  bool SetCache(uint64_t slot);
+
+  // PTE references (the count without the cache flag); 0 for free or bad slots.
+  // Linux: mm/swapfile.c swap_count() / __swap_count().
+  int Count(uint64_t slot) const;
+  bool HasCache(uint64_t slot) const;
+
+  // Retires a slot after a failed write: it becomes kSwapMapBad whatever its
+  // state (the caller holds the only reference, the cache flag), is never
+  // handed out again and is not counted as free. Retiring a bad slot does
+  // nothing. Linux: SWAP_MAP_BAD is set by swapon for bad blocks.
+  // Differs: Linux never retires a slot at run time.
+  void Retire(uint64_t slot);
+
+  uint64_t nr_free() const;  // free slots (excluding retired)
+  uint64_t nr_used() const;  // slots with a count or the cache flag
+  uint64_t nr_bad() const;
+
+  // Checks invariants 1-4 (O(nr_slots)). Not async-signal-safe.
+  absl::Status CheckInvariants() const;
+
+  // For the caller's own invariant check: calls fn(slot, count, has_cache)
+  // for each used slot, in ascending order, under swap_lock_: `fn` must not
+  // call back into this device.
+  template <typename Fn>
+  void ForEachUsed(Fn&& fn) const {
+    SpinLockHolder l(&swap_lock_);
+    for (uint64_t s = 0; s < nr_slots_; s++) {
+      const uint16_t v = swap_map_[s];
+      if (v == 0 || v == kSwapMapBad) continue;
+      fn(s, static_cast<int>(v & ~kSwapHasCache), (v & kSwapHasCache) != 0);
+    }
+  }
+
+ private:
+  static constexpr uint32_t kNoCluster = UINT32_MAX;
+
+  // Linux: struct swap_cluster_info (count and list linkage).
+  struct Cluster {
+    uint32_t nr_free = 0;  // free slots in the cluster
+    bool on_free_list = false;
+    uint32_t prev = kNoCluster;  // free-cluster list links
+    uint32_t next = kNoCluster;
+  };
+
+  SwapDevice(int fd, uint64_t nr_slots, bool direct_io, std::string description,
+             std::unique_ptr<SwapIo> io);
+
+  uint64_t ClusterStart(uint32_t c) const { return uint64_t{c} * kSwapClusterPages; }
+  uint64_t ClusterEnd(uint32_t c) const;  // one past its last slot
+  uint32_t ClusterOf(uint64_t slot) const {
+    return static_cast<uint32_t>(slot / kSwapClusterPages);
+  }
+  void ListAppendLocked(uint32_t c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(swap_lock_);
+  void ListRemoveLocked(uint32_t c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(swap_lock_);
+  // Picks a new current cluster with a free slot (requires nr_free_ > 0).
+  void NextClusterLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(swap_lock_);
+  // A free slot becomes used (kSwapHasCache) / a used slot becomes free.
+  void TakeSlotLocked(uint64_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(swap_lock_);
+  void ReleaseSlotLocked(uint64_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(swap_lock_);
+  absl::Status CheckInvariantsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(swap_lock_);
+
+  // Immutable after construction.
+  const int fd_;
+  const uint64_t nr_slots_;
+  const uint32_t nr_clusters_;
+  const bool direct_io_;
+  const std::string description_;
+  // Changed only by ReplaceIo/TakeIo, which the caller serializes against all I/O.
+  std::unique_ptr<SwapIo> io_;
+
+  mutable SpinLock swap_lock_;  // = swap_info_struct->lock
+  std::vector<uint16_t> swap_map_ ABSL_GUARDED_BY(swap_lock_);
+  std::vector<Cluster> clusters_ ABSL_GUARDED_BY(swap_lock_);
+  uint32_t free_head_ ABSL_GUARDED_BY(swap_lock_) = kNoCluster;  // wholly free clusters
+  uint32_t free_tail_ ABSL_GUARDED_BY(swap_lock_) = kNoCluster;
+  uint32_t cur_cluster_ ABSL_GUARDED_BY(swap_lock_) = kNoCluster;  // allocation cursor
+  uint64_t cur_next_ ABSL_GUARDED_BY(swap_lock_) = 0;      // next slot to try in cur_cluster_
+  uint32_t scan_cluster_ ABSL_GUARDED_BY(swap_lock_) = 0;  // where the partial scan resumes
+  uint64_t nr_free_ ABSL_GUARDED_BY(swap_lock_) = 0;
+  uint64_t nr_used_ ABSL_GUARDED_BY(swap_lock_) = 0;
+  uint64_t nr_bad_ ABSL_GUARDED_BY(swap_lock_) = 0;
+};
+
+}  // namespace emu
+
+#endif  // EMU_SWAP_SWAP_DEVICE_H_
