@@ -28,6 +28,8 @@ inline constexpr unsigned kFaultAccErr = 1u << 4;   // ... or forbidden by the V
 inline constexpr unsigned kFaultMajor = 1u << 5;     // VM_FAULT_MAJOR (I/O was needed)
 inline constexpr unsigned kFaultSpurious = 1u << 6;  // nothing to do: already resolved
 inline constexpr unsigned kFaultHostLimit = 1u << 7;  // the host refused with ENOMEM
+inline constexpr unsigned kFaultSwapIoErr = 1u << 8;  // with kFaultSigbus: reading swap failed
+inline constexpr unsigned kFaultPkuErr = 1u << 9;     // with kFaultAccErr: execute-only memory (SEGV_PKUERR)
 
 class FaultHandler {
  public:

@@ -40,6 +40,13 @@ class HostMmu {
   // Maps fresh zero-filled exclusive pages at `r` (all not present), writable
   // when vma_prot allows.
   virtual bool InstallZeroed(AddrRange r, Prot vma_prot) = 0;
+  // Maps pages holding a copy of `src` (r.len_bytes() bytes) at `r` (all not
+  // present): writable when `writable` (and vma_prot allows), else
+  // write-protected so that the first write traps (swap-in of a page that
+  // keeps its swap slot).
+  virtual bool InstallCopy(AddrRange r, const void* src, Prot vma_prot, bool writable) = 0;
+  // Write-protects the present pages of `r` so that the next write traps.
+  virtual bool WriteProtect(AddrRange r, Prot vma_prot) = 0;
   // Lets writes through to the present pages of `r` that were write-protected
   // (a zero page: the kernel then copies it on the retried write).
   virtual bool MakeWritable(AddrRange r, Prot vma_prot) = 0;

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cmath>
 #include <set>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -72,6 +73,26 @@ absl::Status MachineOptions::Validate() const {
     return ErrnoError(EINVAL, absl::StrCat("fault-around of ", fault_around_pages,
                                            " pages: want a power of two from 1 to 64"));
   }
+  if (mem_limit != 0 && mem_limit < kMinMemLimit) {
+    return ErrnoError(EINVAL, absl::StrCat("memory limit of ", mem_limit, " bytes: want at least ",
+                                           kMinMemLimit >> 20, " MiB"));
+  }
+  if (mem_limit != 0 && mem_limit > arena_bytes) {
+    return ErrnoError(EINVAL, absl::StrCat("memory limit of ", mem_limit,
+                                           " bytes is larger than the arena (", arena_bytes, ")"));
+  }
+  if (swap_readahead_pages < 1 || swap_readahead_pages > 64) {
+    return ErrnoError(EINVAL, absl::StrCat("swap readahead of ", swap_readahead_pages,
+                                           " pages: want 1 to 64"));
+  }
+  if (swap_queue_depth < 1 || swap_queue_depth > 4096) {
+    return ErrnoError(EINVAL, absl::StrCat("swap queue depth ", swap_queue_depth,
+                                           ": want 1 to 4096"));
+  }
+  if (reclaim_policy != "lru" && reclaim_policy != "fifo") {
+    return ErrnoError(EINVAL, absl::StrCat("reclaim policy '", reclaim_policy,
+                                           "': want lru or fifo"));
+  }
   if (arena_bytes < Machine::kGranule || arena_bytes % Machine::kGranule != 0 ||
       arena_bytes / Machine::kGranule > Machine::kMaxGranules) {
     return ErrnoError(EINVAL, absl::StrCat("arena of ", arena_bytes,
@@ -81,9 +102,15 @@ absl::Status MachineOptions::Validate() const {
 }
 
 std::string MachineOptions::ToString() const {
-  return absl::StrFormat("fault_mode=%s fault_around=%d zero_page=%s arena=%dG",
-                         std::string(FaultModeName(fault_mode)), fault_around_pages, zero_page ? "on" : "off",
-                         arena_bytes >> 30);
+  std::string s = absl::StrFormat("fault_mode=%s fault_around=%d zero_page=%s arena=%dG",
+                                  std::string(FaultModeName(fault_mode)), fault_around_pages,
+                                  zero_page ? "on" : "off", arena_bytes >> 30);
+  if (mem_limit != 0) {
+    absl::StrAppendFormat(&s, " mem_limit=%dM policy=%s readahead=%d", mem_limit >> 20,
+                          reclaim_policy, swap_readahead_pages);
+    if (no_swap) absl::StrAppend(&s, " swap=none");
+  }
+  return s;
 }
 
 Machine::Machine(const MachineOptions& options, AddrRange arena)
@@ -91,7 +118,7 @@ Machine::Machine(const MachineOptions& options, AddrRange arena)
 
 absl::StatusOr<std::unique_ptr<Machine>> Machine::CreateWith(
     const MachineOptions& options, const HostMmuFactory& host_factory,
-    const FaultHandlerFactory& handler_factory) {
+    const FaultHandlerFactory& handler_factory, const ReclaimFactory& reclaim_factory) {
   EMU_RETURN_IF_ERROR(options.Validate());
   // Reserve arena + one granule, then trim to a granule-aligned arena.
   size_t reserve = options.arena_bytes + kGranule;
@@ -107,6 +134,7 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::CreateWith(
 
   std::unique_ptr<Machine> m(new Machine(options, AddrRange{start, end}));
   uint64_t frames = options.max_frames ? options.max_frames : (options.arena_bytes >> kPageShift);
+  if (options.mem_limit != 0) frames = options.mem_limit >> kPageShift;
   auto mem_map = MemMap::Create(frames + 1);
   if (!mem_map.ok()) {
     munmap(reinterpret_cast<void*>(start), options.arena_bytes);
@@ -120,12 +148,21 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::CreateWith(
     return host.status();
   }
   m->host_ = std::move(*host);
+  if (options.mem_limit != 0) {
+    if (!reclaim_factory) {
+      return ErrnoError(EINVAL, "a memory limit needs the swap layer (use emu::CreateMachine)");
+    }
+    auto reclaim = reclaim_factory(m.get());
+    if (!reclaim.ok()) return reclaim.status();
+    m->reclaim_ = std::move(*reclaim);
+  }
   Log(Component::kEmu).info("machine up: arena={} {}", m->arena_, options.ToString());
   return m;
 }
 
 Machine::~Machine() {
   EMU_BUG_ON(nr_address_spaces_.load() != 0);  // address spaces must go first
+  reclaim_.reset();  // stops the background reclaimer
   host_.reset();  // unregisters the fault source before the arena goes
   munmap(reinterpret_cast<void*>(arena_.start), arena_.len_bytes());
 }
@@ -162,6 +199,33 @@ void Machine::ReleaseWindow(AddressSpace* as) {
   nr_address_spaces_.fetch_sub(1);
 }
 
+absl::Status Machine::CheckInvariants() {
+  std::vector<AddressSpace*> spaces;
+  {
+    absl::MutexLock l(&lock_);
+    for (auto& owner : granule_owner_) {
+      AddressSpace* as = owner.load(std::memory_order_acquire);
+      if (as != nullptr && (spaces.empty() || spaces.back() != as)) spaces.push_back(as);
+    }
+  }
+  // Reclaim stays off for the whole check, so that the swap PTEs counted
+  // and the swap_map compared with them are one snapshot.
+  if (reclaim_) reclaim_->BlockReclaim();
+  absl::Status status = absl::OkStatus();
+  absl::flat_hash_map<uint64_t, int> refs;
+  for (AddressSpace* as : spaces) {
+    status = as->CheckInvariants(/*reclaim_blocked=*/true);
+    if (!status.ok()) break;
+    as->CollectSwapRefs(&refs);
+  }
+  if (status.ok() && reclaim_) status = reclaim_->CheckSwapRefs(refs);
+  if (status.ok() && !reclaim_ && !refs.empty()) {
+    status = ErrnoError(EIO, "swap PTEs on a machine without swap");
+  }
+  if (reclaim_) reclaim_->UnblockReclaim();
+  return status;
+}
+
 std::string Machine::VmStatText() const {
   std::string out;
   auto snap = vmstat_.Snapshot();
@@ -171,6 +235,7 @@ std::string Machine::VmStatText() const {
   absl::StrAppend(&out, "nr_anon_pages ", mem_map_->nr_used(), "\n");
   absl::StrAppend(&out, "peak_anon_pages ", mem_map_->peak_used(), "\n");
   absl::StrAppend(&out, "nr_address_spaces ", nr_address_spaces_.load(), "\n");
+  if (reclaim_) absl::StrAppend(&out, reclaim_->StatText());
   return out;
 }
 

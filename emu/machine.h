@@ -20,6 +20,7 @@
 #include "emu/host_mmu.h"
 #include "emu/mm.h"
 #include "emu/page.h"
+#include "emu/reclaim.h"
 #include "emu/vmstat.h"
 
 namespace emu {
@@ -36,10 +37,35 @@ struct MachineOptions {
   // Frames the machine may hand out (0: one per arena page).
   uint64_t max_frames = 0;
 
+  // The memory limit: bytes of resident frames (0: none). With a limit,
+  // reclaim keeps the machine under it by writing pages to the swap device
+  // and bringing them back on the next fault; without one nothing is
+  // reclaimed. At least kMinMemLimit; overrides max_frames.
+  uint64_t mem_limit = 0;
+  // The swap device: a file at swap_path (created, mode 0600), or when empty
+  // an unlinked O_TMPFILE in swap_dir (empty: $TMPDIR, else /var/tmp).
+  std::string swap_path;
+  std::string swap_dir;
+  // Swap size in bytes (0: twice the limit, at least 64 MiB).
+  uint64_t swap_bytes = 0;
+  // Run under the limit with no swap at all: when the limit is reached and
+  // nothing clean can be dropped, the faulting access gets SIGBUS.
+  bool no_swap = false;
+  // Try O_DIRECT on the swap file (falls back when the filesystem refuses).
+  bool swap_direct_io = true;
+  int swap_queue_depth = 64;
+  // Pages read around a swap-in fault (1 disables swap readahead), 1..64.
+  int swap_readahead_pages = 8;
+  // Reclaim policy: "lru" (active/inactive lists, references from faults and
+  // write-protect sampling, as Linux) or "fifo" (one list, no references).
+  std::string reclaim_policy = "lru";
+
   // Checks ranges; returns EINVAL with a message naming the bad option.
   absl::Status Validate() const;
   std::string ToString() const;
 };
+
+inline constexpr uint64_t kMinMemLimit = uint64_t{4} << 20;
 
 // Parses "64G", "512M", "4096", "1.5G", "2T", "16k" (binary units).
 absl::StatusOr<uint64_t> ParseSize(std::string_view s);
@@ -56,10 +82,14 @@ class Machine {
   using HostMmuFactory =
       std::function<absl::StatusOr<std::unique_ptr<HostMmu>>(Machine*, AddrRange arena)>;
   using FaultHandlerFactory = std::function<std::unique_ptr<FaultHandler>(Machine*)>;
-  // Used by emu::CreateMachine(); prefer that.
+  using ReclaimFactory =
+      std::function<absl::StatusOr<std::unique_ptr<PageReclaim>>(Machine*)>;
+  // Used by emu::CreateMachine(); prefer that. `reclaim_factory` is called
+  // when options.mem_limit is set.
   static absl::StatusOr<std::unique_ptr<Machine>> CreateWith(
       const MachineOptions& options, const HostMmuFactory& host_factory,
-      const FaultHandlerFactory& handler_factory);
+      const FaultHandlerFactory& handler_factory,
+      const ReclaimFactory& reclaim_factory = nullptr);
   ~Machine();
   Machine(const Machine&) = delete;
   Machine& operator=(const Machine&) = delete;
@@ -81,6 +111,33 @@ class Machine {
   HostMmu& host() { return *host_; }
   FaultHandler& fault_handler() { return *fault_handler_; }
   MemMap& mem_map() { return *mem_map_; }
+  // The memory limit's reclaim and swap, or nullptr without a limit.
+  PageReclaim* reclaim() { return reclaim_.get(); }
+
+  // Frames for the fault path and the model: up to `n` into `out`, at least
+  // `min` if memory can be found (see PageReclaim::AllocFrames). Returns how
+  // many. async-signal-safe.
+  int AllocFrames(AddressSpace* held, Pfn* out, int n, int min) {
+    if (reclaim_) return reclaim_->AllocFrames(held, out, n, min);
+    int got = 0;
+    while (got < n && mem_map_->Alloc(&out[got])) got++;
+    return got;
+  }
+  // Drops one reference to `pfn` (= put_page()); frees the frame with the
+  // last. async-signal-safe.
+  void PutPage(Pfn pfn) {
+    if (mem_map_->page(pfn).refcount.fetch_sub(1, std::memory_order_acq_rel) == 1) FreePage(pfn);
+  }
+  void FreePage(Pfn pfn) {
+    if (reclaim_) {
+      reclaim_->FreePage(pfn);
+    } else {
+      mem_map_->Free(pfn);
+    }
+  }
+  // Every address space's invariants, then the swap_map against the swap
+  // PTEs of all of them. Call with no fault or mm call in flight.
+  absl::Status CheckInvariants();
   VmStat& vmstat() { return vmstat_; }
   const VmStat& vmstat() const { return vmstat_; }
   int nr_address_spaces() const { return nr_address_spaces_.load(); }
@@ -99,6 +156,7 @@ class Machine {
   std::unique_ptr<MemMap> mem_map_;
   std::unique_ptr<HostMmu> host_;
   std::unique_ptr<FaultHandler> fault_handler_;
+  std::unique_ptr<PageReclaim> reclaim_;  // after host_: it is destroyed first
   VmStat vmstat_;
   absl::Mutex lock_;  // serializes window allocation; never taken in the fault path
   // Written under lock_, read lock-free by the fault path.

@@ -51,6 +51,7 @@ AddressSpace::~AddressSpace() {
     WriteLockHolder l(&mmap_lock_);
     UnmapLocked(window_);
   }
+  if (PageReclaim* reclaim = machine_->reclaim()) reclaim->ForgetAddressSpace(this);
   machine_->ReleaseWindow(this);
 }
 
@@ -92,26 +93,36 @@ absl::StatusOr<VirtAddr> AddressSpace::GetUnmappedAreaLocked(VirtAddr hint, size
 
 void AddressSpace::ZapRangeLocked(AddrRange r) {
   MemMap& mem_map = machine_->mem_map();
-  int64_t anon = 0, zero = 0;
+  int64_t anon = 0, zero = 0, swap = 0;
   bool any = false;
-  pt_.ForEachEntry(r, [&](VirtAddr, std::atomic<uint64_t>* e) {
-    Pte pte(e->load(std::memory_order_relaxed));
-    if (pte.none()) return;
+  // Linux: mm/memory.c zap_pte_range(). A page that reclaim has isolated
+  // (its own reference) survives the zap and is freed by reclaim; the PTE
+  // is cleared under its ptl because reclaim changes PTEs without mmap_lock.
+  pt_.ForEachEntry(r, [&](VirtAddr a, std::atomic<uint64_t>* e) {
+    if (e->load(std::memory_order_relaxed) == 0) return;
     any = true;
+    Pte pte;
+    {
+      SpinLockHolder l(pt_.Ptl(a));
+      pte = Pte(e->load(std::memory_order_relaxed));
+      e->store(0, std::memory_order_release);
+    }
     EMU_BUG_ON(pte.locked());  // excluded by mmap_lock held for write
     if (pte.present() && pte.special()) {
       zero++;
     } else if (pte.present()) {
-      Page& page = mem_map.page(pte.pfn());
-      page.mapcount.fetch_sub(1, std::memory_order_relaxed);
-      if (page.refcount.fetch_sub(1, std::memory_order_acq_rel) == 1) mem_map.Free(pte.pfn());
+      mem_map.page(pte.pfn()).mapcount.fetch_sub(1, std::memory_order_relaxed);
+      machine_->PutPage(pte.pfn());
       anon++;
+    } else if (pte.swap()) {
+      machine_->reclaim()->SwapFree(pte.swap_entry());
+      swap++;
     }
-    e->store(0, std::memory_order_release);
   });
   if (any) machine_->host().Zap(r);
   rss_anon_.fetch_sub(anon, std::memory_order_relaxed);
   nr_zero_ptes_.fetch_sub(zero, std::memory_order_relaxed);
+  nr_swap_ptes_.fetch_sub(swap, std::memory_order_relaxed);
   machine_->vmstat().Add(VmEvent::k_zap_pages, anon + zero);
   machine_->vmstat().Add(VmEvent::k_pgfree, anon);
 }
@@ -276,13 +287,20 @@ absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
     }
     vma.vm_flags = (vma.vm_flags & ~kVmProtMask) | new_prot_flags;
     // Linux: mm/mprotect.c change_pte_range(): exclusive anonymous pages
-    // follow the VMA's write permission; the zero page never becomes writable.
+    // follow the VMA's write permission; the zero page never becomes
+    // writable, nor does a swap-cache page (can_change_pte_writable(): its
+    // write fault must free the slot first). Reclaim changes PTEs without
+    // mmap_lock, so each change is made under the ptl.
     bool write = vma.writable();
-    pt_.ForEachEntry(vma.range(), [&](VirtAddr, std::atomic<uint64_t>* e) {
+    MemMap& mem_map = machine_->mem_map();
+    pt_.ForEachEntry(vma.range(), [&](VirtAddr a, std::atomic<uint64_t>* e) {
       Pte pte(e->load(std::memory_order_relaxed));
-      if (pte.present() && !pte.special() && pte.write() != write) {
-        e->store(pte.WithWrite(write).raw(), std::memory_order_relaxed);
-      }
+      if (!pte.present() || pte.special() || pte.write() == write) return;
+      SpinLockHolder ptl(pt_.Ptl(a));
+      pte = Pte(e->load(std::memory_order_relaxed));
+      if (!pte.present() || pte.special() || pte.locked()) return;
+      if (write && mem_map.page(pte.pfn()).Test(kPgSwapCache)) return;
+      e->store(pte.WithWrite(write).raw(), std::memory_order_release);
     });
     SyncHostProtLocked(vma, vma.range());
     return absl::OkStatus();
@@ -340,14 +358,23 @@ absl::Status AddressSpace::SetLockedLocked(AddrRange r, bool lock) {
       vma.vm_flags |= kVmLocked;
     } else {
       vma.vm_flags &= ~kVmLocked;
-      MemMap& mem_map = machine_->mem_map();
-      pt_.ForEachEntry(vma.range(), [&](VirtAddr, std::atomic<uint64_t>* e) {
-        Pte pte(e->load(std::memory_order_relaxed));
-        if (pte.present() && !pte.special()) {
-          mem_map.page(pte.pfn()).flags.fetch_and(~kPgMlocked, std::memory_order_relaxed);
-        }
-      });
     }
+    // Linux: mm/mlock.c mlock_folio()/munlock_folio(): mlocked pages leave
+    // the reclaim lists (the unevictable list) and come back on munlock.
+    // Pages that reclaim holds at this moment are caught by its own VM_LOCKED
+    // check under mmap_lock.
+    MemMap& mem_map = machine_->mem_map();
+    PageReclaim* reclaim = machine_->reclaim();
+    pt_.ForEachEntry(vma.range(), [&](VirtAddr a, std::atomic<uint64_t>* e) {
+      SpinLockHolder ptl(pt_.Ptl(a));
+      Pte pte(e->load(std::memory_order_relaxed));
+      if (!pte.present() || pte.special() || pte.locked()) return;
+      Page& page = mem_map.page(pte.pfn());
+      uint32_t old = lock ? page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed)
+                          : page.flags.fetch_and(~kPgMlocked, std::memory_order_relaxed);
+      if (reclaim != nullptr && lock && !(old & kPgMlocked)) reclaim->Mlocked(pte.pfn());
+      if (reclaim != nullptr && !lock && (old & kPgMlocked)) reclaim->Munlocked(pte.pfn());
+    });
     return absl::OkStatus();
   });
 }
@@ -448,8 +475,27 @@ Pte AddressSpace::GetPte(VirtAddr addr) {
   return Pte(e ? e->load(std::memory_order_acquire) : 0);
 }
 
-absl::Status AddressSpace::CheckInvariants() {
+void AddressSpace::CollectSwapRefs(absl::flat_hash_map<uint64_t, int>* refs) {
   ReadLockHolder l(&mmap_lock_);
+  pt_.ForEachEntry(window_, [&](VirtAddr, std::atomic<uint64_t>* e) {
+    Pte pte(e->load(std::memory_order_acquire));
+    if (pte.swap() && !pte.present()) (*refs)[pte.swap_entry()]++;
+  });
+}
+
+absl::Status AddressSpace::CheckInvariants(bool reclaim_blocked) {
+  PageReclaim* reclaim = reclaim_blocked ? nullptr : machine_->reclaim();
+  if (reclaim != nullptr) reclaim->BlockReclaim();
+  absl::Status status;
+  {
+    ReadLockHolder l(&mmap_lock_);
+    status = CheckInvariantsLocked();
+  }
+  if (reclaim != nullptr) reclaim->UnblockReclaim();
+  return status;
+}
+
+absl::Status AddressSpace::CheckInvariantsLocked() {
   EMU_RETURN_IF_ERROR(vmas_.CheckInvariants());
   for (const auto& [start, v] : vmas_) {
     if (!window_.Contains(v.start) || v.end > window_.end) {
@@ -457,7 +503,7 @@ absl::Status AddressSpace::CheckInvariants() {
     }
   }
   MemMap& mem_map = machine_->mem_map();
-  int64_t anon = 0, zero = 0;
+  int64_t anon = 0, zero = 0, swap = 0;
   absl::Status status = absl::OkStatus();
   auto fail = [&](VirtAddr a, std::string_view what) {
     if (status.ok()) status = ErrnoError(EIO, absl::StrCat("pte at ", a, ": ", std::string(what)));
@@ -469,7 +515,12 @@ absl::Status AddressSpace::CheckInvariants() {
     const Vma* v = vmas_.Lookup(a);
     if (v == nullptr) return fail(a, "outside every vma");
     if (pte.locked()) return fail(a, "install still in flight");
-    if (!pte.present()) return fail(a, "not present and not none (no swap yet)");
+    if (!pte.present()) {
+      if (!pte.swap()) return fail(a, "neither none, present nor swap");
+      if (machine_->reclaim() == nullptr) return fail(a, "a swap PTE on a machine without swap");
+      swap++;
+      return;
+    }
     if (pte.write() && !v->writable()) return fail(a, "writable in a read-only vma");
     if (pte.special()) {
       zero++;
@@ -484,11 +535,21 @@ absl::Status AddressSpace::CheckInvariants() {
     if (page.mapcount.load() != 1 || page.refcount.load() != 1) {
       return fail(a, "exclusive page with mapcount or refcount != 1");
     }
+    uint32_t flags = page.flags.load();
+    if ((flags & kPgSwapCache) && pte.write() && !pte.dirty()) {
+      return fail(a, "writable clean swap-cache page (a write would be lost)");
+    }
+    if (flags & (kPgWriteback | kPgLocked)) return fail(a, "page still locked or under writeback");
+    if (machine_->reclaim() != nullptr && !(flags & kPgMlocked) && !(flags & kPgLru)) {
+      return fail(a, "evictable page not on the reclaim lists");
+    }
   });
   EMU_RETURN_IF_ERROR(status);
-  if (anon != static_cast<int64_t>(rss_anon()) || zero != static_cast<int64_t>(nr_zero_ptes())) {
+  if (anon != static_cast<int64_t>(rss_anon()) || zero != static_cast<int64_t>(nr_zero_ptes()) ||
+      swap != static_cast<int64_t>(nr_swap_ptes())) {
     return ErrnoError(EIO, absl::StrCat("counts: rss_anon ", rss_anon(), " vs ", anon,
-                                        ", zero ptes ", nr_zero_ptes(), " vs ", zero));
+                                        ", zero ptes ", nr_zero_ptes(), " vs ", zero,
+                                        ", swap ptes ", nr_swap_ptes(), " vs ", swap));
   }
   if (!machine_->host().prot_encodes_ptes()) EMU_RETURN_IF_ERROR(CheckHostAgreementLocked());
   return absl::OkStatus();
@@ -507,7 +568,7 @@ absl::Status AddressSpace::CheckHostAgreementLocked() {
       VirtAddr a = v.start + i * kPageSize;
       bool host_present = buf[i] >> 63;
       Pte pte = GetPte(a);
-      if (pte.none() && host_present) {
+      if ((pte.none() || (pte.swap() && !pte.present())) && host_present) {
         status = ErrnoError(EIO, absl::StrCat("host maps ", a, " but its pte is none"));
       } else if (pte.present() && !host_present) {
         status = ErrnoError(EIO, absl::StrCat("pte at ", a, " is present but the host lost it"));

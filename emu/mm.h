@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <sys/types.h>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "emu/page_table.h"
@@ -40,15 +41,20 @@ class Machine;
 
 // Invariants (CheckInvariants, with no fault or mm call in flight):
 //  1. The VMA tree's invariants hold and every VMA lies inside window().
-//  2. Every PTE that is not none lies inside a VMA, and none is kLocked.
+//  2. Every PTE that is not none lies inside a VMA, and none is kLocked. A
+//     PTE that is neither none nor present is a swap PTE, found only on a
+//     machine with a memory limit.
 //  3. A special PTE maps the zero page (pfn 0) and is never writable. (It may
 //     lie in a VM_LOCKED VMA, as in Linux: mlock of a PROT_NONE range fails to
 //     populate it, and a later mprotect(PROT_READ) does not populate.)
 //  4. A present, non-special PTE maps an anonymous Page whose mapping is this
 //     address space and whose index is the page's address >> kPageShift, with
 //     mapcount == refcount == 1 (every page is exclusive so far).
-//  5. A writable PTE lies in a writable VMA.
-//  6. rss_anon() and nr_zero_ptes() equal the counts of such PTEs.
+//  5. A writable PTE lies in a writable VMA. A writable PTE of a swap-cache
+//     page is dirty (its slot is stale and dropped at the next chance); a
+//     clean swap-cache page is write-protected in the host too, so reclaim
+//     may drop it without I/O.
+//  6. rss_anon(), nr_zero_ptes() and nr_swap_ptes() equal the counts of such PTEs.
 //  7. In userfaultfd modes the host agrees: a none PTE is not present in the
 //     host page table, a present PTE is present there (/proc/self/pagemap).
 class AddressSpace {
@@ -91,17 +97,23 @@ class AddressSpace {
   Machine& machine() const { return *machine_; }
   uint64_t rss_anon() const { return rss_anon_.load(std::memory_order_relaxed); }
   uint64_t nr_zero_ptes() const { return nr_zero_ptes_.load(std::memory_order_relaxed); }
+  uint64_t nr_swap_ptes() const { return nr_swap_ptes_.load(std::memory_order_relaxed); }
   size_t nr_vmas();
 
-  absl::Status CheckInvariants();
+  // Holds reclaim off while it checks, unless the caller already does
+  // (`reclaim_blocked`, Machine::CheckInvariants).
+  absl::Status CheckInvariants(bool reclaim_blocked = false);
+  // Adds, for each swap PTE, one reference to its slot in `refs`.
+  void CollectSwapRefs(absl::flat_hash_map<uint64_t, int>* refs);
 
-  // ---- For the fault layer (fault/) ----
+  // ---- For the fault layer (fault/) and reclaim (swap/) ----
   RwSem* mmap_lock() ABSL_LOCK_RETURNED(mmap_lock_) { return &mmap_lock_; }
   const VmaTree& vmas() const ABSL_SHARED_LOCKS_REQUIRED(mmap_lock_) { return vmas_; }
   PageTable& page_table() { return pt_; }
   // Accounting of PTEs the fault path installs. async-signal-safe.
   void AddRssAnon(int64_t n) { rss_anon_.fetch_add(n, std::memory_order_relaxed); }
   void AddZeroPtes(int64_t n) { nr_zero_ptes_.fetch_add(n, std::memory_order_relaxed); }
+  void AddSwapPtes(int64_t n) { nr_swap_ptes_.fetch_add(n, std::memory_order_relaxed); }
   // Where the last fault run of faulting thread `tid` ended (a hint for
   // detecting sequential streams; collisions between threads only weaken it).
   std::atomic<VirtAddr>& FaultStream(uint32_t tid) { return fault_stream_[tid % kNrStreams]; }
@@ -131,6 +143,7 @@ class AddressSpace {
   absl::Status SetLockedLocked(AddrRange r, bool lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   absl::Status Populate(AddrRange r, bool nozero, bool stop_at_inaccessible);
   absl::Status CheckHostAgreementLocked() ABSL_SHARED_LOCKS_REQUIRED(mmap_lock_);
+  absl::Status CheckInvariantsLocked() ABSL_SHARED_LOCKS_REQUIRED(mmap_lock_);
 
   Machine* const machine_;  // immutable
   const AddrRange window_;  // immutable
@@ -141,6 +154,7 @@ class AddressSpace {
   std::array<std::atomic<VirtAddr>, kNrStreams> fault_stream_{};  // hints, relaxed atomics
   std::atomic<int64_t> rss_anon_{0};
   std::atomic<int64_t> nr_zero_ptes_{0};
+  std::atomic<int64_t> nr_swap_ptes_{0};
 };
 
 }  // namespace emu

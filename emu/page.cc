@@ -86,6 +86,8 @@ void MemMap::Free(Pfn pfn) {
   p.refcount.store(0, std::memory_order_relaxed);
   p.mapping = nullptr;
   p.index = 0;
+  p.private_ = 0;
+  p.lru_prev = p.lru_next = 0;
   nr_used_.fetch_sub(1, std::memory_order_relaxed);
   SpinLockHolder l(&lock_);
   p.next_free = free_head_;

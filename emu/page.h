@@ -28,25 +28,54 @@ inline constexpr uint32_t kPgDirty = 1u << 2;       // PG_dirty: contents differ
 inline constexpr uint32_t kPgReferenced = 1u << 3;  // PG_referenced
 inline constexpr uint32_t kPgMlocked = 1u << 4;     // PG_mlocked: mapped in a VM_LOCKED vma, never reclaimed
 inline constexpr uint32_t kPgReserved = 1u << 5;    // PG_reserved: the zero page
+inline constexpr uint32_t kPgSwapCache = 1u << 6;   // PG_swapcache: holds swap slot `private_`
+inline constexpr uint32_t kPgWriteback = 1u << 7;   // PG_writeback: being written to swap
+inline constexpr uint32_t kPgLru = 1u << 8;         // PG_lru: on one of the reclaim lists
+inline constexpr uint32_t kPgActive = 1u << 9;      // PG_active: on the active list
+inline constexpr uint32_t kPgIsolated = 1u << 10;   // taken off the lists by reclaim (= isolated)
 
 // Invariants:
 //  1. A free page has flags == 0, refcount == 0, mapcount == 0, mapping == 0.
 //  2. An allocated anonymous page has kPgAnon, refcount >= 1 and
 //     mapcount <= refcount; mapcount counts the PTEs that map it.
 //  3. The zero page (pfn 0) is kPgReserved, never counted (pte_special).
-// Fields other than the atomics are written by the owner of the page's PTE
-// under that PTE's ptl (or under mmap_lock held for write), and read under it.
+//  4. kPgSwapCache <=> private_ names a swap slot whose swap_map entry has
+//     the cache flag (swap/swap_device.h); kPgWriteback implies kPgSwapCache.
+//  5. kPgLru <=> the page is linked on a reclaim list through lru_prev/next.
+// mapping/index are written by the owner of the page's PTE under that PTE's
+// ptl (or under mmap_lock held for write), and read under it. private_ and
+// kPgSwapCache/kPgWriteback change only under the page lock (kPgLocked, see
+// TryLockPage). lru_prev/lru_next and kPgLru/kPgActive are guarded by the
+// reclaim lists' lock.
 struct Page {
   std::atomic<uint32_t> flags{0};
   std::atomic<int32_t> refcount{0};
   std::atomic<int32_t> mapcount{0};
   uint32_t next_free = 0;  // free-list link, valid only while free
+  uint32_t lru_prev = 0;   // reclaim-list links (pfns; 0 ends a list)
+  uint32_t lru_next = 0;
   // For an anonymous page: the AddressSpace that maps it (later the anon_vma),
   // and its linear page index (address >> kPageShift), as page->index.
   AddressSpace* mapping = nullptr;
   uint64_t index = 0;
+  uint64_t private_ = 0;  // = page_private(): the swap slot while kPgSwapCache
+
+  // = trylock_page(): takes PG_locked if free. async-signal-safe.
+  bool TryLock() {
+    return !(flags.fetch_or(kPgLocked, std::memory_order_acquire) & kPgLocked);
+  }
+  void Unlock() { flags.fetch_and(~kPgLocked, std::memory_order_release); }
+  bool Test(uint32_t f) const { return flags.load(std::memory_order_acquire) & f; }
+  // = get_page_unless_zero(). async-signal-safe.
+  bool GetUnlessZero() {
+    int32_t c = refcount.load(std::memory_order_relaxed);
+    while (c > 0) {
+      if (refcount.compare_exchange_weak(c, c + 1, std::memory_order_acquire)) return true;
+    }
+    return false;
+  }
 };
-static_assert(sizeof(Page) == 32);
+static_assert(sizeof(Page) == 48);
 
 // The machine's mem_map: an array of Page descriptors indexed by Pfn, and the
 // allocator of frames. The array is reserved with MAP_NORESERVE and touched

@@ -20,8 +20,9 @@ namespace emu {
 // A software PTE. Layout (64 bits):
 //   bit 0  present   bit 1 write   bit 2 dirty   bit 3 young
 //   bit 4  special   (maps the shared zero page; no Page refcount, pte_special)
-//   bit 5  locked    (emulator-internal: a host install is in flight)
-//   bit 6  swap      (not present; bits 12..63 hold a swap entry)
+//   bit 5  locked    (emulator-internal: a host install is in flight; with
+//                     swap set: a swap-in of that entry is in flight)
+//   bit 6  swap      (not present; bits 12..63 hold a swap entry, the slot)
 //   bits 12..51      pfn when present
 // A PTE is "none" when all bits are zero.
 class Pte {
@@ -41,9 +42,9 @@ class Pte {
 
   // pte_mkspecial(pfn_pte(zero_pfn)): readable, never writable.
   static constexpr Pte ZeroPage() { return Pte(kPresent | kSpecial | kYoung); }
-  static constexpr Pte Anon(Pfn pfn, bool write, bool dirty) {
-    return Pte((ToU64(pfn) << kPfnShift) | kPresent | kYoung | (write ? kWrite : 0) |
-               (dirty ? kDirty : 0));
+  static constexpr Pte Anon(Pfn pfn, bool write, bool dirty, bool young = true) {
+    return Pte((ToU64(pfn) << kPfnShift) | kPresent | (young ? kYoung : 0) |
+               (write ? kWrite : 0) | (dirty ? kDirty : 0));
   }
   static constexpr Pte InstallLocked() { return Pte(kLocked); }
   static constexpr Pte SwapEntry(uint64_t entry) { return Pte((entry << kPfnShift) | kSwap); }
@@ -62,6 +63,9 @@ class Pte {
 
   constexpr Pte WithWrite(bool w) const { return Pte(w ? raw_ | kWrite : raw_ & ~kWrite); }
   constexpr Pte WithDirty() const { return Pte(raw_ | kDirty); }
+  constexpr Pte WithYoung(bool y) const { return Pte(y ? raw_ | kYoung : raw_ & ~kYoung); }
+  constexpr Pte WithLocked() const { return Pte(raw_ | kLocked); }
+  constexpr Pte Clean() const { return Pte(raw_ & ~(kDirty | kWrite)); }
 
   friend constexpr bool operator==(Pte, Pte) = default;
 

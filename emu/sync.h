@@ -99,6 +99,14 @@ class ABSL_LOCKABLE RwSem {
       FutexWait(&state_, s);
     }
   }
+  // Takes the lock for reading if no writer holds or waits for it.
+  bool TryReadLock() ABSL_SHARED_TRYLOCK_FUNCTION(true) {
+    uint32_t s = state_.load(std::memory_order_relaxed);
+    while ((s & (kWriter | kWriterWaiting)) == 0) {
+      if (state_.compare_exchange_weak(s, s + kReader, std::memory_order_acquire)) return true;
+    }
+    return false;
+  }
   void ReadUnlock() ABSL_UNLOCK_FUNCTION() {
     uint32_t prev = state_.fetch_sub(kReader, std::memory_order_release);
     if ((prev & kWriterWaiting) && (prev >> kReaderShift) == 1) FutexWakeAll(&state_);

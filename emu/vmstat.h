@@ -31,7 +31,24 @@ namespace emu {
   X(host_vma_merges, "blocks made uniform to stay under the host VMA limit")          \
   X(fault_ns_sigbus, "time spent resolving faults in uffd SIGBUS mode (ns)")          \
   X(fault_ns_thread, "time spent resolving faults in uffd handler-thread mode (ns)")  \
-  X(fault_ns_sigsegv, "time spent resolving faults in SIGSEGV mode (ns)")
+  X(fault_ns_sigsegv, "time spent resolving faults in SIGSEGV mode (ns)")            \
+  X(pgmajfault, "faults that needed swap I/O")                                        \
+  X(pswpin, "pages read from swap (including readahead)")                            \
+  X(pswpout, "pages written to swap")                                                 \
+  X(swap_ra, "pages read ahead of a swap-in fault")                                   \
+  X(pgscan, "pages scanned by reclaim")                                               \
+  X(pgsteal, "pages reclaimed")                                                       \
+  X(pgsteal_clean, "clean swap-cache pages reclaimed without I/O")                    \
+  X(pgactivate, "pages moved to the active list (referenced)")                        \
+  X(pgdeactivate, "pages moved to the inactive list")                                 \
+  X(pgrotated, "pages put back on the inactive list (busy, or write redirtied them)") \
+  X(wp_sample, "pages write-protected to observe the next write (reference sampling)") \
+  X(kswapd_wake, "wakeups of the background reclaimer")                               \
+  X(allocstall, "allocations that reclaimed in the faulting thread (direct reclaim)")  \
+  X(swap_free_on_reuse, "swap slots freed by a write to a swap-cache page (try_to_free_swap)") \
+  X(swap_write_errors, "failed swap writes (slot retired, page kept)")               \
+  X(swap_read_errors, "failed swap reads (SIGBUS to the faulting thread)")            \
+  X(oom, "faults that found no frame even after reclaim")
 
 enum class VmEvent : int {
 #define EMU_VM_EVENT_ENUM(name, doc) k_##name,

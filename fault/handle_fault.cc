@@ -39,9 +39,40 @@ inline void AddNewAnonRmap(Page& page, AddressSpace* as, const Vma& vma, VirtAdd
   if (vma.locked()) page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
 }
 
+// Puts the new pages of `run` on the reclaim lists (Linux:
+// folio_add_lru_vma()); a no-op without a memory limit.
+void LruAddRun(Machine* machine, const Pfn* pfns, size_t n) {
+  PageReclaim* reclaim = machine->reclaim();
+  if (reclaim == nullptr) return;
+  for (size_t i = 0; i < n; i++) reclaim->LruAdd(pfns[i]);
+}
+
 }  // namespace
 
 void SetFaultingThread(uint32_t tid) { tls_served_tid = tid; }
+
+namespace {
+
+// Whether the CPU and kernel give PROT_EXEC-only mappings execute-only
+// protection keys (CPUID.7.0:ECX PKU and OSPKE).
+bool CpuHasExecuteOnly() {
+  static const bool has = [] {
+    unsigned a, b, c, d;
+    if (!__builtin_cpu_supports("sse")) return false;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+    return (c & (1u << 3)) && (c & (1u << 4));
+  }();
+  return has;
+}
+
+}  // namespace
+
+bool ExecuteOnly(const Vma& vma, unsigned flags) {
+  // A data access trapped by the fault source; populate and GUP-like
+  // callers are the kernel's own accesses, which protection keys do not stop.
+  return !(flags & kFaultPopulate) && (vma.vm_flags & kVmProtMask) == kVmExec &&
+         CpuHasExecuteOnly();
+}
 
 unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags) {
   unsigned ret;
@@ -53,6 +84,12 @@ unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsign
       ret = kFaultSigsegv;
     } else if (vmf.write() ? !vmf.vma->writable() : !(vmf.vma->vm_flags & kVmProtMask)) {
       ret = kFaultAccErr;  // Linux: mm/memory.c access_error() (x86)
+      if (ExecuteOnly(*vmf.vma, flags)) ret |= kFaultPkuErr;
+    } else if (ExecuteOnly(*vmf.vma, flags)) {
+      // Linux (x86 with PKU): PROT_EXEC alone is execute-only memory, a
+      // protection key that forbids data access; the kernel reports
+      // SEGV_PKUERR.
+      ret = kFaultAccErr | kFaultPkuErr;
     } else {
       ret = HandlePteFault(vmf);
     }
@@ -68,16 +105,32 @@ unsigned AnonFaultHandler::HandlePteFault(VmFault& vmf) {
   if (vmf.pte == nullptr) return kFaultOom;
   uint64_t raw = Load(vmf.pte);
   Pte pte(raw);
-  if (pte.locked()) return kFaultRetry;  // another thread is installing it
+  if (pte.locked()) {
+    // Another thread is installing it; a swap-in can take a while (I/O), so
+    // sleep until it is published rather than spin.
+    if (pte.swap() && machine_->reclaim()) machine_->reclaim()->WaitSwapIn(vmf.pte, raw);
+    return kFaultRetry;
+  }
   if (pte.none()) return DoAnonymousPage(vmf);
   if (pte.present()) {
     if ((vmf.flags & kFaultNoZero) && pte.special()) return BreakZeroPage(vmf, raw);
     if (vmf.write() && !pte.write()) return DoWpPage(vmf, raw);
+    if (vmf.write() && !(vmf.flags & kFaultPopulate) && !machine_->host().prot_encodes_ptes()) {
+      // A write trapped on a PTE that is writable: the host page kept a
+      // write-protection the PTE no longer has (reclaim's reference sampling
+      // racing mprotect). Make the host agree, or the access would trap forever.
+      machine_->host().MakeWritable({vmf.address, vmf.address + kPageSize},
+                                    VmFlagsToProt(vmf.vma->vm_flags));
+    }
     // Already resolved (a racing thread, or a retried access).
     machine_->vmstat().Add(VmEvent::k_pgfault_spurious);
     return kFaultSpurious;
   }
-  return kFaultSigbus;  // swap entries arrive with the swap device
+  if (pte.swap() && machine_->reclaim() != nullptr) {
+    return machine_->reclaim()->DoSwapPage(*vmf.as, *vmf.vma, vmf.address, vmf.pte, raw,
+                                           vmf.flags);
+  }
+  return kFaultSigbus;
 }
 
 AddrRange AnonFaultHandler::FaultAroundRange(const VmFault& vmf, bool sequential) const {
@@ -204,7 +257,7 @@ unsigned AnonFaultHandler::MergeHostBlock(VmFault& vmf) {
   uint64_t chain = 0;  // pfns linked through Page::next_free; 0 ends it
   size_t got = 0;
   Pfn pfn;
-  while (writable && got < need && mem_map.Alloc(&pfn)) {
+  while (writable && got < need && machine_->AllocFrames(vmf.as, &pfn, 1, 1) == 1) {
     mem_map.page(pfn).next_free = static_cast<uint32_t>(chain);
     chain = ToU64(pfn);
     got++;
@@ -238,6 +291,7 @@ unsigned AnonFaultHandler::MergeHostBlock(VmFault& vmf) {
         page.next_free = 0;
         AddNewAnonRmap(page, vmf.as, vma, block.start + i * kPageSize);
         base[i].store(Pte::Anon(p, true, false).raw(), std::memory_order_release);
+        LruAddRun(machine_, &p, 1);
         new_anon++;
         if (test(was_zero, i)) zero_delta--;
       }
@@ -248,7 +302,7 @@ unsigned AnonFaultHandler::MergeHostBlock(VmFault& vmf) {
       Pfn p{chain};
       chain = mem_map.page(p).next_free;
       mem_map.page(p).next_free = 0;
-      mem_map.Free(p);
+      machine_->FreePage(p);
     }
     return got < need ? kFaultOom : kFaultHostLimit;
   }
@@ -310,9 +364,8 @@ unsigned AnonFaultHandler::InstallAnonRun(VmFault& vmf, AddrRange run) {
   // (the faulting page must get one).
   MemMap& mem_map = machine_->mem_map();
   Pfn pfns[kMaxRun];
-  size_t got = 0;
   const size_t first = (vmf.address - run.start) >> kPageShift;
-  while (got < nr && mem_map.Alloc(&pfns[got])) got++;
+  size_t got = static_cast<size_t>(machine_->AllocFrames(vmf.as, pfns, static_cast<int>(nr), 1));
   if (got < nr) {
     // Give the faulting page priority: keep [first, first + got) if possible.
     size_t keep_start = first + got <= nr ? first : nr - got;
@@ -330,7 +383,7 @@ unsigned AnonFaultHandler::InstallAnonRun(VmFault& vmf, AddrRange run) {
     // As above: keep the faulting page's frame, free the others.
     size_t keep = (vmf.address - run.start) >> kPageShift;
     for (size_t i = 0; i < run.nr_pages(); i++) {
-      if (i != keep) mem_map.Free(pfns[i]);
+      if (i != keep) machine_->FreePage(pfns[i]);
     }
     pfns[0] = pfns[keep];
     run = ShrinkToFaultingPage(vmf, run);
@@ -338,7 +391,7 @@ unsigned AnonFaultHandler::InstallAnonRun(VmFault& vmf, AddrRange run) {
   }
   if (!installed) {
     int err = errno;
-    for (size_t i = 0; i < run.nr_pages(); i++) mem_map.Free(pfns[i]);
+    for (size_t i = 0; i < run.nr_pages(); i++) machine_->FreePage(pfns[i]);
     PublishRun(vmf, run, [](VirtAddr) { return Pte(); });
     return HostFailure(vmf, err);
   }
@@ -348,6 +401,7 @@ unsigned AnonFaultHandler::InstallAnonRun(VmFault& vmf, AddrRange run) {
     AddNewAnonRmap(page, vmf.as, *vmf.vma, a);
     return Pte::Anon(pfn, writable, vmf.write());
   });
+  LruAddRun(machine_, pfns, run.nr_pages());
   AccountHostBoundaries(vmf, run, PROT_NONE, writable ? prot : prot & ~PROT_WRITE);
   vmf.as->AddRssAnon(run.nr_pages());
   vmstat.Add(vmf.write() ? VmEvent::k_pgfault_write : VmEvent::k_pgfault_read);
@@ -363,19 +417,19 @@ static unsigned ReplaceZeroPage(Machine* machine, VmFault& vmf, uint64_t orig, b
                                 HostOp&& host_op) {
   MemMap& mem_map = machine->mem_map();
   Pfn pfn;
-  if (!mem_map.Alloc(&pfn)) return kFaultOom;
+  if (machine->AllocFrames(vmf.as, &pfn, 1, 1) != 1) return kFaultOom;
   PageTable& pt = vmf.as->page_table();
   {
     SpinLockHolder l(pt.Ptl(vmf.address));
     if (Load(vmf.pte) != orig) {
-      mem_map.Free(pfn);
+      machine->FreePage(pfn);
       return kFaultRetry;
     }
     vmf.pte->store(Pte::InstallLocked().raw(), std::memory_order_relaxed);
   }
   if (!host_op()) {
     int err = errno;
-    mem_map.Free(pfn);
+    machine->FreePage(pfn);
     SpinLockHolder l(pt.Ptl(vmf.address));
     vmf.pte->store(orig, std::memory_order_release);
     return err == ENOMEM ? kFaultHostLimit : kFaultSigbus;
@@ -386,6 +440,7 @@ static unsigned ReplaceZeroPage(Machine* machine, VmFault& vmf, uint64_t orig, b
     SpinLockHolder l(pt.Ptl(vmf.address));
     vmf.pte->store(Pte::Anon(pfn, vmf.vma->writable(), dirty).raw(), std::memory_order_release);
   }
+  LruAddRun(machine, &pfn, 1);
   vmf.as->AddZeroPtes(-1);
   vmf.as->AddRssAnon(1);
   machine->vmstat().Add(VmEvent::k_pgalloc);
@@ -413,11 +468,18 @@ unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
     if (ret == kFaultHostLimit && host.prot_encodes_ptes()) return MergeHostBlock(vmf);
     return ret;
   }
-  // An exclusive page (mapcount 1, no swap yet): reuse it, no copy.
-  // Linux: mm/memory.c wp_can_reuse_anon_folio() (seed 002 decides by
-  // mapcount + swapcount).
+  // An exclusive page: reuse it, no copy. Linux: mm/memory.c do_wp_page()
+  // as seed 002 has it: reuse when mapcount + swapcount is 1, decided
+  // without needing the page lock, so a reclaim holding it at this moment
+  // (or a pin) never forces a copy. A swap-cache page gives up its slot
+  // here when it can (try_to_free_swap): it is about to differ from it.
   Page& p = machine_->mem_map().page(pte.pfn());
   EMU_BUG_ON(p.mapcount.load(std::memory_order_relaxed) != 1);
+  if (p.Test(kPgSwapCache)) {
+    // Every slot has one user until emulated fork shares them (a later
+    // issue brings the copy for the shared case).
+    EMU_BUG_ON(!machine_->reclaim()->ReuseSwapPage(pte.pfn()));
+  }
   PageTable& pt = vmf.as->page_table();
   {
     SpinLockHolder l(pt.Ptl(vmf.address));
@@ -427,7 +489,8 @@ unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
   bool ok = host.MakeWritable(page, prot);
   {
     SpinLockHolder l(pt.Ptl(vmf.address));
-    vmf.pte->store(ok ? pte.WithWrite(true).WithDirty().raw() : orig, std::memory_order_release);
+    vmf.pte->store(ok ? pte.WithWrite(true).WithDirty().WithYoung(true).raw() : orig,
+                   std::memory_order_release);
   }
   if (!ok) return kFaultSigbus;
   machine_->vmstat().Add(VmEvent::k_pgreuse);

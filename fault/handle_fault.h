@@ -27,6 +27,10 @@ struct VmFault {
 // (handler-thread mode sets it from the uffd message; 0 = the caller).
 void SetFaultingThread(uint32_t tid);
 
+// Whether a trapped data access to `vma` meets execute-only memory (PROT_EXEC
+// alone on a CPU with protection keys): then it fails with SEGV_PKUERR.
+bool ExecuteOnly(const Vma& vma, unsigned flags);
+
 class AnonFaultHandler : public FaultHandler {
  public:
   explicit AnonFaultHandler(Machine* machine) : machine_(machine) {}

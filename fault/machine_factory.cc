@@ -2,6 +2,7 @@
 
 #include "fault/handle_fault.h"
 #include "fault/host_backends.h"
+#include "swap/vmscan.h"
 
 namespace emu {
 
@@ -11,10 +12,15 @@ absl::StatusOr<std::unique_ptr<Machine>> CreateMachine(const MachineOptions& opt
     if (options.fault_mode == FaultMode::kSigsegv) return CreateSigsegvMmu(m, arena);
     return CreateUffdMmu(m, arena, options.fault_mode);
   };
-    auto handler = [](Machine* m) -> std::unique_ptr<FaultHandler> {
+  auto handler = [](Machine* m) -> std::unique_ptr<FaultHandler> {
     return std::make_unique<AnonFaultHandler>(m);
   };
-  return Machine::CreateWith(options, factory, handler);
+  auto reclaim = [](Machine* m) -> absl::StatusOr<std::unique_ptr<PageReclaim>> {
+    auto v = Vmscan::Create(m);
+    if (!v.ok()) return v.status();
+    return std::unique_ptr<PageReclaim>(std::move(*v));
+  };
+  return Machine::CreateWith(options, factory, handler, reclaim);
 }
 
 }  // namespace emu

@@ -13,6 +13,10 @@
 #include "emu/machine.h"
 #include "emu/status.h"
 
+#ifndef SEGV_PKUERR
+#define SEGV_PKUERR 4
+#endif
+
 namespace emu {
 namespace {
 
@@ -74,7 +78,10 @@ void Dispatch(int sig, siginfo_t* info, void* ctx) {
   int saved_errno = errno;
   VirtAddr addr = reinterpret_cast<VirtAddr>(info->si_addr);
   Machine* m = info->si_code > 0 ? FindMachine(addr) : nullptr;  // si_code <= 0: sent by a process
-  if (m == nullptr) {
+  // A protection-key violation (an execute-only mapping read, on CPUs with
+  // PKU) is the kernel's own verdict on the VMA's protection, never a fault
+  // for the emulator: forward it as it is.
+  if (m == nullptr || (sig == SIGSEGV && info->si_code == SEGV_PKUERR)) {
     Forward(sig, info, ctx, /*refault=*/info->si_code > 0);
     errno = saved_errno;
     return;
@@ -110,7 +117,9 @@ void Dispatch(int sig, siginfo_t* info, void* ctx) {
   if (ret & (kFaultSigsegv | kFaultAccErr)) {
     siginfo_t si = *info;
     si.si_signo = SIGSEGV;
-    si.si_code = (ret & kFaultSigsegv) ? SEGV_MAPERR : SEGV_ACCERR;
+    si.si_code = (ret & kFaultSigsegv)  ? SEGV_MAPERR
+                 : (ret & kFaultPkuErr) ? SEGV_PKUERR
+                                        : SEGV_ACCERR;
     Forward(SIGSEGV, &si, ctx, /*refault=*/sig == SIGSEGV);
   } else if (ret & (kFaultSigbus | kFaultOom | kFaultHostLimit)) {
     ReportFatalFault(addr, ret);
@@ -166,7 +175,11 @@ void UnregisterSignalMachine(Machine* machine) {
 void ReportFatalFault(VirtAddr addr, unsigned fault_result) {
   WriteStr("emu: fatal fault at ");
   WriteHex(addr);
-  WriteStr((fault_result & kFaultOom) ? ": out of frames (machine memory exhausted), SIGBUS\n"
+  WriteStr((fault_result & kFaultOom)
+               ? ": out of memory: the memory limit is reached and nothing can be reclaimed "
+                 "(swap full or absent, or every page locked), SIGBUS\n"
+           : (fault_result & kFaultSwapIoErr)
+               ? ": the page could not be read back from swap (I/O error), SIGBUS\n"
            : (fault_result & kFaultHostLimit)
                ? ": the host refused with ENOMEM (memory, page tables or VMAs: "
                  "vm.max_map_count), SIGBUS\n"

@@ -1,6 +1,7 @@
 #include <sys/mman.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include "emu/machine.h"
 #include "emu/status.h"
@@ -29,10 +30,25 @@ class SigsegvMmu : public HostMmu {
   }
   bool InstallZeroed(AddrRange r, Prot vma_prot) override { return Protect(r, vma_prot); }
   bool MakeWritable(AddrRange r, Prot vma_prot) override { return Protect(r, vma_prot); }
+  // Differs from the uffd install: the pages are briefly writable while the
+  // copy is made, so a racing access by another thread that did not fault
+  // (it could not: the range is PROT_NONE until then) cannot see it, but one
+  // retrying its access at that instant may see a partial copy.
+  bool InstallCopy(AddrRange r, const void* src, Prot vma_prot, bool writable) override {
+    if (!Protect(r, PROT_READ | PROT_WRITE)) return false;
+    memcpy(reinterpret_cast<void*>(r.start), src, r.len_bytes());
+    Prot final = writable ? vma_prot : (vma_prot & ~PROT_WRITE) | PROT_READ;
+    return Protect(r, final);
+  }
+  bool WriteProtect(AddrRange r, Prot vma_prot) override {
+    return Protect(r, (vma_prot & ~PROT_WRITE) | PROT_READ);
+  }
   bool Zap(AddrRange r) override {
+    // PROT_NONE first: between the two calls a read would otherwise map
+    // the kernel's zero page and see zeros where the page's data was.
     void* p = reinterpret_cast<void*>(r.start);
-    return madvise(p, r.len_bytes(), MADV_DONTNEED) == 0 &&
-           mprotect(p, r.len_bytes(), PROT_NONE) == 0;
+    return mprotect(p, r.len_bytes(), PROT_NONE) == 0 &&
+           madvise(p, r.len_bytes(), MADV_DONTNEED) == 0;
   }
   bool Protect(AddrRange r, Prot host_prot) override {
     machine_->vmstat().Add(VmEvent::k_host_install_calls);

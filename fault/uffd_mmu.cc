@@ -96,6 +96,24 @@ class UffdMmu : public HostMmu {
     return Retry(UFFDIO_COPY, &c, &c.copy);
   }
 
+  bool InstallCopy(AddrRange r, const void* src, Prot, bool writable) override {
+    uffdio_copy c{};
+    c.dst = r.start;
+    c.src = reinterpret_cast<uintptr_t>(src);
+    c.len = r.len_bytes();
+    c.mode = UFFDIO_COPY_MODE_DONTWAKE | (writable ? 0 : UFFDIO_COPY_MODE_WP);
+    machine_->vmstat().Add(VmEvent::k_host_install_calls);
+    return Retry(UFFDIO_COPY, &c, &c.copy);
+  }
+
+  bool WriteProtect(AddrRange r, Prot) override {
+    uffdio_writeprotect wp{};
+    wp.range = {r.start, r.len_bytes()};
+    wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+    machine_->vmstat().Add(VmEvent::k_host_install_calls);
+    return ioctl(uffd_, UFFDIO_WRITEPROTECT, &wp) == 0;
+  }
+
   bool MakeWritable(AddrRange r, Prot) override {
     uffdio_writeprotect wp{};
     wp.range = {r.start, r.len_bytes()};

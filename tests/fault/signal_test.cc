@@ -147,7 +147,10 @@ TEST_CASE("Without a program handler, a bad access kills the process with SIGSEG
       dfl.sa_handler = SIG_DFL;
       sigaction(SIGSEGV, &dfl, nullptr);  // this child: default action...
       sigaction(SIGBUS, &dfl, nullptr);
-      auto m2 = CreateMachine(MachineOptions{.fault_mode = mode, .arena_bytes = 1ull << 30});
+      MachineOptions o2;
+      o2.fault_mode = mode;
+      o2.arena_bytes = 1ull << 30;
+      auto m2 = CreateMachine(o2);
       if (!m2.ok()) _exit(4);  // ...then a machine chains to it
       auto as2 = (*m2)->CreateAddressSpace();
       auto q = (*as2)->Mmap(0, kPageSize, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS);

@@ -1,0 +1,269 @@
+// Swap-in (= do_swap_page + swapin_readahead) and the swap cache's rules at a
+// write fault (seed 002: can_reuse_swap_page, try_to_free_swap).
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "emu/fault_handler.h"
+#include "emu/mm.h"
+#include "swap/vmscan.h"
+
+namespace emu {
+namespace {
+
+inline uint64_t Load(std::atomic<uint64_t>* e) { return e->load(std::memory_order_acquire); }
+
+}  // namespace
+
+void* Vmscan::AcquireBuffer() {
+  for (;;) {
+    uint64_t m = free_buffers_.load(std::memory_order_acquire);
+    if (m == 0) {
+      sched_yield();
+      continue;
+    }
+    int i = __builtin_ctzll(m);
+    if (free_buffers_.compare_exchange_weak(m, m & ~(uint64_t{1} << i),
+                                            std::memory_order_acquire)) {
+      return buffers_ + size_t{static_cast<size_t>(i)} * kMaxRa * kPageSize;
+    }
+  }
+}
+
+void Vmscan::ReleaseBuffer(void* buf) {
+  size_t i = (static_cast<char*>(buf) - buffers_) / (kMaxRa * kPageSize);
+  free_buffers_.fetch_or(uint64_t{1} << i, std::memory_order_release);
+}
+
+void Vmscan::WaitSwapIn(std::atomic<uint64_t>* pte, uint64_t locked_value) {
+  // Sleep until the swap-in in flight publishes this PTE. Bounded, so that
+  // a wakeup lost between the check and the sleep costs at most 1 ms.
+  for (int i = 0; i < 1000; i++) {
+    uint32_t seq = swapin_seq_.load(std::memory_order_acquire);
+    if (Load(pte) != locked_value) return;
+    timespec ts{0, 1000 * 1000};
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&swapin_seq_), FUTEX_WAIT_PRIVATE, seq, &ts,
+            nullptr, 0);
+  }
+}
+
+bool Vmscan::ReuseSwapPage(Pfn pfn) {
+  Page& page = mem_map_.page(pfn);
+  if (!page.Test(kPgSwapCache)) return true;
+  // Linux (seed 002): can_reuse_swap_page_unlocked(): page_swapcount(page,
+  // add_mapcount=1) == 1, i.e. this PTE is the only user of page and slot.
+  uint64_t slot = page.private_;
+  int users = page.mapcount.load(std::memory_order_acquire) + swap_->Count(slot);
+  if (users != 1) return false;
+  // can_reuse_swap_page_locked(): with the page lock, free the slot now (it
+  // is about to be stale). Without it (reclaim holds it), reuse anyway; the
+  // reclaimer sees the dirty PTE and drops the slot itself.
+  if (page.TryLock()) {
+    if (page.Test(kPgSwapCache) && !page.Test(kPgWriteback)) {
+      // Linux: try_to_free_swap() -> delete_from_swap_cache().
+      page.flags.fetch_and(~kPgSwapCache, std::memory_order_relaxed);
+      swap_->ClearCache(page.private_);
+      page.private_ = 0;
+      machine_->vmstat().Add(VmEvent::k_swap_free_on_reuse);
+    }
+    page.Unlock();
+  }
+  return true;
+}
+
+void Vmscan::SwapFree(uint64_t entry) {
+  // Linux: free_swap_and_cache(). No page holds a slot that only a swap PTE
+  // names (a page read back keeps the slot only while mapped), so dropping
+  // the reference is all there is.
+  swap_->Free(entry);
+}
+
+unsigned Vmscan::DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
+                            std::atomic<uint64_t>* pte, uint64_t orig, unsigned flags) {
+  VmStat& vmstat = machine_->vmstat();
+  HostMmu& host = machine_->host();
+  PageTable& pt = as.page_table();
+  const bool write = flags & kFaultWrite;
+  // Linux: swap_vma_readahead(): the swap PTEs in an aligned window around
+  // the fault, inside the VMA and this page table (one ptl). Their slots
+  // are usually adjacent, since reclaim writes neighbours together.
+  const int ra = machine_->options().swap_readahead_pages;
+  AddrRange window{addr, addr + kPageSize};
+  if (ra > 1) {
+    VirtAddr start = addr & ~(uintptr_t{static_cast<unsigned>(ra)} * kPageSize - 1);
+    VirtAddr leaf = addr & ~(PageTable::kLeafSpan - 1);
+    window = AddrRange{start, start + ra * kPageSize}
+                 .Intersect(vma.range())
+                 .Intersect({leaf, leaf + PageTable::kLeafSpan});
+  }
+  std::atomic<uint64_t>* base = pte - ((addr - window.start) >> kPageShift);
+  // Claim: the faulting PTE first, then its swapped neighbours.
+  VirtAddr addrs[kMaxRa];
+  uint64_t entries[kMaxRa];
+  int n = 0;
+  {
+    SpinLockHolder ptl(pt.Ptl(addr));
+    if (Load(pte) != orig) return kFaultRetry;
+    for (VirtAddr a = window.start; a < window.end; a += kPageSize) {
+      std::atomic<uint64_t>* e = base + ((a - window.start) >> kPageShift);
+      Pte p(Load(e));
+      if (!p.swap() || p.present() || p.locked()) continue;
+      e->store(p.WithLocked().raw(), std::memory_order_relaxed);
+      addrs[n] = a;
+      entries[n] = p.swap_entry();
+      n++;
+    }
+  }
+  const int fi = [&] {
+    for (int i = 0; i < n; i++) {
+      if (addrs[i] == addr) return i;
+    }
+    return -1;
+  }();
+  EMU_BUG_ON(fi < 0);
+  auto unclaim = [&](int i) {
+    SpinLockHolder ptl(pt.Ptl(addr));
+    (base + ((addrs[i] - window.start) >> kPageShift))
+        ->store(Pte::SwapEntry(entries[i]).raw(), std::memory_order_release);
+  };
+  // Frames: the faulting page must get one; read-ahead only takes what is
+  // free without more reclaim.
+  Pfn pfns[kMaxRa];
+  if (AllocFrames(&as, &pfns[fi], 1, 1) != 1) {
+    for (int i = 0; i < n; i++) unclaim(i);
+    swapin_seq_.fetch_add(1, std::memory_order_release);
+    FutexWakeAll(&swapin_seq_);
+    return kFaultOom;
+  }
+  bool have[kMaxRa] = {};
+  have[fi] = true;
+  for (int i = 0; i < n; i++) {
+    if (i == fi) continue;
+    have[i] = mem_map_.Alloc(&pfns[i]);
+  }
+  int keep = 0;  // compact to the pages that got frames, in address order
+  for (int i = 0; i < n; i++) {
+    if (!have[i]) {
+      unclaim(i);
+      continue;
+    }
+    addrs[keep] = addrs[i];
+    entries[keep] = entries[i];
+    pfns[keep] = pfns[i];
+    keep++;
+  }
+  int f = 0;
+  while (addrs[f] != addr) f++;
+  n = keep;
+
+  // Read: one op per run of adjacent addresses with adjacent slots; page i
+  // lands at buf + i pages.
+  char* buf = static_cast<char*>(AcquireBuffer());
+  SwapIoOp ops[kMaxRa];
+  int op_of[kMaxRa];
+  int nops = 0;
+  for (int i = 0; i < n; i++) {
+    if (i > 0 && addrs[i] == addrs[i - 1] + kPageSize && entries[i] == entries[i - 1] + 1) {
+      ops[nops - 1].nr_pages++;
+      op_of[i] = nops - 1;
+      continue;
+    }
+    ops[nops] = SwapIoOp{entries[i], 1, buf + size_t{static_cast<size_t>(i)} * kPageSize, 0};
+    op_of[i] = nops++;
+  }
+  swap_->io().Read(ops, nops);
+  bool ok[kMaxRa];
+  for (int i = 0; i < n; i++) {
+    const SwapIoOp& op = ops[op_of[i]];
+    ok[i] = op.result == static_cast<int64_t>(op.nr_pages) * static_cast<int64_t>(kPageSize);
+  }
+
+  // A write fault on a slot nobody else references takes the page
+  // exclusively: writable, dirty, slot freed (Linux: do_swap_page() with
+  // FAULT_FLAG_WRITE and can_reuse_swap_page). Everything else is mapped
+  // write-protected and clean, keeping its slot (the swap cache).
+  const bool exclusive_write = write && vma.writable() && swap_->Count(entries[f]) == 1;
+  const Prot prot = VmFlagsToProt(vma.vm_flags);
+  bool installed[kMaxRa] = {};
+  for (int i = 0; i < n;) {
+    if (!ok[i]) {
+      i++;
+      continue;
+    }
+    int j = i + 1;
+    while (j < n && ok[j] && addrs[j] == addrs[j - 1] + kPageSize &&
+           !(exclusive_write && (j == f || j - 1 == f))) {
+      j++;
+    }
+    AddrRange run{addrs[i], addrs[j - 1] + kPageSize};
+    const char* src = buf + size_t{static_cast<size_t>(i)} * kPageSize;
+    bool writable = exclusive_write && i == f;
+    if (host.InstallCopy(run, src, prot, writable)) {
+      for (int k = i; k < j; k++) installed[k] = true;
+    } else if (j - i > 1) {
+      // The run spans host VMAs that did not merge: page by page.
+      for (int k = i; k < j; k++) {
+        installed[k] = host.InstallCopy({addrs[k], addrs[k] + kPageSize},
+                                        buf + size_t{static_cast<size_t>(k)} * kPageSize, prot,
+                                        exclusive_write && k == f);
+      }
+    }
+    i = j;
+  }
+  ReleaseBuffer(buf);
+
+  // Publish. Linux order (seed 002's comment on page_swapcount): the page
+  // takes the slot into the swap cache before the PTE's reference goes.
+  int mapped = 0;
+  Pfn added[kMaxRa];
+  for (int i = 0; i < n; i++) {
+    std::atomic<uint64_t>* e = base + ((addrs[i] - window.start) >> kPageShift);
+    if (!installed[i]) {
+      unclaim(i);
+      mem_map_.Free(pfns[i]);
+      continue;
+    }
+    Page& page = mem_map_.page(pfns[i]);
+    page.mapping = &as;
+    page.index = addrs[i] >> kPageShift;
+    page.mapcount.store(1, std::memory_order_relaxed);
+    if (vma.locked()) page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+    Pte now;
+    if (exclusive_write && i == f) {
+      swap_->Free(entries[i]);
+      now = Pte::Anon(pfns[i], true, true, true);
+    } else {
+      swap_->SetCache(entries[i]);
+      page.private_ = entries[i];
+      page.flags.fetch_or(kPgSwapCache, std::memory_order_relaxed);
+      swap_->Free(entries[i]);
+      now = Pte::Anon(pfns[i], false, false, /*young=*/i == f);
+    }
+    {
+      SpinLockHolder ptl(pt.Ptl(addr));
+      e->store(now.raw(), std::memory_order_release);
+    }
+    added[mapped++] = pfns[i];
+  }
+  for (int i = 0; i < mapped; i++) LruAdd(added[i]);
+  as.AddRssAnon(mapped);
+  as.AddSwapPtes(-mapped);
+  swapin_seq_.fetch_add(1, std::memory_order_release);
+  FutexWakeAll(&swapin_seq_);
+  vmstat.Add(VmEvent::k_pswpin, mapped);
+  if (mapped > 1) vmstat.Add(VmEvent::k_swap_ra, mapped - (installed[f] ? 1 : 0));
+  if (!ok[f]) {
+    vmstat.Add(VmEvent::k_swap_read_errors);
+    return kFaultSigbus | kFaultSwapIoErr;
+  }
+  if (!installed[f]) return errno == ENOMEM ? kFaultHostLimit : kFaultSigbus;
+  vmstat.Add(VmEvent::k_pgmajfault);
+  vmstat.Add(write ? VmEvent::k_pgfault_write : VmEvent::k_pgfault_read);
+  return kFaultMajor;
+}
+
+}  // namespace emu
