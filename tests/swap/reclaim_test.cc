@@ -158,3 +158,186 @@ TEST_CASE("Swap: several threads faulting under pressure each keep their data", 
 
 }  // namespace
 }  // namespace emu
+
+namespace emu {
+namespace {
+
+// Swaps out every evictable page of the machine now.
+void SwapOutAll(Machine& m) {
+  absl::Status s = m.reclaim()->ShrinkTo(0);
+  INFO(s.ToString());
+  REQUIRE(s.ok());
+}
+
+TEST_CASE("Swap: concurrent faults on one swapped page wait on one read", "[swap]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode, LimitOptions(/*readahead=*/1));
+  Machine& m = *env->machine;
+  char* p = MapAnon(*env->as, 16 * kPageSize);
+  for (size_t i = 0; i < 16; i++) FillPage(p, i, 7);
+  SwapOutAll(m);
+  REQUIRE(env->as->GetPte(reinterpret_cast<VirtAddr>(p + 5 * kPageSize)).swap());
+  const uint64_t in0 = Stat(m, VmEvent::k_pswpin);
+  constexpr int kThreads = 8;
+  std::atomic<int> ready{0}, bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; t++) {
+    threads.emplace_back([&] {
+      ready++;
+      while (ready.load() < kThreads) {
+      }
+      if (CheckPage(p, 5, 7) != -1) bad++;
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(bad.load() == 0);
+  CHECK(Stat(m, VmEvent::k_pswpin) - in0 == 1);
+  RequireMachineInvariants(m);
+}
+
+TEST_CASE("Swap cache: a page read back keeps its slot until written, and goes again without I/O",
+          "[swap]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode, LimitOptions(/*readahead=*/1));
+  Machine& m = *env->machine;
+  SwapDevice& dev = *Reclaim(m).swap_device();
+  char* p = MapAnon(*env->as, 4 * kPageSize);
+  const VirtAddr page = reinterpret_cast<VirtAddr>(p);
+  for (size_t i = 0; i < 4; i++) FillPage(p, i, 1);
+  SwapOutAll(m);
+  REQUIRE(env->as->GetPte(page).swap());
+  const uint64_t slot = env->as->GetPte(page).swap_entry();
+  CHECK(dev.Count(slot) == 1);
+  CHECK_FALSE(dev.HasCache(slot));
+
+  // Read: mapped write-protected, clean, still holding the slot.
+  REQUIRE(CheckPage(p, 0, 1) == -1);
+  Pte pte = env->as->GetPte(page);
+  REQUIRE(pte.present());
+  CHECK_FALSE(pte.write());
+  CHECK(dev.Count(slot) == 0);
+  CHECK(dev.HasCache(slot));
+  RequireMachineInvariants(m);
+
+  // Reclaimed again: no write, the same slot.
+  const uint64_t out0 = Stat(m, VmEvent::k_pswpout), clean0 = Stat(m, VmEvent::k_pgsteal_clean);
+  SwapOutAll(m);
+  CHECK(Stat(m, VmEvent::k_pswpout) == out0);
+  CHECK(Stat(m, VmEvent::k_pgsteal_clean) > clean0);
+  CHECK(env->as->GetPte(page).swap_entry() == slot);
+  REQUIRE(CheckPage(p, 0, 1) == -1);
+
+  // Written: the slot is freed (seed 002: mapcount + swapcount == 1, reuse,
+  // try_to_free_swap), the page is writable and dirty.
+  const uint64_t used0 = dev.nr_used(), freed0 = Stat(m, VmEvent::k_swap_free_on_reuse);
+  FillPage(p, 0, 2);
+  pte = env->as->GetPte(page);
+  CHECK(pte.write());
+  CHECK(pte.dirty());
+  CHECK(Stat(m, VmEvent::k_swap_free_on_reuse) == freed0 + 1);
+  CHECK(dev.nr_used() == used0 - 1);
+  CHECK_FALSE(dev.HasCache(slot));
+  RequireMachineInvariants(m);
+  // And it goes out once more with the new data.
+  SwapOutAll(m);
+  REQUIRE(CheckPage(p, 0, 2) == -1);
+  REQUIRE(CheckPage(p, 1, 1) == -1);
+}
+
+TEST_CASE("Swap: a write fault on a swapped page takes it exclusively, slot freed", "[swap]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode, LimitOptions(/*readahead=*/1));
+  Machine& m = *env->machine;
+  SwapDevice& dev = *Reclaim(m).swap_device();
+  char* p = MapAnon(*env->as, kPageSize);
+  FillPage(p, 0, 3);
+  SwapOutAll(m);
+  REQUIRE(dev.nr_used() == 1);
+  reinterpret_cast<volatile uint64_t*>(p)[1] = Pattern(0, 1, 3);  // a write, same value
+  Pte pte = env->as->GetPte(reinterpret_cast<VirtAddr>(p));
+  CHECK(pte.write());
+  CHECK(dev.nr_used() == 0);
+  REQUIRE(CheckPage(p, 0, 3) == -1);
+  RequireMachineInvariants(m);
+}
+
+TEST_CASE("Swap: mlocked pages are never reclaimed", "[swap]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode, LimitOptions());
+  Machine& m = *env->machine;
+  const size_t locked_pages = kLimitPages / 4;
+  char* locked = MapAnon(*env->as, locked_pages * kPageSize);
+  for (size_t i = 0; i < locked_pages; i++) FillPage(locked, i, 1);
+  REQUIRE(env->as->Mlock(reinterpret_cast<VirtAddr>(locked), locked_pages * kPageSize).ok());
+  char* mlocked_map = MapAnon(*env->as, 64 * kPageSize, PROT_READ | PROT_WRITE, MAP_LOCKED);
+  const size_t pages = 2 * kLimitPages;
+  char* other = MapAnon(*env->as, pages * kPageSize);
+  for (int round = 0; round < 2; round++) {
+    for (size_t i = 0; i < pages; i++) FillPage(other, i, round);
+  }
+  CHECK(Stat(m, VmEvent::k_pswpout) > 0);
+  for (size_t i = 0; i < locked_pages; i++) {
+    INFO("locked page " << i);
+    REQUIRE(env->as->GetPte(reinterpret_cast<VirtAddr>(locked + i * kPageSize)).present());
+  }
+  for (size_t i = 0; i < 64; i++) {
+    REQUIRE(env->as->GetPte(reinterpret_cast<VirtAddr>(mlocked_map + i * kPageSize)).present());
+  }
+  // What is left is locked: ShrinkTo(0) cannot succeed; check the counts.
+  CHECK(m.reclaim()->ShrinkTo(0).code() == absl::StatusCode::kResourceExhausted);
+  for (size_t i = 0; i < locked_pages; i++) REQUIRE(CheckPage(locked, i, 1) == -1);
+  CHECK(m.mem_map().nr_used() == locked_pages + 64);
+  // munlock makes them evictable again.
+  REQUIRE(env->as->Munlock(reinterpret_cast<VirtAddr>(locked), locked_pages * kPageSize).ok());
+  CHECK(m.reclaim()->ShrinkTo(64).ok());
+  CHECK(m.mem_map().nr_used() == 64);
+  for (size_t i = 0; i < locked_pages; i++) REQUIRE(CheckPage(locked, i, 1) == -1);
+  RequireMachineInvariants(m);
+}
+
+TEST_CASE("Swap: zero-page PTEs cost no frame and are never swapped", "[swap]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode, LimitOptions());
+  Machine& m = *env->machine;
+  const size_t pages = 3 * kLimitPages;
+  char* p = MapAnon(*env->as, pages * kPageSize);
+  uint64_t sum = 0;
+  for (size_t i = 0; i < pages; i++) sum += reinterpret_cast<volatile uint64_t*>(p + i * kPageSize)[0];
+  CHECK(sum == 0);
+  CHECK(env->as->nr_zero_ptes() == pages);
+  CHECK(m.mem_map().nr_used() == 0);
+  CHECK(Stat(m, VmEvent::k_pswpout) == 0);
+  RequireMachineInvariants(m);
+}
+
+TEST_CASE("Swap: frames freed by reclaim read as zeros in another address space", "[swap]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode, LimitOptions());
+  Machine& m = *env->machine;
+  const size_t pages = 2 * kLimitPages;
+  char* p = MapAnon(*env->as, pages * kPageSize);
+  for (size_t i = 0; i < pages; i++) FillPage(p, i, 9);
+  auto as2 = m.CreateAddressSpace(uint64_t{1} << 30);
+  REQUIRE(as2.ok());
+  auto q = (*as2)->Mmap(0, pages * kPageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+  REQUIRE(q.ok());
+  auto* w = reinterpret_cast<volatile uint64_t*>(*q);
+  size_t nonzero = 0;
+  for (size_t i = 0; i < pages * kPageSize / 8; i += 61) {
+    if (i % 512 == 0) w[i + 1] = 1;  // write faults take frames from the first space
+    if (w[i] != 0) nonzero++;
+  }
+  CHECK(nonzero == 0);
+  for (size_t i = 0; i < pages; i++) REQUIRE(CheckPage(p, i, 9) == -1);
+  as2->reset();
+  RequireMachineInvariants(m);
+}
+
+}  // namespace
+}  // namespace emu
