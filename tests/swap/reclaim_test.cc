@@ -4,7 +4,9 @@
 // and touches more memory than it, so pages really travel to the swap file
 // and back; patterns are verified after each round trip, and the swap_map is
 // checked against the swap PTEs that exist (Machine::CheckInvariants).
+#include <setjmp.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -336,6 +338,148 @@ TEST_CASE("Swap: frames freed by reclaim read as zeros in another address space"
   CHECK(nonzero == 0);
   for (size_t i = 0; i < pages; i++) REQUIRE(CheckPage(p, i, 9) == -1);
   as2->reset();
+  RequireMachineInvariants(m);
+}
+
+}  // namespace
+}  // namespace emu
+
+namespace emu {
+namespace {
+
+// Wraps the machine's swap I/O in a FaultInjectingSwapIo and returns it.
+FaultInjectingSwapIo& InjectFaults(Machine& m) {
+  SwapDevice& dev = *Reclaim(m).swap_device();
+  auto wrapped = std::make_unique<FaultInjectingSwapIo>(dev.TakeIo());
+  FaultInjectingSwapIo& ref = *wrapped;
+  dev.ReplaceIo(std::move(wrapped));
+  return ref;
+}
+
+TEST_CASE("Swap I/O errors: a failed write keeps the page resident and retires the slot",
+          "[swap][inject]") {
+  FaultMode mode = EMU_ALL_MODES();
+  int error = GENERATE(EIO, ENOSPC, 0);  // 0: a short write
+  INFO("mode " << FaultModeName(mode) << ", error " << error);
+  auto env = MakeEnv(mode, LimitOptions());
+  Machine& m = *env->machine;
+  SwapDevice& dev = *Reclaim(m).swap_device();
+  FaultInjectingSwapIo& io = InjectFaults(m);
+  // Every write to the first 64 slots fails; the rest work.
+  io.AddRule({SwapFaultRule::kWrite, 0, 64, error, -1});
+  const size_t pages = 2 * kLimitPages;
+  char* p = MapAnon(*env->as, pages * kPageSize);
+  for (size_t i = 0; i < pages; i++) FillPage(p, i, 4);
+  for (size_t i = 0; i < pages; i++) {
+    if (CheckPage(p, i, 4) != -1) {
+      INFO(Describe(p, i, 4, pages));
+      REQUIRE(CheckPage(p, i, 4) == -1);
+    }
+  }
+  CHECK(io.nr_injected() > 0);
+  CHECK(Stat(m, VmEvent::k_swap_write_errors) > 0);
+  CHECK(dev.nr_bad() > 0);
+  CHECK(dev.nr_bad() <= 64);
+  CHECK(Stat(m, VmEvent::k_pswpout) > 0);  // the other slots still work
+  RequireMachineInvariants(m);
+}
+
+// The program's SIGBUS handler, installed before a machine so that emu's
+// handler goes in front of it and forwards fatal faults to it.
+struct CatchSigbus {
+  static inline sigjmp_buf jb;
+  static inline volatile VirtAddr addr = 0;
+  struct sigaction old {};
+  CatchSigbus() {
+    struct sigaction sa {};
+    sa.sa_sigaction = [](int, siginfo_t* si, void*) {
+      addr = reinterpret_cast<VirtAddr>(si->si_addr);
+      siglongjmp(jb, 1);
+    };
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigaction(SIGBUS, &sa, &old);
+  }
+  ~CatchSigbus() { sigaction(SIGBUS, &old, nullptr); }
+};
+
+TEST_CASE("Swap I/O errors: a failed read gives SIGBUS to the faulting access", "[swap][inject]") {
+  // Handler-thread mode: see the SIGBUS test below; FaultInPages covers it.
+  FaultMode mode = GENERATE(FaultMode::kUffdSigbus, FaultMode::kSigsegv, FaultMode::kUffdThread);
+  int error = GENERATE(EIO, 0);  // 0: a short read
+  INFO("mode " << FaultModeName(mode) << ", error " << error);
+  CatchSigbus catcher;
+  auto env = MakeEnv(mode, LimitOptions(/*readahead=*/1));
+  Machine& m = *env->machine;
+  char* p = MapAnon(*env->as, 8 * kPageSize);
+  for (size_t i = 0; i < 8; i++) FillPage(p, i, 5);
+  SwapOutAll(m);
+  const VirtAddr bad = reinterpret_cast<VirtAddr>(p + 3 * kPageSize);
+  const uint64_t slot = env->as->GetPte(bad).swap_entry();
+  FaultInjectingSwapIo& io = InjectFaults(m);
+  io.AddRule({SwapFaultRule::kRead, slot, slot + 1, error, -1});
+  // The kernel's view (a system call's buffer): EFAULT.
+  CHECK(ToErrno(env->as->FaultInPages(bad, 8, false)) == EFAULT);
+  if (mode != FaultMode::kUffdThread) {
+    bool got_sigbus = false;
+    if (sigsetjmp(CatchSigbus::jb, 1) == 0) {
+      volatile uint64_t v = reinterpret_cast<volatile uint64_t*>(bad)[0];
+      (void)v;
+    } else {
+      got_sigbus = true;
+    }
+    CHECK(got_sigbus);
+    CHECK(CatchSigbus::addr == bad);
+  }
+  CHECK(Stat(m, VmEvent::k_swap_read_errors) > 0);
+  CHECK(env->as->GetPte(bad).swap());  // still on swap: a later read may succeed
+  io.ClearRules();
+  for (size_t i = 0; i < 8; i++) REQUIRE(CheckPage(p, i, 5) == -1);
+  RequireMachineInvariants(m);
+}
+
+TEST_CASE("Swap full or absent: populating past the limit fails with ENOMEM", "[swap][oom]") {
+  FaultMode mode = EMU_ALL_MODES();
+  bool no_swap = GENERATE(true, false);
+  INFO("mode " << FaultModeName(mode) << (no_swap ? ", no swap" : ", 1 MiB swap"));
+  MachineOptions o = LimitOptions();
+  o.no_swap = no_swap;
+  o.swap_bytes = uint64_t{1} << 20;
+  auto env = MakeEnv(mode, o);
+  Machine& m = *env->machine;
+  const size_t len = 3 * kLimitPages * kPageSize;
+  char* p = MapAnon(*env->as, len);
+  absl::Status s = env->as->FaultInPages(reinterpret_cast<VirtAddr>(p), len, /*write=*/true);
+  CHECK(s.code() == absl::StatusCode::kResourceExhausted);
+  CHECK(Stat(m, VmEvent::k_oom) > 0);
+  CHECK(m.mem_map().peak_used() <= kLimitPages);
+  RequireMachineInvariants(m);
+}
+
+// Handler-thread mode is left out: there the SIGBUS is queued to the
+// faulting thread from another thread, and a program that survives it (this
+// test) may race a second report of the same fault.
+TEST_CASE("Swap full or absent: the access that needs a frame gets SIGBUS", "[swap][oom]") {
+  FaultMode mode = GENERATE(FaultMode::kUffdSigbus, FaultMode::kSigsegv);
+  bool no_swap = GENERATE(true, false);
+  INFO("mode " << FaultModeName(mode) << (no_swap ? ", no swap" : ", 1 MiB swap"));
+  MachineOptions o = LimitOptions();
+  o.no_swap = no_swap;
+  o.swap_bytes = uint64_t{1} << 20;
+  CatchSigbus catcher;
+  auto env = MakeEnv(mode, o);
+  Machine& m = *env->machine;
+  char* p = MapAnon(*env->as, 3 * kLimitPages * kPageSize);
+  size_t touched = 0;
+  if (sigsetjmp(CatchSigbus::jb, 1) == 0) {
+    for (; touched < 3 * kLimitPages; touched++) p[touched * kPageSize] = 1;
+  }
+  INFO("touched " << touched << " pages; oom " << Stat(m, VmEvent::k_oom) << " pswpout "
+                  << Stat(m, VmEvent::k_pswpout) << " used " << m.mem_map().nr_used());
+  CHECK(touched >= kLimitPages / 2);
+  CHECK(touched < 3 * kLimitPages);
+  CHECK(CatchSigbus::addr == reinterpret_cast<VirtAddr>(p + touched * kPageSize));
+  CHECK(Stat(m, VmEvent::k_oom) > 0);
+  CHECK(m.mem_map().peak_used() <= kLimitPages);
   RequireMachineInvariants(m);
 }
 
