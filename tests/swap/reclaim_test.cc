@@ -485,3 +485,110 @@ TEST_CASE("Swap full or absent: the access that needs a frame gets SIGBUS", "[sw
 
 }  // namespace
 }  // namespace emu
+
+namespace emu {
+namespace {
+
+// The EFAULT contract (docs/DESIGN.md) for swapped-out pages: in handler-
+// thread mode the kernel's own access is a fault like any other; in the
+// SIGBUS and SIGSEGV modes it fails with EFAULT and consumes nothing, and
+// FaultInPages() before the call makes it work.
+TEST_CASE("Swap: system calls on swapped-out pages behave as on native memory", "[swap][syscall]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode, LimitOptions(/*readahead=*/1));  // one page in at a time
+  Machine& m = *env->machine;
+  AddressSpace& as = *env->as;
+  char* p = MapAnon(as, 4 * kPageSize);
+  for (size_t i = 0; i < 4; i++) FillPage(p, i, 6);
+  SwapOutAll(m);
+  const bool transparent = mode == FaultMode::kUffdThread;
+  auto swapped = [&](int i) { return as.GetPte(reinterpret_cast<VirtAddr>(p + i * kPageSize)).swap(); };
+  REQUIRE(swapped(0));
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+
+  // write(2) from a swapped-out page.
+  if (!transparent) {
+    errno = 0;
+    CHECK(write(fds[1], p, 64) == -1);
+    CHECK(errno == EFAULT);
+    REQUIRE(as.FaultInPages(reinterpret_cast<VirtAddr>(p), 64, /*write=*/false).ok());
+  }
+  REQUIRE(write(fds[1], p, 64) == 64);
+  uint64_t got[8];
+  REQUIRE(read(fds[0], got, 64) == 64);
+  for (int w = 0; w < 8; w++) CHECK(got[w] == Pattern(0, w, 6));
+
+  // read(2) into a swapped-out page: the write must land, none of the old
+  // contents may come back over it.
+  REQUIRE(swapped(1));
+  uint64_t fresh[8];
+  for (int w = 0; w < 8; w++) fresh[w] = ~Pattern(1, w, 6);
+  REQUIRE(write(fds[1], fresh, 64) == 64);
+  char* dst = p + kPageSize;
+  if (!transparent) {
+    errno = 0;
+    CHECK(read(fds[0], dst, 64) == -1);
+    CHECK(errno == EFAULT);  // and the pipe still holds the data
+    REQUIRE(as.FaultInPages(reinterpret_cast<VirtAddr>(dst), 64, /*write=*/true).ok());
+  }
+  REQUIRE(read(fds[0], dst, 64) == 64);
+  auto* w1 = reinterpret_cast<const uint64_t*>(dst);
+  for (int w = 0; w < 8; w++) CHECK(w1[w] == fresh[w]);
+  for (int w = 8; w < 512; w++) REQUIRE(w1[w] == Pattern(1, w, 6));
+
+  // process_vm_readv/writev on this process.
+  REQUIRE(swapped(2));
+  REQUIRE(swapped(3));
+  if (!transparent) {
+    REQUIRE(as.FaultInPages(reinterpret_cast<VirtAddr>(p + 2 * kPageSize), 2 * kPageSize, true).ok());
+  }
+  uint64_t buf[16];
+  iovec local{buf, sizeof(buf)}, remote{p + 2 * kPageSize, sizeof(buf)};
+  REQUIRE(process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == sizeof(buf));
+  for (int w = 0; w < 16; w++) CHECK(buf[w] == Pattern(2, w, 6));
+  for (int w = 0; w < 16; w++) buf[w] = w;
+  iovec remote3{p + 3 * kPageSize, sizeof(buf)};
+  REQUIRE(process_vm_writev(getpid(), &local, 1, &remote3, 1, 0) == sizeof(buf));
+  auto* w3 = reinterpret_cast<const uint64_t*>(p + 3 * kPageSize);
+  for (int w = 0; w < 16; w++) CHECK(w3[w] == static_cast<uint64_t>(w));
+  CHECK(w3[16] == Pattern(3, 16, 6));
+  close(fds[0]);
+  close(fds[1]);
+  RequireMachineInvariants(m);
+}
+
+TEST_CASE("Memory limit options: bad values get clear errors", "[swap][options]") {
+  MachineOptions o;
+  o.mem_limit = uint64_t{1} << 20;  // below the 4 MiB minimum
+  absl::Status s = o.Validate();
+  CHECK(ToErrno(s) == EINVAL);
+  CHECK_THAT(std::string(s.message()), Catch::Contains("at least 4 MiB"));
+  o.mem_limit = kLimit;
+  o.swap_readahead_pages = 0;
+  CHECK(ToErrno(o.Validate()) == EINVAL);
+  o.swap_readahead_pages = 8;
+  o.reclaim_policy = "random";
+  CHECK_THAT(std::string(o.Validate().message()), Catch::Contains("want lru or fifo"));
+  CHECK(ToErrno(ParseSize("lots").status()) == EINVAL);
+  CHECK(*ParseSize("256M") == uint64_t{256} << 20);
+
+  // A swap directory that does not exist, or cannot be written.
+  test::RequireMode(FaultMode::kSigsegv);
+  MachineOptions bad = LimitOptions();
+  bad.fault_mode = FaultMode::kSigsegv;
+  bad.arena_bytes = uint64_t{1} << 30;
+  bad.swap_dir = "/nonexistent/emu-swap";
+  auto m = CreateMachine(bad);
+  REQUIRE_FALSE(m.ok());
+  CHECK_THAT(std::string(m.status().message()), Catch::Contains("/nonexistent/emu-swap"));
+  bad.swap_dir = "";
+  bad.swap_path = "/proc/emu-swap-file";
+  m = CreateMachine(bad);
+  REQUIRE_FALSE(m.ok());
+  CHECK_THAT(std::string(m.status().message()), Catch::Contains("/proc/emu-swap-file"));
+}
+
+}  // namespace
+}  // namespace emu
