@@ -212,13 +212,13 @@ absl::Status Machine::CheckInvariants() {
   // and the swap_map compared with them are one snapshot.
   if (reclaim_) reclaim_->BlockReclaim();
   absl::Status status = absl::OkStatus();
-  absl::flat_hash_map<uint64_t, int> refs;
+  absl::flat_hash_map<uint64_t, int> refs, cached;
   for (AddressSpace* as : spaces) {
     status = as->CheckInvariants(/*reclaim_blocked=*/true);
     if (!status.ok()) break;
-    as->CollectSwapRefs(&refs);
+    as->CollectSwapRefs(&refs, &cached);
   }
-  if (status.ok() && reclaim_) status = reclaim_->CheckSwapRefs(refs);
+  if (status.ok() && reclaim_) status = reclaim_->CheckSwapRefs(refs, cached);
   if (status.ok() && !reclaim_ && !refs.empty()) {
     status = ErrnoError(EIO, "swap PTEs on a machine without swap");
   }

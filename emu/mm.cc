@@ -475,11 +475,18 @@ Pte AddressSpace::GetPte(VirtAddr addr) {
   return Pte(e ? e->load(std::memory_order_acquire) : 0);
 }
 
-void AddressSpace::CollectSwapRefs(absl::flat_hash_map<uint64_t, int>* refs) {
+void AddressSpace::CollectSwapRefs(absl::flat_hash_map<uint64_t, int>* refs,
+                                   absl::flat_hash_map<uint64_t, int>* cached) {
   ReadLockHolder l(&mmap_lock_);
+  MemMap& mem_map = machine_->mem_map();
   pt_.ForEachEntry(window_, [&](VirtAddr, std::atomic<uint64_t>* e) {
     Pte pte(e->load(std::memory_order_acquire));
-    if (pte.swap() && !pte.present()) (*refs)[pte.swap_entry()]++;
+    if (pte.swap() && !pte.present()) {
+      (*refs)[pte.swap_entry()]++;
+    } else if (pte.present() && !pte.special()) {
+      const Page& page = mem_map.page(pte.pfn());
+      if (page.Test(kPgSwapCache)) (*cached)[page.private_]++;
+    }
   });
 }
 

@@ -103,8 +103,10 @@ class AddressSpace {
   // Holds reclaim off while it checks, unless the caller already does
   // (`reclaim_blocked`, Machine::CheckInvariants).
   absl::Status CheckInvariants(bool reclaim_blocked = false);
-  // Adds, for each swap PTE, one reference to its slot in `refs`.
-  void CollectSwapRefs(absl::flat_hash_map<uint64_t, int>* refs);
+  // Adds, for each swap PTE, one reference to its slot in `refs`, and for
+  // each mapped swap-cache page one to its slot in `cached`.
+  void CollectSwapRefs(absl::flat_hash_map<uint64_t, int>* refs,
+                       absl::flat_hash_map<uint64_t, int>* cached);
 
   // ---- For the fault layer (fault/) and reclaim (swap/) ----
   RwSem* mmap_lock() ABSL_LOCK_RETURNED(mmap_lock_) { return &mmap_lock_; }

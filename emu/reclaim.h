@@ -72,7 +72,10 @@ class PageReclaim {
   // Checks the swap_map against the references that exist: `refs` maps each
   // slot to the number of swap PTEs naming it, in every address space. The
   // caller holds BlockReclaim().
-  virtual absl::Status CheckSwapRefs(const absl::flat_hash_map<uint64_t, int>& refs) = 0;
+  // `cached` maps each slot held by a mapped page (kPgSwapCache) to the
+  // number of such pages.
+  virtual absl::Status CheckSwapRefs(const absl::flat_hash_map<uint64_t, int>& refs,
+                                     const absl::flat_hash_map<uint64_t, int>& cached) = 0;
   // Reclaims until at most `target_pages` frames are in use (tests, tools).
   virtual absl::Status ShrinkTo(uint64_t target_pages) = 0;
   // Gauges as "name value" lines (nr_swap_used, nr_active, ...).

@@ -690,18 +690,11 @@ absl::Status Vmscan::ShrinkTo(uint64_t target_pages) {
   return absl::OkStatus();
 }
 
-absl::Status Vmscan::CheckSwapRefs(const absl::flat_hash_map<uint64_t, int>& refs) {
+absl::Status Vmscan::CheckSwapRefs(const absl::flat_hash_map<uint64_t, int>& refs,
+                                   const absl::flat_hash_map<uint64_t, int>& cached) {
   absl::Status status = absl::OkStatus();
-  // Slots the swap cache holds: pages with kPgSwapCache.
-  absl::flat_hash_map<uint64_t, int> cached;
-  {
-    SpinLockHolder l(&lru_lock_);
-    for (List* list : {&active_, &inactive_}) {
-      for (uint32_t p = list->head; p != 0; p = mem_map_.page(Pfn{p}).lru_next) {
-        const Page& page = mem_map_.page(Pfn{p});
-        if (page.Test(kPgSwapCache)) cached[page.private_]++;
-      }
-    }
+  for (const auto& [slot, n] : cached) {
+    if (n != 1) return ErrnoError(EIO, absl::StrCat("slot ", slot, " cached by ", n, " pages"));
   }
   if (swap_ == nullptr) {
     if (!refs.empty() || !cached.empty()) status = ErrnoError(EIO, "swap references without swap");
@@ -720,6 +713,14 @@ absl::Status Vmscan::CheckSwapRefs(const absl::flat_hash_map<uint64_t, int>& ref
                                               " swap PTEs", want_cache ? " and a cached page" : ""));
       }
     });
+    for (const auto& [slot, n] : cached) {
+      if (status.ok() && !swap_->HasCache(slot)) {
+        status = ErrnoError(EIO, absl::StrCat("a page holds slot ", slot, " without its cache flag"));
+      }
+    }
+    if (status.ok() && used != swap_->nr_used()) {
+      status = ErrnoError(EIO, absl::StrCat("nr_used ", swap_->nr_used(), " but ", used, " used slots"));
+    }
     if (status.ok()) {
       for (const auto& [slot, c] : refs) {
         if (swap_->Count(slot) != c) {

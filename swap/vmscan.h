@@ -66,7 +66,8 @@ class Vmscan : public PageReclaim {
   void ForgetAddressSpace(AddressSpace* as) override;
   void BlockReclaim() override;
   void UnblockReclaim() override;
-  absl::Status CheckSwapRefs(const absl::flat_hash_map<uint64_t, int>& refs) override;
+  absl::Status CheckSwapRefs(const absl::flat_hash_map<uint64_t, int>& refs,
+                             const absl::flat_hash_map<uint64_t, int>& cached) override;
   absl::Status ShrinkTo(uint64_t target_pages) override;
   std::string StatText() override;
   uint64_t limit_pages() const override { return limit_pages_; }

@@ -592,3 +592,110 @@ TEST_CASE("Memory limit options: bad values get clear errors", "[swap][options]"
 
 }  // namespace
 }  // namespace emu
+
+namespace emu {
+namespace {
+
+// Random mm operations under memory pressure against a model of every
+// page's contents; the swap_map must equal the swap PTEs after each burst.
+TEST_CASE("Swap: random sequences keep data and swap_map counts exact", "[swap][random]") {
+  FaultMode mode = EMU_ALL_MODES();
+  uint64_t seed = 1;
+  if (const char* s = std::getenv("EMU_TEST_SEED"); s != nullptr && *s) seed = std::strtoull(s, nullptr, 0);
+  INFO("mode " << FaultModeName(mode) << ", seed " << seed << " (EMU_TEST_SEED)");
+  auto env = MakeEnv(mode, LimitOptions(GENERATE(1, 8)));
+  Machine& m = *env->machine;
+  AddressSpace& as = *env->as;
+  const size_t pages = 3 * kLimitPages;
+  char* base = MapAnon(as, pages * kPageSize);
+  const VirtAddr b = reinterpret_cast<VirtAddr>(base);
+  // Model: -2 unmapped, -1 zero, else the round last written.
+  std::vector<int64_t> round(pages, -1);
+  std::vector<bool> writable(pages, true);
+  std::vector<bool> locked(pages, false);
+  std::mt19937_64 rng(seed);
+  auto range = [&](size_t max_len) {
+    size_t start = rng() % pages;
+    size_t len = 1 + rng() % max_len;
+    return std::pair<size_t, size_t>{start, std::min(pages, start + len)};
+  };
+  for (int step = 0; step < 1500; step++) {
+    int op = static_cast<int>(rng() % 100);
+    if (op < 45) {  // write a run of pages
+      auto [s, e] = range(64);
+      for (size_t p = s; p < e; p++) {
+        if (round[p] == -2 || !writable[p]) continue;
+        FillPage(base, p, static_cast<uint64_t>(++round[p]));
+      }
+    } else if (op < 80) {  // read and verify a run
+      auto [s, e] = range(64);
+      for (size_t p = s; p < e; p++) {
+        if (round[p] == -2) continue;
+        if (round[p] == -1) {
+          auto* w = reinterpret_cast<volatile uint64_t*>(base + p * kPageSize);
+          INFO("step " << step << " page " << p << " should be zero");
+          REQUIRE(w[0] == 0);
+          REQUIRE(w[511] == 0);
+        } else if (CheckPage(base, p, static_cast<uint64_t>(round[p])) != -1) {
+          INFO("step " << step << ": " << Describe(base, p, static_cast<uint64_t>(round[p]), pages));
+          REQUIRE(CheckPage(base, p, static_cast<uint64_t>(round[p])) == -1);
+        }
+      }
+    } else if (op < 85) {  // MADV_DONTNEED (fails on locked ranges; then nothing changes)
+      auto [s, e] = range(256);
+      (void)as.Madvise(b + s * kPageSize, (e - s) * kPageSize, MADV_DONTNEED);
+      // Mapped parts are zapped across holes (ENOMEM at the end); a locked
+      // VMA stops it with EINVAL.
+      for (size_t p = s; p < e && !(round[p] != -2 && locked[p]); p++) {
+        if (round[p] != -2) round[p] = -1;
+      }
+    } else if (op < 89) {  // munmap, then map fresh memory there again
+      auto [s, e] = range(128);
+      REQUIRE(as.Munmap(b + s * kPageSize, (e - s) * kPageSize).ok());
+      for (size_t p = s; p < e; p++) {
+        round[p] = -2;
+        locked[p] = false;
+      }
+      if (rng() % 2) {
+        auto r = as.Mmap(b + s * kPageSize, (e - s) * kPageSize, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED);
+        REQUIRE(r.ok());
+        for (size_t p = s; p < e; p++) {
+          round[p] = -1;
+          writable[p] = true;
+          locked[p] = false;
+        }
+      }
+    } else if (op < 93) {  // mprotect read-only or read-write
+      auto [s, e] = range(256);
+      bool rw = rng() % 2;
+      absl::Status st = as.Mprotect(b + s * kPageSize, (e - s) * kPageSize,
+                                    rw ? PROT_READ | PROT_WRITE : PROT_READ);
+      // Stops at the first hole (ENOMEM): update only what it covered.
+      for (size_t p = s; p < e && round[p] != -2; p++) writable[p] = rw;
+      (void)st;
+    } else if (op < 96) {  // mlock / munlock a small range
+      auto [s, e] = range(32);
+      bool lock = rng() % 2;
+      if (lock) {
+        (void)as.Mlock(b + s * kPageSize, (e - s) * kPageSize);
+      } else {
+        (void)as.Munlock(b + s * kPageSize, (e - s) * kPageSize);
+      }
+      for (size_t p = s; p < e && round[p] != -2; p++) locked[p] = lock;  // stops at a hole
+    } else {  // reclaim hard
+      (void)m.reclaim()->ShrinkTo(rng() % kLimitPages);
+    }
+    if (step % 100 == 99) {
+      INFO("step " << step);
+      RequireMachineInvariants(m);
+    }
+  }
+  CHECK(Stat(m, VmEvent::k_pswpout) > 0);
+  CHECK(Stat(m, VmEvent::k_pswpin) > 0);
+  CHECK(m.mem_map().peak_used() <= kLimitPages);
+  RequireMachineInvariants(m);
+}
+
+}  // namespace
+}  // namespace emu
