@@ -246,6 +246,7 @@ void Vmscan::RefillInactive(AddressSpace* held, int nr) {
     AddressSpace* as = page.mapping;
     VirtAddr addr = page.index << kPageShift;
     if (page.mapcount.load(std::memory_order_acquire) > 0 && LockSpace(as, held)) {
+      as->mmap_lock()->AssertHeld();
       bool protect = false;
       Prot prot = 0;
       std::atomic<uint64_t>* e = as->page_table().Walk(addr, false);
@@ -360,6 +361,7 @@ void Vmscan::DecidePages(AddressSpace* held, Victim* v, int n, SlotRun* run) {
     vmstat.Add(VmEvent::k_pgrotated, n);
     return;
   }
+  as->mmap_lock()->AssertHeld();
   HostMmu& host = machine_->host();
   PageTable& pt = as->page_table();
   // Pages to write are write-protected (PTE, then host, in runs) while
@@ -369,6 +371,7 @@ void Vmscan::DecidePages(AddressSpace* held, Victim* v, int n, SlotRun* run) {
   auto flush_wp = [&](int end) {
     if (wp_first < 0) return;
     AddrRange r{v[wp_first].addr, v[end - 1].addr + kPageSize};
+    as->mmap_lock()->AssertHeld();
     const Vma* vma = as->vmas().Lookup(r.start);
     if (!host.WriteProtect(r, VmFlagsToProt(vma->vm_flags))) {
       // Writes would go unseen: give these pages their PTEs back.
@@ -401,6 +404,7 @@ void Vmscan::DecidePages(AddressSpace* held, Victim* v, int n, SlotRun* run) {
 void Vmscan::DecideOne(Victim& x, AddressSpace& as, SlotRun* run) {
   // Linux: shrink_folio_list() up to pageout(): referenced? mlocked?
   // clean swap cache (no I/O)? else add_to_swap() and write-protect.
+  as.mmap_lock()->AssertHeld();  // by DecidePages
   Page& page = mem_map_.page(x.pfn);
   PageTable& pt = as.page_table();
   std::atomic<uint64_t>* e = pt.Walk(x.addr, false);

@@ -64,8 +64,9 @@ class Vmscan : public PageReclaim {
   bool ReuseSwapPage(Pfn pfn) override;
   void WaitSwapIn(std::atomic<uint64_t>* pte, uint64_t locked_value) override;
   void ForgetAddressSpace(AddressSpace* as) override;
-  void BlockReclaim() override;
-  void UnblockReclaim() override;
+  // lifetime_ held across calls: outside the static analysis.
+  void BlockReclaim() override ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  void UnblockReclaim() override ABSL_NO_THREAD_SAFETY_ANALYSIS;
   absl::Status CheckSwapRefs(const absl::flat_hash_map<uint64_t, int>& refs,
                              const absl::flat_hash_map<uint64_t, int>& cached) override;
   absl::Status ShrinkTo(uint64_t target_pages) override;
@@ -108,8 +109,9 @@ class Vmscan : public PageReclaim {
   void KeepMapped(Victim& x, std::atomic<uint64_t>* e);
   // Takes the victims' address space's mmap_lock for reading unless the
   // caller already holds it; false when it is contended.
-  bool LockSpace(AddressSpace* as, AddressSpace* held);
-  void UnlockSpace(AddressSpace* as, AddressSpace* held);
+  // (Conditional locking: callers assert the lock after a true return.)
+  bool LockSpace(AddressSpace* as, AddressSpace* held) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  void UnlockSpace(AddressSpace* as, AddressSpace* held) ABSL_NO_THREAD_SAFETY_ANALYSIS;
   // Puts an isolated page back on a list (or leaves it off if mlocked) and
   // drops reclaim's reference and page lock.
   void Putback(Pfn pfn, bool active);
