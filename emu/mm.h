@@ -3,11 +3,18 @@
 //
 // THE LOCK ORDER (the one place it is written down; mirrors Linux):
 //
-//   AddressSpace::mmap_lock_      (RwSem, = mmap_lock)
-//     PageTable::Ptl(addr)        (SpinLock, = the pte lock; one per leaf table)
-//       MemMap::lock_             (SpinLock, = the zone lock of the buddy allocator)
+//   Vmscan::lifetime_             (RwSem; reclaim passes read, teardown and
+//                                  invariant checks write; swap/vmscan.h)
+//     AddressSpace::mmap_lock_    (RwSem, = mmap_lock; reclaim only try-locks
+//                                  an address space other than the faulting one)
+//       PageTable::Ptl(addr)      (SpinLock, = the pte lock; one per leaf table)
+//         MemMap::lock_           (SpinLock, = the zone lock of the buddy allocator)
+//   Vmscan::lru_lock_ (= the lruvec lock), SwapDevice::swap_lock_ (= swap_lock),
 //   PageTable::alloc_lock_ and Machine::lock_ are leaves: nothing is taken
-//   under them.
+//   under them. The page lock (Page kPgLocked) is only ever try-locked.
+//   A fault that needs a frame may reclaim (direct reclaim) while holding its
+//   own mmap_lock for read: hence lifetime_ comes first and other address
+//   spaces are only try-locked.
 //
 // Rules:
 //  - No emulator lock is held while touching managed memory from user mode.
@@ -15,8 +22,10 @@
 //    the fault path may take mmap_lock_ (for read) and a ptl in signal context.
 //  - No SpinLock is held across a system call. A PTE whose host install is in
 //    flight carries Pte::kLocked instead; a racing fault sees it and retries.
-//  - mmap_lock_ held for write excludes every fault on this address space, so
-//    mmap/munmap/mprotect/madvise/mlock edit PTEs without ptls.
+//  - mmap_lock_ held for write excludes every fault on this address space and
+//    every reclaim pass over it (reclaim edits PTEs holding mmap_lock for read
+//    and the ptl), so mmap/munmap/mprotect/madvise/mlock may edit PTEs
+//    without ptls; they take them anyway where reclaim reads PTEs unlocked.
 #ifndef EMU_MM_H_
 #define EMU_MM_H_
 
