@@ -22,6 +22,7 @@ struct DemoOptions {
   MachineOptions machine;
   uint64_t size = 256ull << 20;
   int threads = 2;
+  bool limit_given = false;  // else the limit is half of --size
 };
 
 bool ParseArgs(const std::vector<std::string>& args, DemoOptions* o) {
@@ -50,6 +51,32 @@ bool ParseArgs(const std::vector<std::string>& args, DemoOptions* o) {
         return false;
       }
       (a == "--size" ? o->size : o->machine.arena_bytes) = *size;
+    } else if (a == "--mem-limit" || a == "--swap-size") {
+      if (!(v = value(a.c_str()))) return false;
+      auto size = ParseSize(*v);
+      if (!size.ok()) {
+        std::fprintf(stderr, "emu demo: %s '%s' is not a size (e.g. 64M, 0 for none)\n",
+                     a.c_str(), v->c_str());
+        return false;
+      }
+      if (a == "--mem-limit") {
+        o->machine.mem_limit = *size;
+        o->limit_given = true;
+      } else {
+        o->machine.swap_bytes = *size;
+      }
+    } else if (a == "--swap-dir" || a == "--swap-file") {
+      if (!(v = value(a.c_str()))) return false;
+      (a == "--swap-dir" ? o->machine.swap_dir : o->machine.swap_path) = *v;
+    } else if (a == "--policy") {
+      if (!(v = value("--policy"))) return false;
+      o->machine.reclaim_policy = *v;
+    } else if (a == "--readahead") {
+      if (!(v = value("--readahead"))) return false;
+      if (!absl::SimpleAtoi(*v, &o->machine.swap_readahead_pages)) {
+        std::fprintf(stderr, "emu demo: --readahead '%s' is not a number\n", v->c_str());
+        return false;
+      }
     } else if (a == "--threads" || a == "--fault-around") {
       if (!(v = value(a.c_str()))) return false;
       int n;
@@ -83,13 +110,18 @@ bool ParseArgs(const std::vector<std::string>& args, DemoOptions* o) {
 
 class Phases {
  public:
+  explicit Phases(const int* bad) : bad_(bad) {}
   template <typename Fn>
   void Run(const char* name, Fn&& fn) {
+    int before = *bad_;
     auto t0 = std::chrono::steady_clock::now();
     fn();
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("  %-34s %9.2f ms\n", name, ms);
+    std::printf("  %-34s %9.2f ms%s\n", name, ms, *bad_ != before ? "  WRONG DATA" : "");
   }
+
+ private:
+  const int* bad_;
 };
 
 uint8_t Pattern(uint64_t page) { return static_cast<uint8_t>(page * 131 + 7) | 1; }
@@ -100,6 +132,11 @@ int DemoMain(const std::vector<std::string>& args) {
   DemoOptions o;
   if (!ParseArgs(args, &o)) return 2;
   o.size = (o.size + kPageSize - 1) & kPageMask;
+  if (!o.limit_given) o.machine.mem_limit = std::max(o.size / 2, kMinMemLimit);
+  if (absl::Status valid = o.machine.Validate(); !valid.ok()) {
+    std::fprintf(stderr, "emu demo: %s\n", std::string(valid.message()).c_str());
+    return 2;
+  }
   if (o.machine.arena_bytes < 4 * o.size) {
     std::fprintf(stderr, "emu demo: --size %llu MiB needs an --arena of at least 4x that\n",
                  static_cast<unsigned long long>(o.size >> 20));
@@ -133,7 +170,7 @@ int DemoMain(const std::vector<std::string>& args) {
   const uint64_t pages = o.size / kPageSize;
   const uint64_t quarter = pages / 4;
   int bad = 0;
-  Phases phases;
+  Phases phases(&bad);
 
   phases.Run("sparse read (zero page)", [&] {
     uint64_t sum = 0;
@@ -191,7 +228,16 @@ int DemoMain(const std::vector<std::string>& args) {
       if (mem[i * kPageSize] != Pattern(i)) bad++;
     }
   });
-  absl::Status inv = as.CheckInvariants();
+  if (m.reclaim() != nullptr) {
+    phases.Run("swap everything out, read back", [&] {
+      // Everything but the mlocked quarter can go.
+      if (!m.reclaim()->ShrinkTo(quarter).ok()) bad++;
+      for (uint64_t i = quarter + quarter / 2; i < 2 * quarter; i++) {
+        if (mem[i * kPageSize] != Pattern(i)) bad++;
+      }
+    });
+  }
+  absl::Status inv = m.CheckInvariants();
   std::printf("\nvmstat:\n");
   std::string text = m.VmStatText();
   for (size_t pos = 0; pos < text.size();) {

@@ -13,7 +13,9 @@ constexpr char kUsage[] = R"(NAME
 
 SYNOPSIS
     emu demo [--mode MODE] [--size SIZE] [--threads N] [--fault-around N]
-             [--zero-page on|off] [--arena SIZE] [--log SPEC]
+             [--zero-page on|off] [--arena SIZE] [--mem-limit SIZE]
+             [--swap-dir DIR | --swap-file PATH] [--swap-size SIZE]
+             [--policy lru|fifo] [--readahead N] [--log SPEC]
     emu --help | --version
 
 DESCRIPTION
@@ -25,8 +27,10 @@ DESCRIPTION
 COMMANDS
     demo    Runs a built-in workload through the emulator (sparse reads,
             sequential and random writes, write-after-read, mprotect,
-            MADV_DONTNEED, mlock, concurrent writers), verifies every byte,
-            checks the model's invariants and prints the vmstat counters.
+            MADV_DONTNEED, mlock, concurrent writers) under a memory limit
+            of half its size, so pages go to swap and come back; verifies
+            every byte, checks the model's invariants (swap_map included)
+            and prints the vmstat counters.
 
 OPTIONS
     --mode MODE          fault source: sigbus (userfaultfd, resolved in the
@@ -39,6 +43,15 @@ OPTIONS
                          (default 16)
     --zero-page on|off   map the shared zero page on read faults (default on)
     --arena SIZE         host virtual memory reserved (default 64G)
+    --mem-limit SIZE     resident memory limit, at least 4M; 0 for none
+                         (default half of --size)
+    --swap-dir DIR       where the swap file (unlinked, mode 0600) goes
+                         (default $TMPDIR, else /var/tmp)
+    --swap-file PATH     use this file as the swap device instead
+    --swap-size SIZE     swap size (default twice the limit, at least 64M)
+    --policy lru|fifo    reclaim policy: Linux's active/inactive lists
+                         (default) or one list in fault order
+    --readahead N        pages read around a swap-in fault, 1..64 (default 8)
     --log SPEC           log levels, e.g. info or fault=debug,emu=info
                          (also EMU_LOG)
 
