@@ -19,6 +19,14 @@ inline uint64_t Load(std::atomic<uint64_t>* e) { return e->load(std::memory_orde
 
 }  // namespace
 
+bool Vmscan::FollowsSwapIn(AddressSpace& as, VirtAddr prev) {
+  std::atomic<uint64_t>* e = as.page_table().Walk(prev, false);
+  if (e == nullptr) return false;
+  Pte pte(Load(e));
+  return pte.present() && !pte.special() && !pte.locked() && !pte.dirty() &&
+         mem_map_.page(pte.pfn()).Test(kPgSwapCache);
+}
+
 void* Vmscan::AcquireBuffer() {
   for (;;) {
     uint64_t m = free_buffers_.load(std::memory_order_acquire);
@@ -91,14 +99,20 @@ unsigned Vmscan::DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
   // Linux: swap_vma_readahead(): the swap PTEs in an aligned window around
   // the fault, inside the VMA and this page table (one ptl). Their slots
   // are usually adjacent, since reclaim writes neighbours together.
+  // A fault right after a page that came back from swap (still clean in
+  // the swap cache) is a forward stream: read the largest window ahead of
+  // it instead (Linux grows its readahead window on hits the same way).
   const int ra = machine_->options().swap_readahead_pages;
   AddrRange window{addr, addr + kPageSize};
   if (ra > 1) {
-    VirtAddr start = addr & ~(uintptr_t{static_cast<unsigned>(ra)} * kPageSize - 1);
     VirtAddr leaf = addr & ~(PageTable::kLeafSpan - 1);
-    window = AddrRange{start, start + ra * kPageSize}
-                 .Intersect(vma.range())
-                 .Intersect({leaf, leaf + PageTable::kLeafSpan});
+    VirtAddr start = addr & ~(uintptr_t{static_cast<unsigned>(ra)} * kPageSize - 1);
+    VirtAddr end = start + ra * kPageSize;
+    if (addr > vma.start && FollowsSwapIn(as, addr - kPageSize)) {
+      start = addr;
+      end = addr + kMaxRa * kPageSize;
+    }
+    window = AddrRange{start, end}.Intersect(vma.range()).Intersect({leaf, leaf + PageTable::kLeafSpan});
   }
   std::atomic<uint64_t>* base = pte - ((addr - window.start) >> kPageShift);
   // Claim: the faulting PTE first, then its swapped neighbours.

@@ -126,6 +126,9 @@ class Vmscan : public PageReclaim {
   void KswapdLoop();
   void WakeKswapd();
 
+  // Whether the page at `prev` was read back from swap and not written
+  // since: the fault after it continues a stream.
+  bool FollowsSwapIn(AddressSpace& as, VirtAddr prev);
   // Bounce buffers for swap-in (kMaxRa pages each), handed out lock-free.
   void* AcquireBuffer();
   void ReleaseBuffer(void* buf);
