@@ -473,18 +473,19 @@ unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
   // without needing the page lock, so a reclaim holding it at this moment
   // (or a pin) never forces a copy. A swap-cache page gives up its slot
   // here when it can (try_to_free_swap): it is about to differ from it.
+  PageTable& pt = vmf.as->page_table();
+  {
+    SpinLockHolder l(pt.Ptl(vmf.address));
+    if (Load(vmf.pte) != orig) return kFaultRetry;
+    vmf.pte->store(Pte::InstallLocked().raw(), std::memory_order_relaxed);
+  }
+  // The PTE is claimed: the page can be neither unmapped nor freed now.
   Page& p = machine_->mem_map().page(pte.pfn());
   EMU_BUG_ON(p.mapcount.load(std::memory_order_relaxed) != 1);
   if (p.Test(kPgSwapCache)) {
     // Every slot has one user until emulated fork shares them (a later
     // issue brings the copy for the shared case).
     EMU_BUG_ON(!machine_->reclaim()->ReuseSwapPage(pte.pfn()));
-  }
-  PageTable& pt = vmf.as->page_table();
-  {
-    SpinLockHolder l(pt.Ptl(vmf.address));
-    if (Load(vmf.pte) != orig) return kFaultRetry;
-    vmf.pte->store(Pte::InstallLocked().raw(), std::memory_order_relaxed);
   }
   bool ok = host.MakeWritable(page, prot);
   {

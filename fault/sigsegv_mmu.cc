@@ -1,4 +1,6 @@
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -19,8 +21,12 @@ namespace {
 // transitions in its SIGSEGV handler.
 class SigsegvMmu : public HostMmu {
  public:
-  explicit SigsegvMmu(Machine* machine) : machine_(machine) {}
-  ~SigsegvMmu() override { UnregisterSignalMachine(machine_); }
+  explicit SigsegvMmu(Machine* machine)
+      : machine_(machine), mem_fd_(open("/proc/self/mem", O_RDWR | O_CLOEXEC)) {}
+  ~SigsegvMmu() override {
+    UnregisterSignalMachine(machine_);
+    if (mem_fd_ >= 0) close(mem_fd_);
+  }
 
   FaultMode mode() const override { return FaultMode::kSigsegv; }
   bool prot_encodes_ptes() const override { return true; }
@@ -30,14 +36,19 @@ class SigsegvMmu : public HostMmu {
   }
   bool InstallZeroed(AddrRange r, Prot vma_prot) override { return Protect(r, vma_prot); }
   bool MakeWritable(AddrRange r, Prot vma_prot) override { return Protect(r, vma_prot); }
-  // Differs from the uffd install: the pages are briefly writable while the
-  // copy is made, so a racing access by another thread that did not fault
-  // (it could not: the range is PROT_NONE until then) cannot see it, but one
-  // retrying its access at that instant may see a partial copy.
+  // The copy goes in while the range is still PROT_NONE, through
+  // /proc/self/mem (the kernel writes with FOLL_FORCE, as a debugger does),
+  // so no other thread can see a partial page; only then is it opened. Where
+  // /proc/self/mem refuses, the range is made writable for a memcpy, and a
+  // thread touching it at that instant could see a partial copy.
   bool InstallCopy(AddrRange r, const void* src, Prot vma_prot, bool writable) override {
+    Prot final = writable ? vma_prot : (vma_prot & ~PROT_WRITE) | PROT_READ;
+    if (mem_fd_ >= 0 && pwrite(mem_fd_, src, r.len_bytes(), static_cast<off_t>(r.start)) ==
+                            static_cast<ssize_t>(r.len_bytes())) {
+      return Protect(r, final);
+    }
     if (!Protect(r, PROT_READ | PROT_WRITE)) return false;
     memcpy(reinterpret_cast<void*>(r.start), src, r.len_bytes());
-    Prot final = writable ? vma_prot : (vma_prot & ~PROT_WRITE) | PROT_READ;
     return Protect(r, final);
   }
   bool WriteProtect(AddrRange r, Prot vma_prot) override {
@@ -57,6 +68,7 @@ class SigsegvMmu : public HostMmu {
 
  private:
   Machine* const machine_;
+  const int mem_fd_;  // /proc/self/mem, or -1
 };
 
 }  // namespace
