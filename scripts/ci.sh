@@ -45,6 +45,7 @@ else
   failed+=("build tsan")
 fi
 step "benchmark smoke run" build/debug/bench/fault_latency_bench --quick
+step "swap benchmark smoke run" build/debug/bench/swap_bench --quick
 step "demo" build/debug/emu/cli/emu demo --size 32M
 
 if [ ${#failed[@]} -gt 0 ]; then
