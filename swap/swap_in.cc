@@ -157,7 +157,8 @@ unsigned Vmscan::DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
   have[fi] = true;
   for (int i = 0; i < n; i++) {
     if (i == fi) continue;
-    have[i] = mem_map_.Alloc(&pfns[i]);
+    // Read-ahead never takes the last free frames (nor reclaims for them).
+    have[i] = free_pages() > wmark_low_ && mem_map_.Alloc(&pfns[i]);
   }
   int keep = 0;  // compact to the pages that got frames, in address order
   for (int i = 0; i < n; i++) {
