@@ -330,9 +330,17 @@ int Vmscan::ShrinkList(AddressSpace* held, Victim* v, int n) {
   // Victims come off the list in fault order, so neighbours in the batch
   // are usually neighbours in memory: group them by address space and
   // address, so that slots and host ranges coalesce.
-  std::stable_sort(v, v + n, [](const Victim& a, const Victim& b) {
+  // Insertion sort: stable, in place, and it allocates nothing (this runs
+  // in signal context; std::stable_sort takes a temporary buffer).
+  auto before = [](const Victim& a, const Victim& b) {
     return a.as != b.as ? a.as < b.as : a.addr < b.addr;
-  });
+  };
+  for (int i = 1; i < n; i++) {
+    Victim x = v[i];
+    int j = i;
+    for (; j > 0 && before(x, v[j - 1]); j--) v[j] = v[j - 1];
+    v[j] = x;
+  }
   SlotRun run;
   for (int i = 0; i < n;) {
     int j = i;
