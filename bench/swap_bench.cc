@@ -12,7 +12,7 @@
 //         word 0 (a new version), the others a load checked against it
 //   zipf  the same count with Zipf skew (theta 0.99, YCSB's generator), the
 //         hot ranks scattered over the working set by a fixed permutation
-//   mt    4 threads, each on its own quarter, uniform random as rand
+//   mt    4 threads, each owning every 4th page, uniform random as rand
 // and a final pass checks every word of every page. A wrong word, a crash or a
 // hang makes the row FAILED and the exit status 1. The access plan is built
 // in the parent before the fork, so both sides replay the same accesses.
@@ -77,7 +77,7 @@ constexpr char kProg[] = "swap_bench";
 constexpr uint64_t kSeed = 0x5eed5a9ull;
 constexpr size_t kPage = kHostPageSize;
 constexpr size_t kWords = kPage / sizeof(uint64_t);
-constexpr int kThreads = 4;
+constexpr size_t kThreads = 4;
 constexpr uint32_t kWriteBit = 0x80000000u;
 constexpr double kZipfTheta = 0.99;
 constexpr double kRssSlack = 0.05;
@@ -163,13 +163,15 @@ class Zipf {
   double zetan_ = 0, alpha_ = 0, eta_ = 0, half_ = 0;
 };
 
-// `n` accesses to pages [first, first + count), uniform or through `zipf`.
-std::vector<uint32_t> RandomOps(size_t first, size_t count, size_t n, uint64_t seed,
+// `n` accesses to pages first + k * stride, k < count: uniform, or through
+// `zipf` (then over all pages).
+std::vector<uint32_t> RandomOps(size_t first, size_t stride, size_t count, size_t n, uint64_t seed,
                                 const Zipf* zipf, const std::vector<uint32_t>* perm) {
   std::mt19937_64 rng(seed);
   std::vector<uint32_t> ops(n);
   for (size_t i = 0; i < n; i++) {
-    uint32_t page = zipf ? (*perm)[zipf->Next(rng)] : static_cast<uint32_t>(first + rng() % count);
+    uint32_t page =
+        zipf ? (*perm)[zipf->Next(rng)] : static_cast<uint32_t>(first + stride * (rng() % count));
     ops[i] = page | (rng() % 4 == 0 ? kWriteBit : 0);
   }
   return ops;
@@ -189,20 +191,24 @@ Plan MakePlan(const PatSpec& spec, double ratio, const Options& o) {
       }
       break;
     case Pat::kRand:
-      plan.ops.push_back(RandomOps(0, plan.pages, n, kSeed, nullptr, nullptr));
+      plan.ops.push_back(RandomOps(0, 1, plan.pages, n, kSeed, nullptr, nullptr));
       break;
     case Pat::kZipf: {
       Zipf zipf(plan.pages, kZipfTheta);
       std::vector<uint32_t> perm = ShuffledOrder(plan.pages, kSeed + 1);
-      plan.ops.push_back(RandomOps(0, plan.pages, n, kSeed, &zipf, &perm));
+      plan.ops.push_back(RandomOps(0, 1, plan.pages, n, kSeed, &zipf, &perm));
       break;
     }
     case Pat::kMt: {
-      const size_t slice = plan.pages / kThreads;
-      for (int t = 0; t < kThreads; t++) {
-        const size_t count = t == kThreads - 1 ? plan.pages - slice * t : slice;
+      // Thread t owns the pages p with p % kThreads == t: every thread then
+      // finds the same share of its pages resident after the fill, and all
+      // run at about the same pace to the end (with contiguous quarters,
+      // the threads whose quarter the fill left resident finished at once
+      // and the rest ran on a working set under the limit).
+      for (size_t t = 0; t < kThreads; t++) {
+        const size_t count = (plan.pages - t + kThreads - 1) / kThreads;
         plan.ops.push_back(
-            RandomOps(slice * t, count, n / kThreads, kSeed + 10 + t, nullptr, nullptr));
+            RandomOps(t, kThreads, count, n / kThreads, kSeed + 10 + t, nullptr, nullptr));
       }
       break;
     }
