@@ -147,14 +147,18 @@ void Vmscan::LruDelLocked(Page& page, Pfn pfn) {
   page.flags.fetch_and(~(kPgLru | kPgActive), std::memory_order_relaxed);
 }
 
+void Vmscan::LruAddLocked(Page& page, Pfn pfn, bool active) {
+  ListAddHead(active ? active_ : inactive_, pfn);
+  (active ? nr_active_ : nr_inactive_).fetch_add(1, std::memory_order_relaxed);
+  page.flags.fetch_or(kPgLru | (active ? kPgActive : 0), std::memory_order_relaxed);
+}
+
 void Vmscan::LruAdd(Pfn pfn) {
   Page& page = mem_map_.page(pfn);
   SpinLockHolder l(&lru_lock_);
   if (page.Test(kPgMlocked | kPgLru)) return;
   // Linux (>= 5.9): new anonymous pages start on the inactive list.
-  ListAddHead(inactive_, pfn);
-  nr_inactive_.fetch_add(1, std::memory_order_relaxed);
-  page.flags.fetch_or(kPgLru, std::memory_order_relaxed);
+  LruAddLocked(page, pfn, false);
 }
 
 void Vmscan::Mlocked(Pfn pfn) {
@@ -168,9 +172,7 @@ void Vmscan::Munlocked(Pfn pfn) {
   SpinLockHolder l(&lru_lock_);
   if (page.Test(kPgLru | kPgIsolated | kPgMlocked)) return;
   if (page.refcount.load(std::memory_order_relaxed) == 0) return;
-  ListAddHead(inactive_, pfn);
-  nr_inactive_.fetch_add(1, std::memory_order_relaxed);
-  page.flags.fetch_or(kPgLru, std::memory_order_relaxed);
+  LruAddLocked(page, pfn, false);
 }
 
 void Vmscan::FreePage(Pfn pfn) {
@@ -192,9 +194,7 @@ void Vmscan::Putback(Pfn pfn, bool active) {
     SpinLockHolder l(&lru_lock_);
     page.flags.fetch_and(~kPgIsolated, std::memory_order_relaxed);
     if (!page.Test(kPgMlocked) && page.mapcount.load(std::memory_order_relaxed) > 0) {
-      ListAddHead(active ? active_ : inactive_, pfn);
-      (active ? nr_active_ : nr_inactive_).fetch_add(1, std::memory_order_relaxed);
-      page.flags.fetch_or(kPgLru | (active ? kPgActive : 0), std::memory_order_relaxed);
+      LruAddLocked(page, pfn, active);
     }
   }
   page.Unlock();
@@ -275,9 +275,7 @@ void Vmscan::RefillInactive(AddressSpace* held, int nr) {
       SpinLockHolder l(&lru_lock_);
       page.flags.fetch_and(~kPgIsolated, std::memory_order_relaxed);
       if (!page.Test(kPgMlocked | kPgLru) && page.mapcount.load(std::memory_order_relaxed) > 0) {
-        ListAddHead(inactive_, pfns[i]);
-        nr_inactive_.fetch_add(1, std::memory_order_relaxed);
-        page.flags.fetch_or(kPgLru, std::memory_order_relaxed);
+        LruAddLocked(page, pfns[i], false);
       }
     }
     machine_->PutPage(pfns[i]);
@@ -308,9 +306,7 @@ int Vmscan::Shrink(AddressSpace* held, int nr) {
         if (!page.TryLock()) {
           // Busy (a fault is freeing its slot): rotate, try it later.
           page.refcount.fetch_sub(1, std::memory_order_relaxed);
-          ListAddHead(inactive_, pfn);
-          nr_inactive_.fetch_add(1, std::memory_order_relaxed);
-          page.flags.fetch_or(kPgLru, std::memory_order_relaxed);
+          LruAddLocked(page, pfn, false);
           continue;
         }
         page.flags.fetch_or(kPgIsolated, std::memory_order_relaxed);

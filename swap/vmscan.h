@@ -120,6 +120,7 @@ class Vmscan : public PageReclaim {
   void ListAddHead(List& l, Pfn pfn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lru_lock_);
   void ListDel(List& l, Pfn pfn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lru_lock_);
   void LruDelLocked(Page& page, Pfn pfn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lru_lock_);
+  void LruAddLocked(Page& page, Pfn pfn, bool active) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lru_lock_);
 
   // The kswapd thread: sleeps until free frames fall below the low
   // watermark, then reclaims until they reach the high one.
