@@ -99,18 +99,28 @@ unsigned Vmscan::DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
   // Linux: swap_vma_readahead(): the swap PTEs in an aligned window around
   // the fault, inside the VMA and this page table (one ptl). Their slots
   // are usually adjacent, since reclaim writes neighbours together.
-  // A fault right after a page that came back from swap (still clean in
-  // the swap cache) is a forward stream: read the largest window ahead of
-  // it instead (Linux grows its readahead window on hits the same way).
+  // The window adapts like Linux's (swapin_nr_pages(), swap_vma_ra_win()),
+  // from what we can observe: a fault right after a page that came back
+  // from swap (still clean in the swap cache) is a forward stream and reads
+  // the largest window ahead; a fault near this thread's previous swap-in
+  // fault reads the aligned window around it; a fault far from it (random
+  // access) reads only its page, since read-ahead pages would only take
+  // frames (bench/swap: 9.6 pages read per fault on a uniform pattern).
   const int ra = machine_->options().swap_readahead_pages;
   AddrRange window{addr, addr + kPageSize};
+  std::atomic<VirtAddr>& last = last_swap_fault_[static_cast<uint32_t>(gettid()) % kNrStreams];
+  const VirtAddr prev = last.exchange(addr, std::memory_order_relaxed);
   if (ra > 1) {
     VirtAddr leaf = addr & ~(PageTable::kLeafSpan - 1);
     VirtAddr start = addr & ~(uintptr_t{static_cast<unsigned>(ra)} * kPageSize - 1);
     VirtAddr end = start + ra * kPageSize;
+    const VirtAddr near = uintptr_t{static_cast<unsigned>(ra)} * 2 * kPageSize;
     if (addr > vma.start && FollowsSwapIn(as, addr - kPageSize)) {
       start = addr;
       end = addr + kMaxRa * kPageSize;
+    } else if (prev + near < addr || addr + near < prev) {
+      start = addr;
+      end = addr + kPageSize;
     }
     window = AddrRange{start, end}.Intersect(vma.range()).Intersect({leaf, leaf + PageTable::kLeafSpan});
   }

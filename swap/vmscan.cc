@@ -90,9 +90,10 @@ Vmscan::Vmscan(Machine* machine, std::unique_ptr<SwapDevice> swap, ReclaimPolicy
       policy_(policy),
       limit_pages_(machine->options().mem_limit >> kPageShift),
       // Linux sizes the watermarks from min_free_kbytes; ours are a fixed
-      // share of the limit: kswapd starts below 1/64 free and stops at 1/32.
-      wmark_low_(std::max<uint64_t>(32, limit_pages_ / 64)),
-      wmark_high_(std::max<uint64_t>(64, limit_pages_ / 32)) {}
+      // share of the limit: kswapd starts below 1/32 free and stops at 1/16,
+      // so that faults rarely have to reclaim (and write) themselves.
+      wmark_low_(std::max<uint64_t>(64, limit_pages_ / 32)),
+      wmark_high_(std::max<uint64_t>(128, limit_pages_ / 16)) {}
 
 Vmscan::~Vmscan() {
   stop_.store(true);
@@ -576,6 +577,10 @@ int Vmscan::UnmapPages(AddressSpace* held, Victim* v, int n) {
     Release(x.pfn);
   }
   if (locked) UnlockSpace(as, held);
+  if (nunmap > 0) {
+    frames_freed_.fetch_add(1, std::memory_order_release);
+    FutexWakeAll(&frames_freed_);
+  }
   return nunmap;
 }
 
@@ -625,6 +630,17 @@ int Vmscan::AllocFrames(AddressSpace* held, Pfn* out, int n, int min) {
   int got = 0;
   while (got < n && mem_map_.Alloc(&out[got])) got++;
   if (free_pages() < wmark_low_) WakeKswapd();
+  if (got >= min) return got;
+  // While kswapd is at work, wait a little for the frames it frees before
+  // reclaiming here: a direct reclaim writes a batch and makes the faulting
+  // thread wait for it.
+  for (int wait = 0; wait < 4 && got < min && kswapd_running_.load(); wait++) {
+    uint32_t seq = frames_freed_.load(std::memory_order_acquire);
+    while (got < n && mem_map_.Alloc(&out[got])) got++;
+    if (got >= min) return got;
+    FutexWaitTimeout(&frames_freed_, seq, 500 * 1000);
+    while (got < n && mem_map_.Alloc(&out[got])) got++;
+  }
   if (got >= min) return got;
   // Linux: __alloc_pages_direct_reclaim().
   machine_->vmstat().Add(VmEvent::k_allocstall);

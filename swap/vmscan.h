@@ -19,6 +19,7 @@
 #ifndef EMU_SWAP_VMSCAN_H_
 #define EMU_SWAP_VMSCAN_H_
 
+#include <array>
 #include <atomic>
 #include <memory>
 #include <thread>
@@ -153,6 +154,11 @@ class Vmscan : public PageReclaim {
   std::atomic<bool> stop_{false};
 
   std::atomic<uint32_t> swapin_seq_{0};  // futex word: bumped when a swap-in publishes
+  std::atomic<uint32_t> frames_freed_{0};  // futex word: bumped when reclaim frees frames
+  // The last swap-in fault address of each thread (hashed by tid; a
+  // collision only weakens the read-ahead hint).
+  static constexpr int kNrStreams = 64;
+  std::array<std::atomic<VirtAddr>, kNrStreams> last_swap_fault_{};
 
   static constexpr int kNrBuffers = 64;
   char* buffers_ = nullptr;  // kNrBuffers * kMaxRa pages, immutable mapping
