@@ -556,23 +556,24 @@ int Vmscan::UnmapPages(AddressSpace* held, Victim* v, int n) {
     Victim& x = v[unmap[a]];
     Page& page = mem_map_.page(x.pfn);
     // Linux: try_to_unmap_one(): swap_duplicate() before the rmap goes.
+    // Differs: the page also leaves the swap cache before the swap PTE is
+    // published. Linux keeps it cached until it is freed, and a racing
+    // do_swap_page() finds it there; we have no lookup by slot (the frame's
+    // bytes are already gone from the host), so a fault that sees the swap
+    // PTE must find the slot held by nobody but that PTE.
     swap_->Duplicate(x.slot);
+    page.flags.fetch_and(~(kPgSwapCache | kPgWriteback), std::memory_order_relaxed);
+    swap_->ClearCache(x.slot);
     {
       SpinLockHolder ptl(pt.Ptl(x.addr));
       pt.Walk(x.addr, false)->store(Pte::SwapEntry(x.slot).raw(), std::memory_order_release);
     }
     as->AddRssAnon(-1);
     as->AddSwapPtes(1);
-    if (x.state == Victim::kWrite) {
-      page.flags.fetch_and(~kPgWriteback, std::memory_order_relaxed);
-      vmstat.Add(VmEvent::k_pswpout);
-    } else {
-      vmstat.Add(VmEvent::k_pgsteal_clean);
-    }
+    vmstat.Add(x.state == Victim::kWrite ? VmEvent::k_pswpout : VmEvent::k_pgsteal_clean);
     vmstat.Add(VmEvent::k_pgsteal);
     page.mapcount.fetch_sub(1, std::memory_order_relaxed);
-    // The mapping's reference, then reclaim's: the frame is free (FreePage
-    // drops the swap-cache flag, leaving the PTE's reference on the slot).
+    // The mapping's reference, then reclaim's: the frame is free.
     machine_->PutPage(x.pfn);
     Release(x.pfn);
   }
