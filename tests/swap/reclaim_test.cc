@@ -699,3 +699,43 @@ TEST_CASE("Swap: random sequences keep data and swap_map counts exact", "[swap][
 
 }  // namespace
 }  // namespace emu
+
+namespace emu {
+namespace {
+
+// Faults that swap pages in while reclaim unmaps their neighbours (and the
+// pages just read back) over and over: a fault may see a swap PTE the
+// instant it is published, while reclaim is still freeing the frame.
+TEST_CASE("Swap: swap-ins racing a reclaimer that keeps unmapping", "[swap][race]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode, LimitOptions(GENERATE(1, 8)));
+  Machine& m = *env->machine;
+  const size_t pages = kLimitPages / 2;
+  char* base = MapAnon(*env->as, pages * kPageSize);
+  for (size_t p = 0; p < pages; p++) FillPage(base, p, 1);
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  std::thread reclaimer([&] {
+    while (!stop.load()) (void)m.reclaim()->ShrinkTo(0);
+  });
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; t++) {
+    readers.emplace_back([&, t] {
+      std::mt19937_64 rng(t);
+      for (int i = 0; i < 3000; i++) {
+        size_t p = rng() % pages;
+        if (CheckPage(base, p, 1) != -1) bad++;
+      }
+    });
+  }
+  for (auto& r : readers) r.join();
+  stop.store(true);
+  reclaimer.join();
+  CHECK(bad.load() == 0);
+  CHECK(Stat(m, VmEvent::k_pgsteal_clean) > 0);
+  RequireMachineInvariants(m);
+}
+
+}  // namespace
+}  // namespace emu
