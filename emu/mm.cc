@@ -96,8 +96,7 @@ void AddressSpace::ZapRangeLocked(AddrRange r) {
   int64_t anon = 0, zero = 0, swap = 0;
   bool any = false;
   // Linux: mm/memory.c zap_pte_range(). A page that reclaim has isolated
-  // (its own reference) survives the zap and is freed by reclaim; the PTE
-  // is cleared under its ptl because reclaim changes PTEs without mmap_lock.
+  // (its own reference) survives the zap and is freed by reclaim.
   pt_.ForEachEntry(r, [&](VirtAddr a, std::atomic<uint64_t>* e) {
     if (e->load(std::memory_order_relaxed) == 0) return;
     any = true;
@@ -289,8 +288,7 @@ absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
     // Linux: mm/mprotect.c change_pte_range(): exclusive anonymous pages
     // follow the VMA's write permission; the zero page never becomes
     // writable, nor does a swap-cache page (can_change_pte_writable(): its
-    // write fault must free the slot first). Reclaim changes PTEs without
-    // mmap_lock, so each change is made under the ptl.
+    // write fault must free the slot first).
     bool write = vma.writable();
     MemMap& mem_map = machine_->mem_map();
     pt_.ForEachEntry(vma.range(), [&](VirtAddr a, std::atomic<uint64_t>* e) {

@@ -24,8 +24,10 @@
 //    flight carries Pte::kLocked instead; a racing fault sees it and retries.
 //  - mmap_lock_ held for write excludes every fault on this address space and
 //    every reclaim pass over it (reclaim edits PTEs holding mmap_lock for read
-//    and the ptl), so mmap/munmap/mprotect/madvise/mlock may edit PTEs
-//    without ptls; they take them anyway where reclaim reads PTEs unlocked.
+//    and the ptl), so mmap/munmap/mprotect/madvise/mlock need no ptl to edit
+//    PTEs; munmap, mprotect and mlock take it anyway for each present PTE they
+//    change, which keeps one rule for readers: a present PTE changes under
+//    its ptl.
 #ifndef EMU_MM_H_
 #define EMU_MM_H_
 
