@@ -54,16 +54,14 @@ void SetFaultingThread(uint32_t tid) { tls_served_tid = tid; }
 namespace {
 
 // Whether the CPU and kernel give PROT_EXEC-only mappings execute-only
-// protection keys (CPUID.7.0:ECX PKU and OSPKE).
-bool CpuHasExecuteOnly() {
-  static const bool has = [] {
-    unsigned a, b, c, d;
-    if (!__builtin_cpu_supports("sse")) return false;
-    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
-    return (c & (1u << 3)) && (c & (1u << 4));
-  }();
-  return has;
+// protection keys (CPUID.7.0:ECX PKU and OSPKE). Read once at load time, so
+// the fault path (signal context) never runs a guarded static initializer.
+bool ReadCpuExecuteOnly() {
+  unsigned a, b, c, d;
+  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+  return (c & (1u << 3)) && (c & (1u << 4));
 }
+const bool kCpuHasExecuteOnly = ReadCpuExecuteOnly();
 
 }  // namespace
 
@@ -71,7 +69,7 @@ bool ExecuteOnly(const Vma& vma, unsigned flags) {
   // A data access trapped by the fault source; populate and GUP-like
   // callers are the kernel's own accesses, which protection keys do not stop.
   return !(flags & kFaultPopulate) && (vma.vm_flags & kVmProtMask) == kVmExec &&
-         CpuHasExecuteOnly();
+         kCpuHasExecuteOnly;
 }
 
 unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags) {
