@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "emu/log.h"
 #include "emu/status.h"
+#include "emu/sys.h"
 
 namespace emu {
 
@@ -122,29 +123,29 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::CreateWith(
   EMU_RETURN_IF_ERROR(options.Validate());
   // Reserve arena + one granule, then trim to a granule-aligned arena.
   size_t reserve = options.arena_bytes + kGranule;
-  void* p = mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* p = sys::Mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) {
     return ErrnoError(errno, absl::StrCat("reserve an arena of ", options.arena_bytes, " bytes"));
   }
   uintptr_t raw = reinterpret_cast<uintptr_t>(p);
   uintptr_t start = (raw + kGranule - 1) & ~(kGranule - 1);
-  if (start > raw) munmap(p, start - raw);
+  if (start > raw) sys::Munmap(p, start - raw);
   uintptr_t end = start + options.arena_bytes;
-  if (raw + reserve > end) munmap(reinterpret_cast<void*>(end), raw + reserve - end);
+  if (raw + reserve > end) sys::Munmap(reinterpret_cast<void*>(end), raw + reserve - end);
 
   std::unique_ptr<Machine> m(new Machine(options, AddrRange{start, end}));
   uint64_t frames = options.max_frames ? options.max_frames : (options.arena_bytes >> kPageShift);
   if (options.mem_limit != 0) frames = options.mem_limit >> kPageShift;
   auto mem_map = MemMap::Create(frames + 1);
   if (!mem_map.ok()) {
-    munmap(reinterpret_cast<void*>(start), options.arena_bytes);
+    sys::Munmap(reinterpret_cast<void*>(start), options.arena_bytes);
     return mem_map.status();
   }
   m->mem_map_.reset(*mem_map);
   m->fault_handler_ = handler_factory(m.get());
   auto host = host_factory(m.get(), m->arena_);
   if (!host.ok()) {
-    munmap(reinterpret_cast<void*>(start), options.arena_bytes);
+    sys::Munmap(reinterpret_cast<void*>(start), options.arena_bytes);
     return host.status();
   }
   m->host_ = std::move(*host);
@@ -164,7 +165,7 @@ Machine::~Machine() {
   EMU_BUG_ON(nr_address_spaces_.load() != 0);  // address spaces must go first
   reclaim_.reset();  // stops the background reclaimer
   host_.reset();  // unregisters the fault source before the arena goes
-  munmap(reinterpret_cast<void*>(arena_.start), arena_.len_bytes());
+  sys::Munmap(reinterpret_cast<void*>(arena_.start), arena_.len_bytes());
 }
 
 absl::StatusOr<std::unique_ptr<AddressSpace>> Machine::CreateAddressSpace(uint64_t window_bytes) {

@@ -254,6 +254,180 @@ absl::Status AddressSpace::ApplyToVmasLocked(AddrRange r, Fn&& change) {
   return status;
 }
 
+absl::StatusOr<VirtAddr> AddressSpace::Mremap(VirtAddr old_addr, size_t old_len, size_t new_len,
+                                              int flags, VirtAddr new_addr) {
+  // Linux: mm/mremap.c, the argument checks in their order.
+  constexpr int kKnown = MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP;
+  if (flags & ~kKnown) return ErrnoError(EINVAL, "mremap: unknown flags");
+  if ((flags & MREMAP_FIXED) && !(flags & MREMAP_MAYMOVE)) {
+    return ErrnoError(EINVAL, "mremap: MREMAP_FIXED without MREMAP_MAYMOVE");
+  }
+  if ((flags & MREMAP_DONTUNMAP) && (!(flags & MREMAP_MAYMOVE) || old_len != new_len)) {
+    return ErrnoError(EINVAL, "mremap: MREMAP_DONTUNMAP needs MREMAP_MAYMOVE and equal lengths");
+  }
+  if (!PageAligned(old_addr)) return ErrnoError(EINVAL, "mremap: address not aligned");
+  size_t old_rounded = PageAlignUp(old_len);
+  size_t new_rounded = PageAlignUp(new_len);
+  if (old_rounded < old_len || new_rounded < new_len || new_rounded == 0) {
+    return ErrnoError(EINVAL, "mremap: bad length");
+  }
+  old_len = old_rounded;
+  new_len = new_rounded;
+  const bool fixed = flags & MREMAP_FIXED;
+  const bool dontunmap = flags & MREMAP_DONTUNMAP;
+  VirtAddr old_end;
+  if (__builtin_add_overflow(old_addr, old_len, &old_end)) {
+    return ErrnoError(EINVAL, "mremap: range overflows");
+  }
+  ReleasableWriteLock l(&mmap_lock_);
+  if (fixed) {
+    VirtAddr new_end;
+    if (!PageAligned(new_addr)) return ErrnoError(EINVAL, "mremap: new address not aligned");
+    if (__builtin_add_overflow(new_addr, new_len, &new_end) || new_addr < window_.start ||
+        new_end > window_.end) {
+      return ErrnoError(EINVAL, "mremap: new range outside the address space window");
+    }
+    if (old_addr < new_end && new_addr < old_end) {
+      return ErrnoError(EINVAL, "mremap: old and new ranges overlap");
+    }
+    UnmapLocked({new_addr, new_end});
+    if (old_len > new_len) {
+      UnmapLocked({old_addr + new_len, old_end});
+      old_len = new_len;
+      old_end = old_addr + old_len;
+    }
+  } else if (old_len >= new_len && !dontunmap) {
+    if (old_len > new_len) UnmapLocked({old_addr + new_len, old_end});
+    return old_addr;
+  }
+  // Linux: vma_to_resize().
+  const Vma* vma = vmas_.Lookup(old_addr);
+  if (vma == nullptr) return ErrnoError(EFAULT, "mremap: no mapping at the old address");
+  if (old_len == 0) {
+    return ErrnoError(EINVAL, "mremap: old_len 0 duplicates only shared mappings");
+  }
+  if (old_end > vma->end) return ErrnoError(EFAULT, "mremap: old range spans mappings");
+  if (vma->locked() && new_len > old_len &&
+      machine_->reclaim() != nullptr &&
+      (new_len - old_len) / kPageSize > machine_->reclaim()->limit_pages()) {
+    return ErrnoError(EAGAIN, "mremap: locked memory beyond the memory limit");
+  }
+  const uint32_t vm_flags = vma->vm_flags;
+  if (!fixed && !dontunmap) {
+    // Grow in place when the range after the VMA is free (Linux: vma_expandable()).
+    VirtAddr grow_end;
+    if (old_end == vma->end && !__builtin_add_overflow(old_addr, new_len, &grow_end) &&
+        grow_end <= window_.end && !vmas_.AnyOverlap({old_end, grow_end})) {
+      AddrRange delta{old_end, grow_end};
+      Vma grown{delta.start, delta.end, vm_flags};
+      vmas_.Insert(grown);
+      SyncHostProtLocked(grown, delta);
+      vmas_.MergeAround(delta);
+      l.Release();
+      if (vm_flags & kVmLocked) {
+        (void)Populate(delta, /*nozero=*/true, /*stop_at_inaccessible=*/false);
+      }
+      return old_addr;
+    }
+    if (!(flags & MREMAP_MAYMOVE)) return ErrnoError(ENOMEM, "mremap: cannot grow in place");
+  }
+  if (!fixed) {
+    EMU_ASSIGN_OR_RETURN(new_addr, GetUnmappedAreaLocked(0, new_len));
+  }
+  EMU_RETURN_IF_ERROR(MoveRangeLocked({old_addr, old_end}, vm_flags, new_addr, new_len, dontunmap));
+  l.Release();
+  if ((vm_flags & kVmLocked) && new_len > old_len) {
+    (void)Populate({new_addr + old_len, new_addr + new_len}, /*nozero=*/true,
+                   /*stop_at_inaccessible=*/false);
+  }
+  return new_addr;
+}
+
+absl::Status AddressSpace::MoveRangeLocked(AddrRange src, uint32_t vm_flags, VirtAddr dst,
+                                           size_t dst_len, bool dontunmap) {
+  // Linux: move_vma() -> move_page_tables(). mmap_lock held for write keeps
+  // faults and reclaim's PTE edits out; a page that reclaim holds isolated
+  // keeps its reference and finds its PTE gone from the address it knew,
+  // which it treats like any PTE that changed under it.
+  HostMmu& host = machine_->host();
+  MemMap& mem_map = machine_->mem_map();
+  const Prot prot = VmFlagsToProt(vm_flags);
+  AddrRange dst_range{dst, dst + dst_len};
+  Vma moved{dst_range.start, dst_range.end, vm_flags};
+  vmas_.Insert(moved);
+  const bool encodes = host.prot_encodes_ptes();
+  if (!encodes) SyncHostProtLocked(moved, dst_range);
+  // The copy reads the old host pages: make them readable meanwhile.
+  const bool unreadable = !(prot & PROT_READ);
+  if (unreadable) host.Protect(src, PROT_READ);
+
+  // Runs of equal kind are installed with one host call each.
+  enum Kind { kNone, kZero, kAnonRo, kAnonRw };
+  Kind run_kind = kNone;
+  VirtAddr run_src = 0, run_end = 0;
+  bool ok = true;
+  auto flush = [&] {
+    if (run_kind == kNone) return;
+    AddrRange to{dst + (run_src - src.start), dst + (run_end - src.start)};
+    if (run_kind == kZero) {
+      ok &= host.InstallZero(to, prot);
+    } else {
+      ok &= host.InstallCopy(to, reinterpret_cast<const void*>(run_src), prot,
+                             run_kind == kAnonRw);
+    }
+    run_kind = kNone;
+  };
+  bool any_present = false;
+  pt_.ForEachEntry(src, [&](VirtAddr a, std::atomic<uint64_t>* e) {
+    Pte pte(e->load(std::memory_order_relaxed));
+    if (pte.raw() == 0) return;
+    EMU_BUG_ON(pte.locked());  // excluded by mmap_lock held for write
+    VirtAddr to = dst + (a - src.start);
+    std::atomic<uint64_t>* ne = pt_.Walk(to, /*alloc=*/true);
+    if (ne == nullptr) {
+      ok = false;
+      return;
+    }
+    Kind k = kNone;
+    if (pte.present()) {
+      any_present = true;
+      k = pte.special() ? kZero : pte.write() ? kAnonRw : kAnonRo;
+      if (!pte.special()) {
+        Page& page = mem_map.page(pte.pfn());
+        page.index = to >> kPageShift;
+      }
+    }
+    if (k != run_kind || a != run_end) flush();
+    if (k != kNone) {
+      if (run_kind == kNone) run_src = a;
+      run_kind = k;
+      run_end = a + kPageSize;
+    }
+    {
+      SpinLockHolder l1(pt_.Ptl(a));
+      e->store(0, std::memory_order_relaxed);
+    }
+    SpinLockHolder l2(pt_.Ptl(to));
+    ne->store(pte.raw(), std::memory_order_release);
+  });
+  flush();
+  if (any_present) host.Zap(src);
+  if (encodes) SyncHostProtLocked(moved, dst_range);
+  vmas_.MergeAround(dst_range);
+  if (dontunmap) {
+    if (unreadable || encodes) {
+      const Vma* old = vmas_.Lookup(src.start);
+      SyncHostProtLocked(*old, src);
+    }
+  } else {
+    vmas_.Erase(src);
+    host.Protect(src, PROT_NONE);
+  }
+  machine_->vmstat().Add(VmEvent::k_mremap_moves);
+  if (!ok) return ErrnoError(ENOMEM, "mremap: the host refused the move");
+  return absl::OkStatus();
+}
+
 absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
   if (!PageAligned(addr)) return ErrnoError(EINVAL, "mprotect: address not aligned");
   if (prot & ~(kKnownProt | PROT_GROWSDOWN | PROT_GROWSUP)) {
@@ -316,6 +490,21 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
     case MADV_WILLNEED:
     case MADV_DONTNEED:
     case MADV_FREE:
+    // Hints Linux accepts on private anonymous memory and that change nothing
+    // the emulator models (huge pages, core dumps, KSM, fork inheritance,
+    // reclaim hints): accepted on mapped ranges, like Linux.
+    case MADV_HUGEPAGE:
+    case MADV_NOHUGEPAGE:
+    case MADV_DONTDUMP:
+    case MADV_DODUMP:
+    case MADV_MERGEABLE:
+    case MADV_UNMERGEABLE:
+    case MADV_DONTFORK:
+    case MADV_DOFORK:
+    case MADV_WIPEONFORK:
+    case MADV_KEEPONFORK:
+    case MADV_COLD:
+    case MADV_PAGEOUT:
       break;
     default:
       return ErrnoError(EINVAL, absl::StrCat("madvise: advice ", advice, " is not supported"));

@@ -81,6 +81,15 @@ class AddressSpace {
                                 off_t off = 0);
   // Linux: mm/mmap.c do_munmap(). Unmapping a hole succeeds.
   absl::Status Munmap(VirtAddr addr, size_t len);
+  // Linux: mm/mremap.c mremap(): shrink in place, grow in place when the
+  // range after the VMA is free, else (MREMAP_MAYMOVE) move to a free range
+  // or to `new_addr` (MREMAP_FIXED); MREMAP_DONTUNMAP leaves the old range
+  // mapped and empty. Moving carries every PTE to the new address: present
+  // pages are copied to their new host address (the kernel moves page
+  // tables instead; our host pages are only reachable through the host's
+  // own mapping), zero-page and swap PTEs move as they are.
+  absl::StatusOr<VirtAddr> Mremap(VirtAddr old_addr, size_t old_len, size_t new_len, int flags,
+                                  VirtAddr new_addr = 0);
   // Linux: mm/mprotect.c do_mprotect_pkey(). Applies VMA by VMA and stops with
   // ENOMEM at the first hole, as Linux does.
   absl::Status Mprotect(VirtAddr addr, size_t len, Prot prot);
@@ -152,6 +161,10 @@ class AddressSpace {
   template <typename Fn>
   absl::Status ApplyToVmasLocked(AddrRange r, Fn&& change)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  // Moves the pages of `src` (inside VMA `vm_flags`) to a new VMA at
+  // `dst` of `dst_len` bytes (>= src length); see Mremap.
+  absl::Status MoveRangeLocked(AddrRange src, uint32_t vm_flags, VirtAddr dst, size_t dst_len,
+                               bool dontunmap) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   // Sets or clears kVmLocked over r.
   absl::Status SetLockedLocked(AddrRange r, bool lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   absl::Status Populate(AddrRange r, bool nozero, bool stop_at_inaccessible);

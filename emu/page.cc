@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "emu/status.h"
+#include "emu/sys.h"
 
 namespace emu {
 
@@ -38,7 +39,7 @@ absl::StatusOr<MemMap*> MemMap::Create(uint64_t max_pages) {
     return ErrnoError(EINVAL, absl::StrCat("mem_map of ", max_pages, " pages"));
   }
   size_t bytes = PageAlignUp(max_pages * sizeof(Page));
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+  void* p = sys::Mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) return ErrnoError(errno, "reserve mem_map");
   auto* pages = static_cast<Page*>(p);
@@ -48,7 +49,7 @@ absl::StatusOr<MemMap*> MemMap::Create(uint64_t max_pages) {
   return mm;
 }
 
-MemMap::~MemMap() { munmap(pages_, PageAlignUp(max_pages_ * sizeof(Page))); }
+MemMap::~MemMap() { sys::Munmap(pages_, PageAlignUp(max_pages_ * sizeof(Page))); }
 
 bool MemMap::Alloc(Pfn* out) {
   uint64_t pfn;

@@ -1,4 +1,5 @@
 #include "emu/page_table.h"
+#include "emu/sys.h"
 
 #include <sys/mman.h>
 
@@ -11,7 +12,7 @@ PageTable::~PageTable() {
   void* chunk = chunk_head_;  // no other thread can be here
   while (chunk != nullptr) {
     void* next = *static_cast<void**>(chunk);
-    munmap(chunk, kChunkBytes);
+    sys::Munmap(chunk, kChunkBytes);
     chunk = next;
   }
 }
@@ -19,7 +20,7 @@ PageTable::~PageTable() {
 PageTable::Table* PageTable::AllocTable() {
   SpinLockHolder l(&alloc_lock_);
   if (chunk_next_ == chunk_end_) {
-    void* c = mmap(nullptr, kChunkBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+    void* c = sys::Mmap(nullptr, kChunkBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
                    0);
     if (c == MAP_FAILED) return nullptr;
     *static_cast<void**>(c) = chunk_head_;

@@ -1,5 +1,6 @@
 #include "emu/status.h"
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -30,7 +31,18 @@ absl::StatusCode CodeFor(int err) {
 }
 }  // namespace
 
+namespace {
+std::atomic<bool> g_quiet{false};
+// Quiet statuses use codes above absl's canonical ones: kQuietBase + errno.
+constexpr int kQuietBase = 1000;
+}  // namespace
+
+void SetQuietErrors(bool quiet) { g_quiet.store(quiet, std::memory_order_relaxed); }
+
 absl::Status ErrnoError(int err, std::string_view context) {
+  if (g_quiet.load(std::memory_order_relaxed)) {
+    return absl::Status(static_cast<absl::StatusCode>(kQuietBase + err), "");
+  }
   absl::Status s(CodeFor(err), absl::StrCat(std::string(context), ": ", std::strerror(err)));
   s.SetPayload(kErrnoPayload, absl::Cord(std::to_string(err)));
   return s;
@@ -38,6 +50,7 @@ absl::Status ErrnoError(int err, std::string_view context) {
 
 int ToErrno(const absl::Status& status) {
   if (status.ok()) return 0;
+  if (status.raw_code() > kQuietBase) return status.raw_code() - kQuietBase;
   auto payload = status.GetPayload(kErrnoPayload);
   int err = 0;
   if (payload && absl::SimpleAtoi(std::string(*payload), &err)) return err;

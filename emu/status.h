@@ -17,6 +17,11 @@ absl::Status ErrnoError(int err, std::string_view context);
 // The errno carried by `status`; 0 for OK; EIO when none was recorded.
 int ToErrno(const absl::Status& status);
 
+// Quiet mode (the preload): ErrnoError() then carries the errno in the status
+// code alone, with no message and no payload, so that it allocates nothing;
+// the preload serves malloc's own mmap calls, which may not call malloc.
+void SetQuietErrors(bool quiet);
+
 // At a libc-like boundary: sets errno from `status` and returns -1 (or 0 on OK).
 int ToLibc(const absl::Status& status);
 

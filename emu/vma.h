@@ -4,9 +4,11 @@
 #define EMU_VMA_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 
 #include "absl/status/status.h"
+#include "emu/pool.h"
 #include "emu/types.h"
 
 namespace emu {
@@ -53,7 +55,9 @@ struct Vma {
 // path may use them in signal context.
 class VmaTree {
  public:
-  using Map = std::map<VirtAddr, Vma>;
+  // Nodes come from the emulator's own pool (emu/pool.h), never malloc.
+  using Map = std::map<VirtAddr, Vma, std::less<VirtAddr>,
+                       PoolAllocator<std::pair<const VirtAddr, Vma>>>;
 
   // Linux: mm/mmap.c find_vma(): the first VMA with end > addr, or nullptr.
   const Vma* FindVma(VirtAddr addr) const;

@@ -27,6 +27,7 @@ namespace emu {
   X(pgfree, "pages freed")                                                            \
   X(populate_pages, "pages made present by MAP_POPULATE, mlock and FaultInPages")     \
   X(zap_pages, "PTEs cleared by munmap and MADV_DONTNEED")                            \
+  X(mremap_moves, "mremap calls that moved a range")                                  \
   X(host_install_calls, "host page-install calls (uffd ioctls or mprotect runs)")     \
   X(host_vma_merges, "blocks made uniform to stay under the host VMA limit")          \
   X(fault_ns_sigbus, "time spent resolving faults in uffd SIGBUS mode (ns)")          \

@@ -9,6 +9,7 @@
 #include "emu/status.h"
 #include "fault/host_backends.h"
 #include "fault/signals.h"
+#include "emu/sys.h"
 
 namespace emu {
 namespace {
@@ -58,12 +59,12 @@ class SigsegvMmu : public HostMmu {
     // PROT_NONE first: between the two calls a read would otherwise map
     // the kernel's zero page and see zeros where the page's data was.
     void* p = reinterpret_cast<void*>(r.start);
-    return mprotect(p, r.len_bytes(), PROT_NONE) == 0 &&
-           madvise(p, r.len_bytes(), MADV_DONTNEED) == 0;
+    return sys::Mprotect(p, r.len_bytes(), PROT_NONE) == 0 &&
+           sys::Madvise(p, r.len_bytes(), MADV_DONTNEED) == 0;
   }
   bool Protect(AddrRange r, Prot host_prot) override {
     machine_->vmstat().Add(VmEvent::k_host_install_calls);
-    return mprotect(reinterpret_cast<void*>(r.start), r.len_bytes(), host_prot) == 0;
+    return sys::Mprotect(reinterpret_cast<void*>(r.start), r.len_bytes(), host_prot) == 0;
   }
 
  private:

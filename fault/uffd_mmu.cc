@@ -22,6 +22,7 @@
 #include "fault/handle_fault.h"
 #include "fault/host_backends.h"
 #include "fault/signals.h"
+#include "emu/sys.h"
 
 #ifndef USERFAULTFD_IOC_NEW
 #define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
@@ -65,7 +66,7 @@ class UffdMmu : public HostMmu {
     uffdio_range r{arena.start, arena.len_bytes()};
     ioctl(uffd_, UFFDIO_UNREGISTER, &r);
     close(uffd_);
-    munmap(zero_src_, kZeroSrcBytes);
+    sys::Munmap(zero_src_, kZeroSrcBytes);
   }
 
   FaultMode mode() const override { return mode_; }
@@ -123,11 +124,11 @@ class UffdMmu : public HostMmu {
   }
 
   bool Zap(AddrRange r) override {
-    return madvise(reinterpret_cast<void*>(r.start), r.len_bytes(), MADV_DONTNEED) == 0;
+    return sys::Madvise(reinterpret_cast<void*>(r.start), r.len_bytes(), MADV_DONTNEED) == 0;
   }
 
   bool Protect(AddrRange r, Prot host_prot) override {
-    return mprotect(reinterpret_cast<void*>(r.start), r.len_bytes(), host_prot) == 0;
+    return sys::Mprotect(reinterpret_cast<void*>(r.start), r.len_bytes(), host_prot) == 0;
   }
 
   void Wake(AddrRange r) override {
@@ -304,7 +305,7 @@ absl::StatusOr<std::unique_ptr<HostMmu>> CreateUffdMmu(Machine* machine, AddrRan
     close(fd);
     return ErrnoError(EOPNOTSUPP, "userfaultfd lacks COPY/ZEROPAGE/WRITEPROTECT here");
   }
-  void* zero = mmap(nullptr, kZeroSrcBytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* zero = sys::Mmap(nullptr, kZeroSrcBytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (zero == MAP_FAILED) {
     close(fd);
     return ErrnoError(errno, "map the zero source");

@@ -18,6 +18,7 @@
 #include "emu/log.h"
 #include "emu/mm.h"
 #include "emu/status.h"
+#include "emu/sys.h"
 
 namespace emu {
 
@@ -75,7 +76,7 @@ absl::StatusOr<std::unique_ptr<Vmscan>> Vmscan::Create(Machine* machine) {
   std::unique_ptr<Vmscan> v(new Vmscan(machine, std::move(swap), policy));
   v->nr_buffers_ = std::min<int>(kNrBuffers, 2 * static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)) + 4);
   size_t bytes = size_t{static_cast<size_t>(v->nr_buffers_)} * kMaxRa * kPageSize;
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p = sys::Mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return ErrnoError(errno, "swap-in buffers");
   v->buffers_ = static_cast<char*>(p);
   v->free_buffers_.store(v->nr_buffers_ == 64 ? ~uint64_t{0} : (uint64_t{1} << v->nr_buffers_) - 1);
@@ -100,7 +101,7 @@ Vmscan::~Vmscan() {
   kswapd_wake_.fetch_add(1);
   FutexWakeAll(&kswapd_wake_);
   if (kswapd_.joinable()) kswapd_.join();
-  if (buffers_ != nullptr) munmap(buffers_, size_t{static_cast<size_t>(nr_buffers_)} * kMaxRa * kPageSize);
+  if (buffers_ != nullptr) sys::Munmap(buffers_, size_t{static_cast<size_t>(nr_buffers_)} * kMaxRa * kPageSize);
 }
 
 uint64_t Vmscan::free_pages() const {
