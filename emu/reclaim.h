@@ -78,6 +78,10 @@ class PageReclaim {
                                      const absl::flat_hash_map<uint64_t, int>& cached) = 0;
   // Reclaims until at most `target_pages` frames are in use (tests, tools).
   virtual absl::Status ShrinkTo(uint64_t target_pages) = 0;
+  // Reads the page in swap slot `entry` into `page` with one synchronous
+  // pread (for a forked child that leaves the emulator; never the fault
+  // path). False on a short read or an error, errno set.
+  virtual bool ReadSlot(uint64_t entry, void* page) = 0;
   // Gauges as "name value" lines (nr_swap_used, nr_active, ...).
   virtual std::string StatText() = 0;
   virtual uint64_t limit_pages() const = 0;

@@ -17,6 +17,9 @@
 #define SEGV_PKUERR 4
 #endif
 
+// glibc's own entry point, which the preload does not interpose.
+extern "C" int __sigaction(int sig, const struct sigaction* act, struct sigaction* oldact);
+
 namespace emu {
 namespace {
 
@@ -24,6 +27,8 @@ constexpr int kMaxMachines = 16;
 std::atomic<Machine*> g_machines[kMaxMachines];
 struct sigaction g_prev_segv, g_prev_bus;  // written once, before any dispatch
 std::mutex g_install_mu;  // serializes (re)installation; never taken in a handler
+std::atomic<bool> g_installed{false};
+std::atomic<void (*)(int)> g_before_default{nullptr};
 
 constexpr unsigned long kPfWrite = 1ul << 1;  // x86 page-fault error code: write access
 
@@ -64,9 +69,10 @@ void Forward(int sig, siginfo_t* info, void* ctx, bool refault) {
     prev.sa_handler(sig);
     return;
   }
+  if (auto fn = g_before_default.load(std::memory_order_acquire)) fn(sig);
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
-  sigaction(sig, &dfl, nullptr);
+  __sigaction(sig, &dfl, nullptr);
   if (!refault) {
     // Queue it for this thread with the siginfo we decided on; it is
     // delivered (and kills) once this handler returns.
@@ -139,7 +145,7 @@ void Dispatch(int sig, siginfo_t* info, void* ctx) {
 // (a test framework, a runtime) is chained rather than lost.
 void InstallHandler(int sig, struct sigaction* prev) {
   struct sigaction cur {};
-  sigaction(sig, nullptr, &cur);
+  __sigaction(sig, nullptr, &cur);
   if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == Dispatch) return;
   struct sigaction sa {};
   sa.sa_sigaction = Dispatch;
@@ -147,7 +153,7 @@ void InstallHandler(int sig, struct sigaction* prev) {
   sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK | SA_NODEFER;
   sigemptyset(&sa.sa_mask);
   *prev = cur;
-  sigaction(sig, &sa, nullptr);
+  __sigaction(sig, &sa, nullptr);
 }
 
 }  // namespace
@@ -157,6 +163,7 @@ absl::Status RegisterSignalMachine(Machine* machine) {
     std::lock_guard<std::mutex> l(g_install_mu);
     InstallHandler(SIGSEGV, &g_prev_segv);
     InstallHandler(SIGBUS, &g_prev_bus);
+    g_installed.store(true, std::memory_order_release);
   }
   for (auto& slot : g_machines) {
     Machine* expected = nullptr;
@@ -170,6 +177,24 @@ void UnregisterSignalMachine(Machine* machine) {
     Machine* expected = machine;
     slot.compare_exchange_strong(expected, nullptr);
   }
+}
+
+bool ChainSigaction(int sig, const struct sigaction* act, struct sigaction* oldact) {
+  if ((sig != SIGSEGV && sig != SIGBUS) || !g_installed.load(std::memory_order_acquire)) {
+    return false;
+  }
+  std::lock_guard<std::mutex> l(g_install_mu);
+  struct sigaction& prev = sig == SIGSEGV ? g_prev_segv : g_prev_bus;
+  if (oldact != nullptr) *oldact = prev;
+  // A handler replaced while a forward reads it is read whole or torn only
+  // between two handlers the program installed itself: acceptable, as for a
+  // signal racing sigaction(2).
+  if (act != nullptr) prev = *act;
+  return true;
+}
+
+void SetBeforeDefaultAction(void (*fn)(int sig)) {
+  g_before_default.store(fn, std::memory_order_release);
 }
 
 void ReportFatalFault(VirtAddr addr, unsigned fault_result) {

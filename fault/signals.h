@@ -4,6 +4,8 @@
 #ifndef EMU_FAULT_SIGNALS_H_
 #define EMU_FAULT_SIGNALS_H_
 
+#include <signal.h>
+
 #include "absl/status/status.h"
 #include "emu/types.h"
 
@@ -15,6 +17,18 @@ class Machine;
 // ENOSPC when kMaxMachines are registered.
 absl::Status RegisterSignalMachine(Machine* machine);
 void UnregisterSignalMachine(Machine* machine);
+
+// The program's view of SIGSEGV and SIGBUS while emu's dispatcher is
+// installed (the preload's sigaction and signal): `act` (if not null) becomes
+// the handler emu forwards to, and *oldact (if not null) receives the one it
+// replaces, as sigaction(2) would report it. Returns false, changing nothing,
+// when `sig` is not one emu dispatches or no machine has installed it.
+bool ChainSigaction(int sig, const struct sigaction* act, struct sigaction* oldact);
+
+// Called (in signal context) just before a signal is forwarded with its
+// default action, which usually ends the process: the preload writes its
+// statistics there. `fn` must be async-signal-safe.
+void SetBeforeDefaultAction(void (*fn)(int sig));
 
 // Writes a one-line reason for a fatal fault to stderr. async-signal-safe.
 void ReportFatalFault(VirtAddr addr, unsigned fault_result);

@@ -166,6 +166,9 @@ class SwapDevice {
     }
   }
 
+  // The swap file's descriptor (slot s at byte s * kPageSize).
+  int fd() const { return fd_; }
+
  private:
   static constexpr uint32_t kNoCluster = UINT32_MAX;
 

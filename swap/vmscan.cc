@@ -771,6 +771,17 @@ absl::Status Vmscan::CheckSwapRefs(const absl::flat_hash_map<uint64_t, int>& ref
   return status;
 }
 
+bool Vmscan::ReadSlot(uint64_t entry, void* page) {
+  if (swap_ == nullptr) {
+    errno = ENODEV;
+    return false;
+  }
+  ssize_t n = pread(swap_->fd(), page, kPageSize, static_cast<off_t>(entry * kPageSize));
+  if (n == static_cast<ssize_t>(kPageSize)) return true;
+  if (n >= 0) errno = EIO;
+  return false;
+}
+
 std::string Vmscan::StatText() {
   std::string out = absl::StrCat("mem_limit_pages ", limit_pages_, "\nnr_active_anon ",
                                  nr_active(), "\nnr_inactive_anon ", nr_inactive(), "\n");

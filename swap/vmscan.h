@@ -58,6 +58,7 @@ class Vmscan : public PageReclaim {
   void LruAdd(Pfn pfn) override;
   void FreePage(Pfn pfn) override;
   void SwapFree(uint64_t entry) override;
+  bool ReadSlot(uint64_t entry, void* page) override;
   void Mlocked(Pfn pfn) override;
   void Munlocked(Pfn pfn) override;
   unsigned DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,

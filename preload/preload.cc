@@ -1,0 +1,609 @@
+// libemu-preload.so: runs an unmodified program's private anonymous memory
+// on the emulator.
+//
+//   LD_PRELOAD=libemu-preload.so EMU_MEM_LIMIT=256M ./program
+//
+// What is routed (README "The preload" has the table and the reasons):
+//  - mmap of private anonymous memory (not MAP_STACK, MAP_GROWSDOWN,
+//    MAP_HUGETLB or MAP_32BIT), and munmap, mprotect, madvise, mremap, mlock
+//    and munlock of ranges inside the emulator's window;
+//  - brk/sbrk: an emulated program break at the bottom of the window;
+//  - syscall(2) with those system-call numbers (tcmalloc uses it);
+//  - sigaction/signal for SIGSEGV and SIGBUS: emu's dispatcher stays first
+//    and forwards, with the original siginfo, what is not an emulator fault.
+// libc's wrappers are redirected in place (preload/patch.h), which catches
+// glibc malloc's internal calls; the same functions are also exported, so
+// that an allocator that defines its own mmap (tcmalloc) loses to ours when
+// this library comes first in LD_PRELOAD.
+//
+// Everything else (file and shared mappings, thread stacks, the dynamic
+// loader's own mappings) stays native, outside the window.
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "emu/machine.h"
+#include "emu/status.h"
+#include "emu/sys.h"
+#include "fault/host_backends.h"
+#include "fault/machine_factory.h"
+#include "fault/signals.h"
+#include "preload/patch.h"
+#include "preload/stats.h"
+
+namespace emu::preload {
+namespace {
+
+// ---- State ----
+
+// The process's emulated address space; null until start-up finished and in
+// a child that left the emulator. Read lock-free by every intercepted call.
+std::atomic<AddressSpace*> g_as{nullptr};
+Machine* g_machine = nullptr;  // leaked at exit: threads may still run
+AddrRange g_window;
+
+// The program break (brk/sbrk): [g_brk_base, g_brk_cur), capped at g_brk_max.
+pthread_mutex_t g_brk_mu = PTHREAD_MUTEX_INITIALIZER;
+VirtAddr g_brk_base = 0, g_brk_cur = 0, g_brk_max = 0;
+
+// Calls made while this thread is inside the emulator go to the kernel: they
+// come from the emulator's own use of malloc, whose memory must not be
+// served by the mm call that is in progress.
+__attribute__((tls_model("initial-exec"))) thread_local int t_depth = 0;
+struct Inside {
+  Inside() { t_depth++; }
+  ~Inside() { t_depth--; }
+};
+
+AddressSpace* Routing() {
+  AddressSpace* as = g_as.load(std::memory_order_acquire);
+  return t_depth == 0 ? as : nullptr;
+}
+
+bool Overlaps(AddrRange w, VirtAddr a, size_t len) {
+  VirtAddr end;
+  if (__builtin_add_overflow(a, len, &end)) end = ~VirtAddr{0};
+  return a < w.end && end > w.start;
+}
+
+long Fail(int err) {
+  errno = err;
+  return -1;
+}
+
+int FromStatus(const absl::Status& s) {
+  if (s.ok()) return 0;
+  errno = ToErrno(s);
+  return -1;
+}
+
+long RawMremap(void* old, size_t old_len, size_t new_len, int flags, void* new_addr) {
+  return sys::ToLibcRet(sys::RawSyscall6(SYS_mremap, reinterpret_cast<long>(old),
+                                         static_cast<long>(old_len), static_cast<long>(new_len),
+                                         flags, reinterpret_cast<long>(new_addr), 0));
+}
+
+bool Routable(int flags) {
+  return (flags & MAP_ANONYMOUS) && (flags & MAP_TYPE) == MAP_PRIVATE &&
+         !(flags & (MAP_STACK | MAP_GROWSDOWN | MAP_HUGETLB | MAP_32BIT));
+}
+
+// ---- The mmap family ----
+
+void* DoMmap(void* addr, size_t len, int prot, int flags, int fd, off_t off) {
+  AddressSpace* as = Routing();
+  if (as == nullptr) return sys::Mmap(addr, len, prot, flags, fd, off);
+  VirtAddr a = reinterpret_cast<VirtAddr>(addr);
+  bool fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE);
+  if (fixed && !Overlaps(g_window, a, len)) return sys::Mmap(addr, len, prot, flags, fd, off);
+  if (!Routable(flags)) {
+    // A file or shared mapping placed over emulated memory would take the
+    // range away from the emulator's host registration; refused (ENOMEM,
+    // as for a range the kernel cannot give).
+    if (fixed) {
+      errno = ENOMEM;
+      return MAP_FAILED;
+    }
+    return sys::Mmap(addr, len, prot, flags, fd, off);  // placed outside the arena
+  }
+  if (!fixed && !g_window.Contains(a)) a = 0;
+  Inside in;
+  auto r = as->Mmap(a, len, prot, flags, fd, off);
+  if (!r.ok()) {
+    errno = ToErrno(r.status());
+    return MAP_FAILED;
+  }
+  return reinterpret_cast<void*>(*r);
+}
+
+// Splits [addr, addr+len) into the parts outside the window (to the kernel)
+// and inside (to `inside`); returns the first error.
+template <typename Native, typename Emulated>
+int Split(void* addr, size_t len, Native&& native, Emulated&& inside) {
+  VirtAddr a = reinterpret_cast<VirtAddr>(addr);
+  VirtAddr end;
+  AddressSpace* as = Routing();
+  if (as == nullptr || len == 0 || (a & (kPageSize - 1)) ||
+      __builtin_add_overflow(a, PageAlignUp(len), &end) || PageAlignUp(len) < len ||
+      !Overlaps(g_window, a, len)) {
+    return native(addr, len);
+  }
+  int ret = 0;
+  int err = 0;
+  auto note = [&](int r) {
+    if (r != 0 && ret == 0) {
+      ret = r;
+      err = errno;
+    }
+  };
+  if (a < g_window.start) note(native(addr, g_window.start - a));
+  AddrRange in = AddrRange{a, end}.Intersect(g_window);
+  {
+    Inside guard;
+    note(FromStatus(inside(as, in)));
+  }
+  if (end > g_window.end) note(native(reinterpret_cast<void*>(g_window.end), end - g_window.end));
+  if (ret != 0) errno = err;
+  return ret;
+}
+
+int DoMunmap(void* addr, size_t len) {
+  return Split(
+      addr, len, [](void* p, size_t n) { return sys::Munmap(p, n); },
+      [](AddressSpace* as, AddrRange r) { return as->Munmap(r.start, r.len_bytes()); });
+}
+
+int DoMprotect(void* addr, size_t len, int prot) {
+  return Split(
+      addr, len, [prot](void* p, size_t n) { return sys::Mprotect(p, n, prot); },
+      [prot](AddressSpace* as, AddrRange r) { return as->Mprotect(r.start, r.len_bytes(), prot); });
+}
+
+int DoMadvise(void* addr, size_t len, int advice) {
+  return Split(
+      addr, len, [advice](void* p, size_t n) { return sys::Madvise(p, n, advice); },
+      [advice](AddressSpace* as, AddrRange r) {
+        return as->Madvise(r.start, r.len_bytes(), advice);
+      });
+}
+
+int DoMlock(const void* addr, size_t len, bool lock) {
+  // mlock rounds the start down (Linux: do_mlock), so the split works on the
+  // page-aligned range.
+  VirtAddr a = reinterpret_cast<VirtAddr>(addr);
+  VirtAddr start = a & kPageMask;
+  size_t n = len + (a - start);
+  long nr = lock ? SYS_mlock : SYS_munlock;
+  return Split(
+      reinterpret_cast<void*>(start), n,
+      [nr](void* p, size_t m) {
+        return static_cast<int>(sys::ToLibcRet(
+            sys::RawSyscall6(nr, reinterpret_cast<long>(p), static_cast<long>(m), 0, 0, 0, 0)));
+      },
+      [lock](AddressSpace* as, AddrRange r) {
+        return lock ? as->Mlock(r.start, r.len_bytes()) : as->Munlock(r.start, r.len_bytes());
+      });
+}
+
+void* DoMremap(void* old, size_t old_len, size_t new_len, int flags, void* new_addr) {
+  AddressSpace* as = Routing();
+  VirtAddr a = reinterpret_cast<VirtAddr>(old);
+  VirtAddr na = reinterpret_cast<VirtAddr>(new_addr);
+  bool fixed = flags & MREMAP_FIXED;
+  if (as == nullptr) {
+    return reinterpret_cast<void*>(RawMremap(old, old_len, new_len, flags, new_addr));
+  }
+  if (!g_window.Contains(a)) {
+    if (fixed && Overlaps(g_window, na, new_len)) {
+      errno = EINVAL;  // native memory cannot move into the emulator's window
+      return MAP_FAILED;
+    }
+    return reinterpret_cast<void*>(RawMremap(old, old_len, new_len, flags, new_addr));
+  }
+  Inside in;
+  auto r = as->Mremap(a, old_len, new_len, flags, na);
+  if (!r.ok()) {
+    errno = ToErrno(r.status());
+    return MAP_FAILED;
+  }
+  return reinterpret_cast<void*>(*r);
+}
+
+// ---- The program break ----
+
+// Linux: mm/mmap.c brk(). Moves the break to `want`; false when it cannot.
+bool SetBrkLocked(AddressSpace* as, VirtAddr want) {
+  if (want < g_brk_base || want > g_brk_max) return false;
+  VirtAddr old_top = PageAlignUp(g_brk_cur);
+  VirtAddr new_top = PageAlignUp(want);
+  Inside in;
+  if (new_top > old_top) {
+    auto r = as->Mmap(old_top, new_top - old_top, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE);
+    if (!r.ok()) return false;
+  } else if (new_top < old_top) {
+    if (!as->Munmap(new_top, old_top - new_top).ok()) return false;
+  }
+  g_brk_cur = want;
+  return true;
+}
+
+long RawBrk(VirtAddr want) { return sys::RawSyscall6(SYS_brk, static_cast<long>(want), 0, 0, 0, 0, 0); }
+
+int DoBrk(void* addr) {
+  AddressSpace* as = Routing();
+  VirtAddr want = reinterpret_cast<VirtAddr>(addr);
+  if (as == nullptr) return RawBrk(want) < static_cast<long>(want) ? static_cast<int>(Fail(ENOMEM)) : 0;
+  pthread_mutex_lock(&g_brk_mu);
+  bool ok = SetBrkLocked(as, want);
+  pthread_mutex_unlock(&g_brk_mu);
+  return ok ? 0 : static_cast<int>(Fail(ENOMEM));
+}
+
+void* DoSbrk(intptr_t inc) {
+  AddressSpace* as = Routing();
+  if (as == nullptr) {
+    long cur = RawBrk(0);
+    if (inc == 0) return reinterpret_cast<void*>(cur);
+    long want = cur + inc;
+    if (RawBrk(static_cast<VirtAddr>(want)) != want) {
+      errno = ENOMEM;
+      return reinterpret_cast<void*>(-1);
+    }
+    return reinterpret_cast<void*>(cur);
+  }
+  pthread_mutex_lock(&g_brk_mu);
+  VirtAddr old = g_brk_cur;
+  bool ok = inc == 0 || SetBrkLocked(as, old + inc);
+  pthread_mutex_unlock(&g_brk_mu);
+  if (!ok) {
+    errno = ENOMEM;
+    return reinterpret_cast<void*>(-1);
+  }
+  return reinterpret_cast<void*>(old);
+}
+
+// The brk system call itself: returns the new break, or the old one when it
+// cannot move.
+long SysBrk(VirtAddr want) {
+  AddressSpace* as = Routing();
+  if (as == nullptr) return RawBrk(want);
+  pthread_mutex_lock(&g_brk_mu);
+  if (want != 0) (void)SetBrkLocked(as, want);
+  long cur = static_cast<long>(g_brk_cur);
+  pthread_mutex_unlock(&g_brk_mu);
+  return cur;
+}
+
+// syscall(2): the memory system calls are routed, every other number goes to
+// the kernel unchanged. Non-variadic on purpose: on x86-64 a variadic call
+// passes its integer arguments where this function reads them.
+long DoSyscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6) {
+  auto ptr = [](long v) { return reinterpret_cast<void*>(v); };
+  switch (nr) {
+    case SYS_mmap: {
+      void* r = DoMmap(ptr(a1), static_cast<size_t>(a2), static_cast<int>(a3),
+                       static_cast<int>(a4), static_cast<int>(a5), a6);
+      return reinterpret_cast<long>(r);
+    }
+    case SYS_munmap: return DoMunmap(ptr(a1), static_cast<size_t>(a2));
+    case SYS_mprotect: return DoMprotect(ptr(a1), static_cast<size_t>(a2), static_cast<int>(a3));
+    case SYS_madvise: return DoMadvise(ptr(a1), static_cast<size_t>(a2), static_cast<int>(a3));
+    case SYS_mremap:
+      return reinterpret_cast<long>(DoMremap(ptr(a1), static_cast<size_t>(a2),
+                                             static_cast<size_t>(a3), static_cast<int>(a4),
+                                             ptr(a5)));
+    case SYS_brk: return SysBrk(static_cast<VirtAddr>(a1));
+    case SYS_mlock: return DoMlock(ptr(a1), static_cast<size_t>(a2), true);
+    case SYS_munlock: return DoMlock(ptr(a1), static_cast<size_t>(a2), false);
+    default: return sys::ToLibcRet(sys::RawSyscall6(nr, a1, a2, a3, a4, a5, a6));
+  }
+}
+
+}  // namespace
+}  // namespace emu::preload
+
+// ---- The exported entry points ----
+
+using namespace emu::preload;  // NOLINT: the C entry points below
+
+extern "C" {
+// Redirect targets for libc's wrappers (their ABI is the wrapper's).
+void* emu_preload_mmap(void* a, size_t l, int p, int f, int fd, off_t o) {
+  return DoMmap(a, l, p, f, fd, o);
+}
+int emu_preload_munmap(void* a, size_t l) { return DoMunmap(a, l); }
+int emu_preload_mprotect(void* a, size_t l, int p) { return DoMprotect(a, l, p); }
+int emu_preload_madvise(void* a, size_t l, int adv) { return DoMadvise(a, l, adv); }
+void* emu_preload_mremap(void* a, size_t ol, size_t nl, int f, void* na) {
+  return DoMremap(a, ol, nl, f, na);
+}
+int emu_preload_brk(void* a) { return DoBrk(a); }
+void* emu_preload_sbrk(intptr_t inc) { return DoSbrk(inc); }
+long emu_preload_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6) {
+  return DoSyscall(nr, a1, a2, a3, a4, a5, a6);
+}
+int emu_preload_mlock(const void* a, size_t l) { return DoMlock(a, l, true); }
+int emu_preload_munlock(const void* a, size_t l) { return DoMlock(a, l, false); }
+
+// The same, under libc's names, for callers that resolve them before libc
+// (an allocator that defines its own mmap, when this library comes first).
+__attribute__((visibility("default"))) void* mmap(void* a, size_t l, int p, int f, int fd,
+                                                  off_t o) {
+  return DoMmap(a, l, p, f, fd, o);
+}
+__attribute__((visibility("default"))) void* mmap64(void* a, size_t l, int p, int f, int fd,
+                                                    off_t o) {
+  return DoMmap(a, l, p, f, fd, o);
+}
+__attribute__((visibility("default"))) int munmap(void* a, size_t l) { return DoMunmap(a, l); }
+__attribute__((visibility("default"))) int mprotect(void* a, size_t l, int p) {
+  return DoMprotect(a, l, p);
+}
+__attribute__((visibility("default"))) int madvise(void* a, size_t l, int adv) {
+  return DoMadvise(a, l, adv);
+}
+__attribute__((visibility("default"))) void* mremap(void* a, size_t ol, size_t nl, int f, ...) {
+  void* na = nullptr;
+  if (f & MREMAP_FIXED) {
+    va_list ap;
+    va_start(ap, f);
+    na = va_arg(ap, void*);
+    va_end(ap);
+  }
+  return DoMremap(a, ol, nl, f, na);
+}
+__attribute__((visibility("default"))) int brk(void* a) { return DoBrk(a); }
+__attribute__((visibility("default"))) void* sbrk(intptr_t inc) { return DoSbrk(inc); }
+
+// SIGSEGV and SIGBUS handlers the program installs are chained behind emu's
+// dispatcher; everything else goes to libc.
+int __sigaction(int sig, const struct sigaction* act, struct sigaction* oldact);
+__attribute__((visibility("default"))) int sigaction(int sig, const struct sigaction* act,
+                                                     struct sigaction* oldact) {
+  if (emu::ChainSigaction(sig, act, oldact)) return 0;
+  return __sigaction(sig, act, oldact);
+}
+__attribute__((visibility("default"))) sighandler_t signal(int sig, sighandler_t handler) {
+  // BSD semantics, as glibc's signal(): restart, handler stays installed.
+  struct sigaction sa {}, old {};
+  sa.sa_handler = handler;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  if (sig > 0 && sig < NSIG) sigaddset(&sa.sa_mask, sig);
+  if (sigaction(sig, &sa, &old) != 0) return SIG_ERR;
+  // sa_handler and sa_sigaction share storage.
+  return old.sa_handler;
+}
+}  // extern "C"
+
+namespace emu::preload {
+namespace {
+
+// ---- Start-up, fork, exit ----
+
+void Warn(const std::string& msg) {
+  std::string line = absl::StrCat("emu: ", msg, "\n");
+  ssize_t ignored = write(2, line.data(), line.size());
+  (void)ignored;
+}
+
+[[noreturn]] void Die(const std::string& msg) {
+  Warn(absl::StrCat(msg, " (unset LD_PRELOAD to run without emu)"));
+  _exit(2);
+}
+
+const char* Env(const char* name) {
+  const char* v = getenv(name);
+  return v != nullptr && *v != 0 ? v : nullptr;
+}
+
+uint64_t EnvSize(const char* name, uint64_t dflt) {
+  const char* v = Env(name);
+  if (v == nullptr) return dflt;
+  auto s = ParseSize(v);
+  if (!s.ok()) Die(absl::StrCat(name, "=", v, ": ", s.status().message()));
+  return *s;
+}
+
+int EnvInt(const char* name, int dflt) {
+  const char* v = Env(name);
+  if (v == nullptr) return dflt;
+  char* end;
+  long n = strtol(v, &end, 10);
+  if (*end != 0 || n < 0 || n > (1 << 20)) Die(absl::StrCat(name, "=", v, ": not a number"));
+  return static_cast<int>(n);
+}
+
+MachineOptions OptionsFromEnv() {
+  MachineOptions o;
+  o.fault_mode = FaultMode::kUffdThread;  // transparent to system calls (README)
+  if (const char* m = Env("EMU_FAULT_MODE")) {
+    if (!ParseFaultMode(m, &o.fault_mode)) {
+      Die(absl::StrCat("EMU_FAULT_MODE=", m, ": expected sigbus, thread or sigsegv"));
+    }
+  }
+  o.fault_around_pages = EnvInt("EMU_FAULT_AROUND", o.fault_around_pages);
+  if (const char* z = Env("EMU_ZERO_PAGE")) {
+    std::string v = z;
+    if (v == "on" || v == "1") {
+      o.zero_page = true;
+    } else if (v == "off" || v == "0") {
+      o.zero_page = false;
+    } else {
+      Die(absl::StrCat("EMU_ZERO_PAGE=", v, ": expected on or off"));
+    }
+  }
+  o.arena_bytes = EnvSize("EMU_ARENA", uint64_t{128} << 30);
+  o.mem_limit = EnvSize("EMU_MEM_LIMIT", 0);
+  if (const char* p = Env("EMU_SWAP_FILE")) o.swap_path = p;
+  if (const char* d = Env("EMU_SWAP_DIR")) o.swap_dir = d;
+  o.swap_bytes = EnvSize("EMU_SWAP_SIZE", 0);
+  if (const char* s = Env("EMU_NO_SWAP")) o.no_swap = std::string(s) == "1";
+  if (const char* p = Env("EMU_POLICY")) o.reclaim_policy = p;
+  o.swap_readahead_pages = EnvInt("EMU_READAHEAD", o.swap_readahead_pages);
+  if (o.mem_limit == 0) {
+    // Frames for every page of RAM, not of the arena: the mem_map is sized by it.
+    long pages = sysconf(_SC_PHYS_PAGES);
+    if (pages > 0) o.max_frames = std::min<uint64_t>(pages, o.arena_bytes >> kPageShift);
+  }
+  return o;
+}
+
+void WriteStatsAtExit() {
+  if (g_machine != nullptr) WriteStats(*g_machine, /*fatal_signal=*/0);
+}
+
+void WriteStatsOnSignal(int sig) {
+  if (g_machine != nullptr) WriteStats(*g_machine, sig);
+}
+
+// fork(): the child leaves the emulator and runs on plain kernel memory
+// (docs/DESIGN.md section 8). Before the fork no mm call, fault or reclaim
+// may be in flight; a child of a machine with swapped-out pages reads them
+// back into its own memory while the parent waits, so that no slot it still
+// needs is freed or reused under it.
+int g_fork_pipe[2] = {-1, -1};
+bool g_fork_pull = false;
+
+void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  AddressSpace* as = g_as.load(std::memory_order_acquire);
+  if (as == nullptr) return;
+  as->mmap_lock()->WriteLock();
+  if (g_machine->reclaim() != nullptr) g_machine->reclaim()->BlockReclaim();
+  g_fork_pull = as->nr_swap_ptes() > 0;
+  if (g_fork_pull && pipe2(g_fork_pipe, O_CLOEXEC) != 0) g_fork_pull = false;
+}
+
+void ParentAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  AddressSpace* as = g_as.load(std::memory_order_acquire);
+  if (as == nullptr) return;
+  if (g_fork_pull) {
+    close(g_fork_pipe[1]);
+    char c;
+    while (read(g_fork_pipe[0], &c, 1) < 0 && errno == EINTR) {
+    }
+    close(g_fork_pipe[0]);
+  }
+  if (g_machine->reclaim() != nullptr) g_machine->reclaim()->UnblockReclaim();
+  as->mmap_lock()->WriteUnlock();
+}
+
+void ChildAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  AddressSpace* as = g_as.load(std::memory_order_acquire);
+  if (as == nullptr) return;
+  g_as.store(nullptr, std::memory_order_release);
+  // The lock is a copy held by the thread that forked, which is this one;
+  // nothing in the child takes it again.
+  as->mmap_lock()->AssertHeld();
+  bool encodes = g_machine->host().prot_encodes_ptes();
+  bool failed = false;
+  for (const auto& [start, vma] : as->vmas()) {
+    Prot prot = VmFlagsToProt(vma.vm_flags);
+    // SIGSEGV mode keeps pages that are not present PROT_NONE in the host;
+    // swap-in needs every page writable for the moment.
+    if (encodes || g_fork_pull) {
+      sys::Mprotect(reinterpret_cast<void*>(vma.start), vma.end - vma.start,
+                    prot | PROT_READ | PROT_WRITE);
+    }
+    if (g_fork_pull) {
+      as->page_table().ForEachEntry(vma.range(), [&](VirtAddr a, std::atomic<uint64_t>* e) {
+        Pte pte(e->load(std::memory_order_relaxed));
+        if (pte.present() || !pte.swap()) return;
+        if (!g_machine->reclaim()->ReadSlot(pte.swap_entry(), reinterpret_cast<void*>(a))) {
+          failed = true;
+        }
+      });
+    }
+    if (encodes || g_fork_pull) {
+      sys::Mprotect(reinterpret_cast<void*>(vma.start), vma.end - vma.start, prot);
+    }
+  }
+  if (g_fork_pull) {
+    close(g_fork_pipe[0]);
+    char c = 1;
+    ssize_t ignored = write(g_fork_pipe[1], &c, 1);
+    (void)ignored;
+    close(g_fork_pipe[1]);
+  }
+  if (failed) {
+    Warn("fork: the child could not read some of its swapped-out pages back");
+    _exit(127);
+  }
+  // Faults on the arena are the kernel's from now on.
+  UnregisterSignalMachine(g_machine);
+  g_machine = nullptr;
+}
+
+__attribute__((constructor(101))) void Init() {
+  if (Env("EMU_DISABLE") != nullptr) return;
+  MachineOptions o = OptionsFromEnv();
+  std::string why;
+  if (o.fault_mode != FaultMode::kSigsegv && !UffdAvailable(&why)) {
+    Warn(absl::StrCat("userfaultfd is not usable (", why, "): falling back to SIGSEGV mode"));
+    o.fault_mode = FaultMode::kSigsegv;
+  }
+  if (absl::Status s = o.Validate(); !s.ok()) Die(std::string(s.message()));
+  auto m = CreateMachine(o);
+  if (!m.ok()) Die(absl::StrCat("cannot create the machine: ", m.status().message()));
+  auto as = (*m)->CreateAddressSpace(o.arena_bytes);
+  if (!as.ok()) Die(absl::StrCat("cannot create the address space: ", as.status().message()));
+  g_machine = m->release();
+  AddressSpace* space = as->release();
+  g_window = space->window();
+  g_brk_base = g_brk_cur = g_window.start;
+  g_brk_max = g_window.start + g_window.len_bytes() / 4;
+  SetQuietErrors(true);
+
+  void* libc = dlopen("libc.so.6", RTLD_NOLOAD | RTLD_LAZY);
+  struct Redirect {
+    const char* name;
+    void* to;
+  } redirects[] = {
+      {"mmap", reinterpret_cast<void*>(&emu_preload_mmap)},
+      {"munmap", reinterpret_cast<void*>(&emu_preload_munmap)},
+      {"mprotect", reinterpret_cast<void*>(&emu_preload_mprotect)},
+      {"madvise", reinterpret_cast<void*>(&emu_preload_madvise)},
+      {"mremap", reinterpret_cast<void*>(&emu_preload_mremap)},
+      {"brk", reinterpret_cast<void*>(&emu_preload_brk)},
+      {"sbrk", reinterpret_cast<void*>(&emu_preload_sbrk)},
+      {"syscall", reinterpret_cast<void*>(&emu_preload_syscall)},
+      {"mlock", reinterpret_cast<void*>(&emu_preload_mlock)},
+      {"munlock", reinterpret_cast<void*>(&emu_preload_munlock)},
+  };
+  if (libc == nullptr) {
+    Warn("libc.so.6 not found: only calls through the PLT are routed");
+  } else {
+    for (const Redirect& r : redirects) {
+      if (absl::Status s = RedirectFunction(libc, r.name, r.to); !s.ok()) {
+        Warn(absl::StrCat(s.message(), ": calls inside libc to it stay native"));
+      }
+    }
+  }
+  StatsStart(Env("EMU_STATS_DIR"));
+  SetBeforeDefaultAction(&WriteStatsOnSignal);
+  atexit(&WriteStatsAtExit);
+  pthread_atfork(&PrepareFork, &ParentAfterFork, &ChildAfterFork);
+  g_as.store(space, std::memory_order_release);
+}
+
+}  // namespace
+}  // namespace emu::preload
