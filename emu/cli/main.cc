@@ -12,6 +12,7 @@ constexpr char kUsage[] = R"(NAME
     emu - a userspace MMU emulator on real memory
 
 SYNOPSIS
+    emu run [options] [--] PROGRAM [ARGS...]
     emu demo [--mode MODE] [--size SIZE] [--threads N] [--fault-around N]
              [--zero-page on|off] [--arena SIZE] [--mem-limit SIZE]
              [--swap-dir DIR | --swap-file PATH] [--swap-size SIZE]
@@ -25,6 +26,31 @@ DESCRIPTION
     then installed on genuine memory, so mapped pages run at native speed.
 
 COMMANDS
+    run     Runs PROGRAM, unmodified, with its private anonymous memory
+            (malloc's heap and mappings, brk, mmap) served by the emulator
+            through libemu-preload.so: under --mem-limit pages go to swap
+            and come back. The program's stdin, stdout and stderr are its
+            own; its exit status, or the signal that ended it, is emu's.
+            At exit emu prints a summary per process to stderr: faults by
+            kind, zero-page maps, COW copies, swap in and out, discards,
+            peak resident memory and time spent handling faults.
+
+            Run options (besides the machine options below):
+            --stats FILE     also write every process's counters as JSON
+            --summary FILE   write the summary to FILE ("-": stderr)
+            --no-summary     print no summary
+            --no-swap        run under the limit without swap: SIGBUS
+                             when nothing can be reclaimed
+            --preload PATH   libemu-preload.so to use (also EMU_PRELOAD)
+            Default fault mode for run: thread (system calls that touch
+            never-faulted memory work as natively). A forked child leaves
+            the emulator and runs on plain memory (its swapped pages are
+            read back first). The same settings work without emu run as
+            environment variables of the preload: EMU_MEM_LIMIT,
+            EMU_SWAP_FILE, EMU_SWAP_DIR, EMU_SWAP_SIZE, EMU_NO_SWAP=1,
+            EMU_FAULT_MODE, EMU_FAULT_AROUND, EMU_ZERO_PAGE, EMU_POLICY,
+            EMU_READAHEAD, EMU_ARENA, EMU_STATS_DIR, EMU_DISABLE=1.
+
     demo    Runs a built-in workload through the emulator (sparse reads,
             sequential and random writes, write-after-read, mprotect,
             MADV_DONTNEED, mlock, concurrent writers) under a memory limit
@@ -56,7 +82,10 @@ OPTIONS
                          (also EMU_LOG)
 
 EXIT STATUS
-    0 on success, 1 when the workload found wrong data or a broken invariant,
+    run: the program's own status; 2 on bad usage or an unusable swap,
+    stats or summary path (checked before the program starts); 127 when
+    PROGRAM is not found, 126 when it is not executable, as shells do.
+    demo: 0 on success, 1 when the workload found wrong data or a broken invariant,
     2 on bad usage or when the machine cannot be created.
 )";
 
@@ -72,6 +101,7 @@ int main(int argc, char** argv) {
     std::printf("emu %s (%s)\n", EMU_VERSION, EMU_GIT_SHA);
     return 0;
   }
+  if (args[0] == "run") return emu::cli::RunMain({args.begin() + 1, args.end()});
   if (args[0] == "demo") return emu::cli::DemoMain({args.begin() + 1, args.end()});
   std::fprintf(stderr, "emu: unknown command '%s' (try emu --help)\n", args[0].c_str());
   return 2;
