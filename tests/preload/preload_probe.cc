@@ -1,0 +1,239 @@
+// A program the preload tests run under `emu run`: each subcommand exercises
+// one promise of the preload on glibc's own allocator and system calls, and
+// exits 0 only when every check held (1 otherwise, with the reason).
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr size_t kP = 4096;
+
+int Fail(const char* what) {
+  std::fprintf(stderr, "probe: FAILED: %s\n", what);
+  return 1;
+}
+
+uint64_t Pattern(uint64_t i, uint64_t seed) { return (i * 0x9e3779b97f4a7c15ull) ^ seed; }
+
+void Fill(char* p, size_t bytes, uint64_t seed) {
+  for (size_t i = 0; i < bytes / 8; i++) reinterpret_cast<uint64_t*>(p)[i] = Pattern(i, seed);
+}
+bool Check(const char* p, size_t bytes, uint64_t seed) {
+  for (size_t i = 0; i < bytes / 8; i++) {
+    if (reinterpret_cast<const uint64_t*>(p)[i] != Pattern(i, seed)) return false;
+  }
+  return true;
+}
+
+// glibc malloc's arenas, large chunks (mmap), realloc (mremap) and the brk
+// heap, from several threads.
+int Malloc(size_t total_mb) {
+  size_t big = total_mb << 20;
+  char* p = static_cast<char*>(malloc(big));  // above the mmap threshold
+  if (p == nullptr) return Fail("malloc big");
+  Fill(p, big, 1);
+  char* q = static_cast<char*>(realloc(p, big * 2));  // mremap
+  if (q == nullptr || !Check(q, big, 1)) return Fail("realloc kept the contents");
+  Fill(q + big, big, 2);
+  void* brk0 = sbrk(0);
+  std::vector<char*> small;
+  for (int i = 0; i < 20000; i++) {
+    char* s = static_cast<char*>(malloc(64 + i % 512));  // the brk heap
+    std::memset(s, i & 0xff, 64);
+    small.push_back(s);
+  }
+  if (sbrk(0) == brk0) return Fail("the brk heap grew");
+  for (int i = 0; i < 20000; i++) {
+    if (small[i][63] != static_cast<char>(i & 0xff)) return Fail("small chunk contents");
+  }
+  bool ok = true;
+  std::vector<std::thread> threads;  // per-thread arenas (mmap'd heaps)
+  for (int t = 0; t < 4; t++) {
+    threads.emplace_back([&ok, t] {
+      std::vector<char*> v;
+      for (int i = 0; i < 2000; i++) {
+        char* s = static_cast<char*>(malloc(1000 + i));
+        Fill(s, 1000, t * 100000 + i);
+        v.push_back(s);
+      }
+      for (int i = 0; i < 2000; i++) {
+        if (!Check(v[i], 1000, t * 100000 + i)) ok = false;
+        free(v[i]);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  if (!ok) return Fail("thread arena contents");
+  if (!Check(q, big, 1) || !Check(q + big, big, 2)) return Fail("big block after pressure");
+  for (char* s : small) free(s);
+  free(q);
+  return 0;
+}
+
+// The kernel reads and writes emulated memory: never touched, zero-page,
+// written and swapped-out pages alike.
+int Syscalls(size_t total_mb) {
+  size_t bytes = total_mb << 20;
+  char* p = static_cast<char*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (p == MAP_FAILED) return Fail("mmap");
+  Fill(p, bytes, 7);  // more than the limit: the start is swapped out now
+  int fds[2];
+  if (pipe(fds) != 0) return Fail("pipe");
+  char* fresh = static_cast<char*>(malloc(1 << 20));  // never touched
+  std::thread writer([&] {
+    for (size_t off = 0; off < (1 << 20); off += 65536) {
+      if (write(fds[1], p + off, 65536) != 65536) std::abort();  // from swapped pages
+    }
+    close(fds[1]);
+  });
+  size_t got = 0;
+  for (ssize_t n; (n = read(fds[0], fresh + got, (1 << 20) - got)) > 0;) got += n;
+  writer.join();
+  close(fds[0]);
+  if (got != (1 << 20) || std::memcmp(fresh, p, 1 << 20) != 0) return Fail("pipe round trip");
+  // process_vm_readv on ourselves, from a zero page (read-only touch first).
+  char* z = static_cast<char*>(mmap(nullptr, kP, PROT_READ | PROT_WRITE,
+                                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  volatile char c = z[0];
+  (void)c;
+  char buf[kP];
+  std::memset(buf, 1, sizeof(buf));
+  iovec local{buf, kP}, remote{z, kP};
+  if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != static_cast<ssize_t>(kP)) {
+    return Fail("process_vm_readv");
+  }
+  for (char b : buf) {
+    if (b != 0) return Fail("zero page read through the kernel");
+  }
+  if (!Check(p, bytes, 7)) return Fail("contents after the system calls");
+  return 0;
+}
+
+sigjmp_buf g_jmp;
+volatile int g_sig = 0;
+volatile int g_code = 0;
+void* volatile g_addr = nullptr;
+void OnFault(int sig, siginfo_t* info, void*) {
+  g_sig = sig;
+  g_code = info->si_code;
+  g_addr = info->si_addr;
+  siglongjmp(g_jmp, 1);
+}
+
+// The program's own SIGSEGV handler sees its faults with the original
+// siginfo; emulator faults never reach it.
+int Signals() {
+  struct sigaction sa {};
+  sa.sa_sigaction = OnFault;
+  sa.sa_flags = SA_SIGINFO;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGSEGV, &sa, nullptr) != 0) return Fail("sigaction");
+  struct sigaction cur {};
+  sigaction(SIGSEGV, nullptr, &cur);
+  if (!(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != OnFault) {
+    return Fail("sigaction reports the program's handler");
+  }
+  char* p = static_cast<char*>(mmap(nullptr, 64 * kP, PROT_READ | PROT_WRITE,
+                                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  Fill(p, 64 * kP, 3);  // emulator faults: not the program's business
+  if (g_sig != 0) return Fail("an emulator fault reached the program's handler");
+  if (mprotect(p, kP, PROT_READ) != 0) return Fail("mprotect");
+  if (sigsetjmp(g_jmp, 1) == 0) {
+    p[0] = 1;
+    return Fail("write to a read-only page succeeded");
+  }
+  if (g_sig != SIGSEGV || g_code != SEGV_ACCERR || g_addr != p) {
+    return Fail("the program's handler got the original siginfo (ACCERR)");
+  }
+  munmap(p + 8 * kP, kP);
+  g_sig = 0;
+  if (sigsetjmp(g_jmp, 1) == 0) {
+    p[8 * kP] = 1;
+    return Fail("write to an unmapped page succeeded");
+  }
+  if (g_sig != SIGSEGV || g_code != SEGV_MAPERR || g_addr != p + 8 * kP) {
+    return Fail("the program's handler got the original siginfo (MAPERR)");
+  }
+  if (!Check(p, 8 * kP, 3)) return Fail("contents next to the faults");
+  return 0;
+}
+
+// fork(): the child sees the parent's memory at the moment of fork, swapped
+// pages included; both go on independently.
+int Fork(size_t total_mb) {
+  size_t bytes = total_mb << 20;
+  char* p = static_cast<char*>(malloc(bytes));
+  Fill(p, bytes, 11);
+  pid_t pid = fork();
+  if (pid < 0) return Fail("fork");
+  if (pid == 0) {
+    if (!Check(p, bytes, 11)) _exit(3);
+    Fill(p, bytes, 12);  // the child's writes stay in the child
+    char* more = static_cast<char*>(malloc(1 << 20));
+    Fill(more, 1 << 20, 13);
+    _exit(Check(p, bytes, 12) && Check(more, 1 << 20, 13) ? 0 : 4);
+  }
+  Fill(p, bytes / 2, 14);  // the parent writes while the child runs
+  int st;
+  if (waitpid(pid, &st, 0) != pid) return Fail("waitpid");
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    std::fprintf(stderr, "probe: child status %d\n", st);
+    return Fail("the child saw the parent's memory");
+  }
+  // The second half keeps pattern 11 at its own offsets.
+  for (size_t i = bytes / 2 / 8; i < bytes / 8; i++) {
+    if (reinterpret_cast<uint64_t*>(p)[i] != Pattern(i, 11)) return Fail("parent's second half");
+  }
+  if (!Check(p, bytes / 2, 14)) return Fail("parent's first half");
+  return 0;
+}
+
+// exec from a process running on the emulator.
+int Exec() {
+  char* p = static_cast<char*>(malloc(4 << 20));
+  Fill(p, 4 << 20, 5);
+  pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", "exit 7", static_cast<char*>(nullptr));
+    _exit(100);
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 7) return Fail("fork+exec of sh");
+  if (system("exit 3") != 3 << 8) return Fail("system()");  // posix_spawn/vfork
+  return Check(p, 4 << 20, 5) ? 0 : Fail("contents after exec children");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string cmd = argc > 1 ? argv[1] : "";
+  size_t mb = argc > 2 ? std::strtoul(argv[2], nullptr, 10) : 64;
+  if (cmd == "malloc") return Malloc(mb);
+  if (cmd == "syscalls") return Syscalls(mb);
+  if (cmd == "signals") return Signals();
+  if (cmd == "fork") return Fork(mb);
+  if (cmd == "exec") return Exec();
+  if (cmd == "segv") {
+    *static_cast<volatile int*>(nullptr) = 1;  // dies by SIGSEGV, as natively
+    return 0;
+  }
+  if (cmd == "exit") return static_cast<int>(mb);
+  std::fprintf(stderr, "probe: unknown command %s\n", cmd.c_str());
+  return 2;
+}

@@ -1,0 +1,139 @@
+// The preload and `emu run` on a real program (preload_probe) with glibc's
+// allocator: its memory is served by the emulator (the counters move),
+// under a limit with swap, through system calls, signals, fork and exec; and
+// emu run's exit statuses are the shell's.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <catch2/catch.hpp>
+
+#include "fault/host_backends.h"
+#include "emu/host_mmu.h"
+
+namespace {
+
+struct Result {
+  int status = -1;  // exit status, or 128 + signal
+  std::string out;  // stdout and stderr
+  std::string stats;
+};
+
+
+Result Run(const std::string& emu_args, const std::string& probe_args) {
+  char dir[] = "/tmp/emu-preload-test.XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  std::string stats = std::string(dir) + "/stats.json";
+  std::string out = std::string(dir) + "/out";
+  std::string cmd = std::string(EMU_BIN) + " run --stats " + stats + " " + emu_args + " -- " +
+                    PROBE_BIN + " " + probe_args + " >" + out + " 2>&1";
+  int st = std::system(cmd.c_str());
+  Result r;
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  std::stringstream so, ss;
+  so << std::ifstream(out).rdbuf();
+  ss << std::ifstream(stats).rdbuf();
+  r.out = so.str();
+  r.stats = ss.str();
+  std::remove(stats.c_str());
+  std::remove(out.c_str());
+  rmdir(dir);
+  return r;
+}
+
+// The first process's counter `name` in a stats file.
+uint64_t Counter(const std::string& stats, const std::string& name) {
+  size_t at = stats.find("\"" + name + "\":");
+  if (at == std::string::npos) return 0;
+  return std::strtoull(stats.c_str() + at + name.size() + 3, nullptr, 10);
+}
+
+const char* Modes() {
+  std::string why;
+  return emu::UffdAvailable(&why) ? nullptr : "userfaultfd unavailable";
+}
+
+std::string ModeArg(const std::string& mode) {
+  if (mode != "sigsegv" && Modes() != nullptr) {
+    std::fprintf(stderr, "SKIP: mode %s needs userfaultfd\n", mode.c_str());
+    std::exit(77);
+  }
+  return "--mode " + mode;
+}
+
+TEST_CASE("Preload: glibc malloc (arenas, mmap chunks, realloc, brk) runs on the emulator",
+          "[preload]") {
+  std::string mode = GENERATE("thread", "sigbus", "sigsegv");
+  Result r = Run(ModeArg(mode) + " --no-summary", "malloc 32");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  CHECK(Counter(r.stats, "pgfault") > 1000);        // its pages were faulted by emu
+  CHECK(Counter(r.stats, "mremap_moves") >= 1);     // realloc moved the block
+  CHECK(Counter(r.stats, "peak_anon_pages") >= 16384);
+}
+
+TEST_CASE("Preload: under a memory limit pages go to swap and come back intact", "[preload]") {
+  std::string mode = GENERATE("thread", "sigbus", "sigsegv");
+  Result r = Run(ModeArg(mode) + " --mem-limit 16M --no-summary", "malloc 24");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  CHECK(Counter(r.stats, "pswpout") > 0);
+  CHECK(Counter(r.stats, "pswpin") > 0);
+  CHECK(Counter(r.stats, "peak_anon_pages") <= 4096);
+}
+
+TEST_CASE("Preload: the kernel reads and writes emulated memory as natively (thread mode)",
+          "[preload]") {
+  Result r = Run(ModeArg("thread") + " --mem-limit 8M --no-summary", "syscalls 16");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  CHECK(Counter(r.stats, "pswpin") > 0);
+}
+
+TEST_CASE("Preload: the program's SIGSEGV handler gets its own faults with their siginfo",
+          "[preload]") {
+  std::string mode = GENERATE("thread", "sigbus", "sigsegv");
+  Result r = Run(ModeArg(mode) + " --no-summary", "signals");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+}
+
+TEST_CASE("Preload: a forked child sees the parent's memory, swapped pages included",
+          "[preload]") {
+  std::string mode = GENERATE("thread", "sigsegv");
+  Result r = Run(ModeArg(mode) + " --mem-limit 8M --no-summary", "fork 16");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  CHECK(Counter(r.stats, "pswpout") > 0);
+}
+
+TEST_CASE("Preload: exec, system() and posix_spawn from an emulated process", "[preload]") {
+  Result r = Run(ModeArg("thread") + " --no-summary", "exec");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+}
+
+TEST_CASE("emu run: exit statuses and signals pass through; usage errors are 2", "[preload][run]") {
+  CHECK(Run("--no-summary", "exit 42").status == 42);
+  Result segv = Run("--no-summary", "segv");
+  CHECK(segv.status == 128 + SIGSEGV);
+  CHECK(Run("--bogus-option", "exit 0").status == 2);
+  CHECK(Run("--mem-limit 3X", "exit 0").status == 2);
+  CHECK(Run("--mem-limit 1M", "exit 0").status == 2);  // below the 4 MiB minimum
+  CHECK(Run("--swap-file /nonexistent-dir/swap", "exit 0").status == 2);
+  int nf = std::system((std::string(EMU_BIN) + " run -- emu-no-such-program 2>/dev/null").c_str());
+  CHECK(WEXITSTATUS(nf) == 127);
+  int nx = std::system((std::string(EMU_BIN) + " run -- /etc/hostname 2>/dev/null").c_str());
+  CHECK(WEXITSTATUS(nx) == 126);
+  Result sum = Run("", "malloc 8");
+  CHECK(sum.status == 0);
+  CHECK(sum.out.find("faults") != std::string::npos);
+  CHECK(sum.out.find("peak") != std::string::npos);
+}
+
+}  // namespace
