@@ -34,6 +34,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <sched.h>
 #include <sys/types.h>
 
 #include "absl/container/flat_hash_map.h"
@@ -128,6 +129,21 @@ class AddressSpace {
   void CollectSwapRefs(absl::flat_hash_map<uint64_t, int>* refs,
                        absl::flat_hash_map<uint64_t, int>* cached);
 
+  // A fork in progress (the preload): the forking thread holds mmap_lock for
+  // write from its atfork prepare handler to its parent handler, and glibc's
+  // fork touches emulated memory in between (malloc's arena locks). Faults
+  // meanwhile run under that write lock instead of taking it for read
+  // (nothing else can change the address space), and reclaim leaves the
+  // address space alone. BeginFork() after taking the write lock;
+  // EndFork() before releasing it waits for those faults to finish.
+  void BeginFork() { forking_.store(true, std::memory_order_seq_cst); }
+  void EndFork() {
+    forking_.store(false, std::memory_order_seq_cst);
+    while (fork_faults_.load(std::memory_order_seq_cst) != 0) sched_yield();
+  }
+  bool forking() const { return forking_.load(std::memory_order_seq_cst); }
+  std::atomic<int>& fork_faults() { return fork_faults_; }
+
   // ---- For the fault layer (fault/) and reclaim (swap/) ----
   RwSem* mmap_lock() ABSL_LOCK_RETURNED(mmap_lock_) { return &mmap_lock_; }
   const VmaTree& vmas() const ABSL_SHARED_LOCKS_REQUIRED(mmap_lock_) { return vmas_; }
@@ -181,6 +197,8 @@ class AddressSpace {
   std::atomic<int64_t> rss_anon_{0};
   std::atomic<int64_t> nr_zero_ptes_{0};
   std::atomic<int64_t> nr_swap_ptes_{0};
+  std::atomic<bool> forking_{false};
+  std::atomic<int> fork_faults_{0};
 };
 
 }  // namespace emu

@@ -72,10 +72,49 @@ bool ExecuteOnly(const Vma& vma, unsigned flags) {
          kCpuHasExecuteOnly;
 }
 
+namespace {
+// mmap_lock for read, or during a fork (AddressSpace::BeginFork) the
+// forking thread's write lock standing in for it.
+class ABSL_SCOPED_LOCKABLE FaultLock {
+ public:
+  explicit FaultLock(AddressSpace& as) ABSL_SHARED_LOCK_FUNCTION(as.mmap_lock())
+      ABSL_NO_THREAD_SAFETY_ANALYSIS : as_(as) {
+    for (;;) {
+      if (as.mmap_lock()->TryReadLock()) return;
+      if (as.forking()) {
+        as.fork_faults().fetch_add(1, std::memory_order_seq_cst);
+        if (as.forking()) {
+          borrowed_ = true;
+          return;
+        }
+        as.fork_faults().fetch_sub(1, std::memory_order_seq_cst);
+      }
+      if (!as.forking()) {
+        as.mmap_lock()->ReadLock();
+        return;
+      }
+    }
+  }
+  ~FaultLock() ABSL_UNLOCK_FUNCTION() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    if (borrowed_) {
+      as_.fork_faults().fetch_sub(1, std::memory_order_seq_cst);
+    } else {
+      as_.mmap_lock()->ReadUnlock();
+    }
+  }
+  FaultLock(const FaultLock&) = delete;
+  FaultLock& operator=(const FaultLock&) = delete;
+
+ private:
+  AddressSpace& as_;
+  bool borrowed_ = false;
+};
+}  // namespace
+
 unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags) {
   unsigned ret;
   {
-    ReadLockHolder l(as.mmap_lock());
+    FaultLock l(as);
     VmFault vmf{&as, nullptr, PageAlignDown(addr), flags, nullptr};
     vmf.vma = as.vmas().Lookup(addr);
     if (vmf.vma == nullptr) {

@@ -477,8 +477,9 @@ void WriteStatsOnSignal(int sig) {
 }
 
 // fork(): the child leaves the emulator and runs on plain kernel memory
-// (docs/DESIGN.md section 8). Before the fork no mm call, fault or reclaim
-// may be in flight; a child of a machine with swapped-out pages reads them
+// (docs/DESIGN.md section 8). From the prepare handler to the parent
+// handler no mm call or reclaim pass changes the address space (faults
+// still run: glibc's fork locks malloc's arenas in emulated memory); a child of a machine with swapped-out pages reads them
 // back into its own memory while the parent waits, so that no slot it still
 // needs is freed or reused under it.
 int g_fork_pipe[2] = {-1, -1};
@@ -487,8 +488,10 @@ bool g_fork_pull = false;
 void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   AddressSpace* as = g_as.load(std::memory_order_acquire);
   if (as == nullptr) return;
+  // Reclaim passes try-lock mmap_lock, so holding it for write keeps them
+  // off this address space (and LockSpace refuses it while forking).
   as->mmap_lock()->WriteLock();
-  if (g_machine->reclaim() != nullptr) g_machine->reclaim()->BlockReclaim();
+  as->BeginFork();
   g_fork_pull = as->nr_swap_ptes() > 0;
   if (g_fork_pull && pipe2(g_fork_pipe, O_CLOEXEC) != 0) g_fork_pull = false;
 }
@@ -503,7 +506,7 @@ void ParentAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     }
     close(g_fork_pipe[0]);
   }
-  if (g_machine->reclaim() != nullptr) g_machine->reclaim()->UnblockReclaim();
+  as->EndFork();
   as->mmap_lock()->WriteUnlock();
 }
 

@@ -216,6 +216,8 @@ void Vmscan::Release(Pfn pfn) {
 // ---- Reclaim ----
 
 bool Vmscan::LockSpace(AddressSpace* as, AddressSpace* held) {
+  // A fork in progress: its child copies this address space as it is.
+  if (as->forking()) return false;
   if (as == held) return true;
   return as->mmap_lock()->TryReadLock();
 }
