@@ -374,6 +374,9 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, uint32_t vm_flags, Vir
     } else {
       ok &= host.InstallCopy(to, reinterpret_cast<const void*>(run_src), prot,
                              run_kind == kAnonRw);
+      // Drop each run's old copy at once: the move never holds both copies
+      // of more than one run (resident memory stays within the limit).
+      host.Zap({run_src, run_end});
     }
     run_kind = kNone;
   };
@@ -397,7 +400,8 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, uint32_t vm_flags, Vir
         page.index = to >> kPageShift;
       }
     }
-    if (k != run_kind || a != run_end) flush();
+    constexpr VirtAddr kMaxRunBytes = 512 * kPageSize;  // 2 MiB per host call
+    if (k != run_kind || a != run_end || run_end - run_src >= kMaxRunBytes) flush();
     if (k != kNone) {
       if (run_kind == kNone) run_src = a;
       run_kind = k;

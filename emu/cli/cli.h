@@ -13,6 +13,9 @@ int DemoMain(const std::vector<std::string>& args);
 // (or ends by its signal).
 int RunMain(const std::vector<std::string>& args);
 
+// `emu workload [--size SIZE]`: the embedded default program of `emu run`.
+int WorkloadMain(const std::vector<std::string>& args);
+
 }  // namespace emu::cli
 
 #endif  // EMU_CLI_CLI_H_

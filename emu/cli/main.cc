@@ -12,7 +12,8 @@ constexpr char kUsage[] = R"(NAME
     emu - a userspace MMU emulator on real memory
 
 SYNOPSIS
-    emu run [options] [--] PROGRAM [ARGS...]
+    emu run [options] [--] [PROGRAM [ARGS...]]
+    emu workload [--size SIZE]
     emu demo [--mode MODE] [--size SIZE] [--threads N] [--fault-around N]
              [--zero-page on|off] [--arena SIZE] [--mem-limit SIZE]
              [--swap-dir DIR | --swap-file PATH] [--swap-size SIZE]
@@ -35,6 +36,9 @@ COMMANDS
             kind, zero-page maps, COW copies, swap in and out, discards,
             peak resident memory and time spent handling faults.
 
+            Without PROGRAM, runs the embedded workload (emu workload,
+            256M) under a limit of 128M.
+
             Run options (besides the machine options below):
             --stats FILE     also write every process's counters as JSON
             --summary FILE   write the summary to FILE ("-": stderr)
@@ -50,6 +54,12 @@ COMMANDS
             EMU_SWAP_FILE, EMU_SWAP_DIR, EMU_SWAP_SIZE, EMU_NO_SWAP=1,
             EMU_FAULT_MODE, EMU_FAULT_AROUND, EMU_ZERO_PAGE, EMU_POLICY,
             EMU_READAHEAD, EMU_ARENA, EMU_STATS_DIR, EMU_DISABLE=1.
+
+    workload
+            A plain program that reads memory it never wrote (zero page),
+            writes it (copy on write), reads it back, reallocs it, forks
+            and checks the child's view, and churns small allocations;
+            exits 1 on any wrong byte. Meant for emu run.
 
     demo    Runs a built-in workload through the emulator (sparse reads,
             sequential and random writes, write-after-read, mprotect,
@@ -101,6 +111,7 @@ int main(int argc, char** argv) {
     std::printf("emu %s (%s)\n", EMU_VERSION, EMU_GIT_SHA);
     return 0;
   }
+  if (args[0] == "workload") return emu::cli::WorkloadMain({args.begin() + 1, args.end()});
   if (args[0] == "run") return emu::cli::RunMain({args.begin() + 1, args.end()});
   if (args[0] == "demo") return emu::cli::DemoMain({args.begin() + 1, args.end()});
   std::fprintf(stderr, "emu: unknown command '%s' (try emu --help)\n", args[0].c_str());

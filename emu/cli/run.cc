@@ -206,8 +206,12 @@ bool ParseArgs(const std::vector<std::string>& args, RunOptions* o, int* status)
   }
   o->program.assign(args.begin() + static_cast<long>(std::min(i, args.size())), args.end());
   if (o->program.empty()) {
-    UsageError("no program to run");
-    return false;
+    // The embedded default: emu's own workload, under half its size.
+    o->program = {"/proc/self/exe", "workload", "--size", "256M"};
+    if (o->machine.mem_limit == 0) {
+      o->machine.mem_limit = uint64_t{128} << 20;
+      o->env.emplace_back("EMU_MEM_LIMIT", "128M");
+    }
   }
   *status = 0;
   return true;
@@ -376,6 +380,11 @@ int RunMain(const std::vector<std::string>& args) {
     }
   }
   std::string path, why;
+  if (o.program[0] == "/proc/self/exe") {
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n > 0) o.program[0].assign(self, static_cast<size_t>(n));
+  }
   if (int r = ResolveProgram(o.program[0], &path, &why); r != 0) {
     std::fprintf(stderr, "emu run: %s\n", why.c_str());
     return r;
