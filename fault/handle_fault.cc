@@ -1,5 +1,7 @@
 #include "fault/handle_fault.h"
 
+#include "emu/trace.h"
+
 #include <sys/mman.h>
 
 #include <unistd.h>
@@ -161,6 +163,7 @@ unsigned AnonFaultHandler::HandlePteFault(VmFault& vmf) {
     }
     // Already resolved (a racing thread, or a retried access).
     machine_->vmstat().Add(VmEvent::k_pgfault_spurious);
+    NoteResolution(FaultResolution::kSpurious);
     return kFaultSpurious;
   }
   if (pte.swap() && machine_->reclaim() != nullptr) {
@@ -388,6 +391,7 @@ unsigned AnonFaultHandler::InstallZeroRun(VmFault& vmf, AddrRange run) {
   vmf.as->AddZeroPtes(run.nr_pages());
   vmstat.Add(VmEvent::k_pgfault_read);
   vmstat.Add(VmEvent::k_zero_page_map, run.nr_pages());
+  NoteResolution(FaultResolution::kZeroPage);
   vmstat.Add(VmEvent::k_fault_around_pages, run.nr_pages() - 1);
   return kFaultOk;
 }
@@ -443,6 +447,7 @@ unsigned AnonFaultHandler::InstallAnonRun(VmFault& vmf, AddrRange run) {
   vmf.as->AddRssAnon(run.nr_pages());
   vmstat.Add(vmf.write() ? VmEvent::k_pgfault_write : VmEvent::k_pgfault_read);
   vmstat.Add(VmEvent::k_pgalloc, run.nr_pages());
+  NoteResolution(FaultResolution::kNewPage);
   vmstat.Add(VmEvent::k_fault_around_pages, run.nr_pages() - 1);
   return kFaultOk;
 }
@@ -500,6 +505,7 @@ unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
                                    [&] { return host.MakeWritable(page, prot); });
     if (ret == kFaultOk) {
       machine_->vmstat().Add(VmEvent::k_cow_zero);
+      NoteResolution(FaultResolution::kCowZero);
       AccountHostBoundaries(vmf, page, PROT_READ | (prot & PROT_EXEC), prot);
     }
     if (ret == kFaultHostLimit && host.prot_encodes_ptes()) return MergeHostBlock(vmf);
@@ -532,6 +538,7 @@ unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
   }
   if (!ok) return kFaultSigbus;
   machine_->vmstat().Add(VmEvent::k_pgreuse);
+  NoteResolution(FaultResolution::kReuse);
   return kFaultOk;
 }
 

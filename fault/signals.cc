@@ -12,6 +12,7 @@
 
 #include "emu/machine.h"
 #include "emu/status.h"
+#include "emu/trace.h"
 
 #ifndef SEGV_PKUERR
 #define SEGV_PKUERR 4
@@ -116,6 +117,11 @@ void Dispatch(int sig, siginfo_t* info, void* ctx) {
     clock_gettime(CLOCK_MONOTONIC, &t0);
     ret = m->fault_handler().HandleMmFault(*as, addr, flags);
     clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (trace::Enabled()) {
+      uint64_t start = t0.tv_sec * 1000000000ull + t0.tv_nsec;
+      trace::Record(addr, static_cast<uint32_t>(gettid()), flags & kFaultWrite, ret, start,
+                    t1.tv_sec * 1000000000ull + t1.tv_nsec - start);
+    }
     m->vmstat().Add(mode == FaultMode::kSigsegv ? VmEvent::k_fault_ns_sigsegv
                                                 : VmEvent::k_fault_ns_sigbus,
                     (t1.tv_sec - t0.tv_sec) * 1000000000ull + t1.tv_nsec - t0.tv_nsec);

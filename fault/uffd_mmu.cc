@@ -23,6 +23,7 @@
 #include "fault/host_backends.h"
 #include "fault/signals.h"
 #include "emu/sys.h"
+#include "emu/trace.h"
 
 #ifndef USERFAULTFD_IOC_NEW
 #define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
@@ -246,6 +247,11 @@ void UffdMmu::HandlerLoop() {
       clock_gettime(CLOCK_MONOTONIC, &t1);
       vmstat.Add(VmEvent::k_fault_ns_thread,
                  (t1.tv_sec - t0.tv_sec) * 1000000000ull + t1.tv_nsec - t0.tv_nsec);
+      if (trace::Enabled()) {
+        uint64_t start = t0.tv_sec * 1000000000ull + t0.tv_nsec;
+        trace::Record(addr, msgs[i].arg.pagefault.feat.ptid, flags & kFaultWrite, ret, start,
+                      t1.tv_sec * 1000000000ull + t1.tv_nsec - start);
+      }
     }
   }
 }

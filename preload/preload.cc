@@ -43,6 +43,7 @@
 #include "emu/machine.h"
 #include "emu/status.h"
 #include "emu/sys.h"
+#include "emu/trace.h"
 #include "fault/host_backends.h"
 #include "fault/machine_factory.h"
 #include "fault/signals.h"
@@ -469,11 +470,26 @@ MachineOptions OptionsFromEnv() {
 }
 
 void WriteStatsAtExit() {
+  trace::Flush();
   if (g_machine != nullptr) WriteStats(*g_machine, /*fatal_signal=*/0);
 }
 
 void WriteStatsOnSignal(int sig) {
+  trace::Flush();
   if (g_machine != nullptr) WriteStats(*g_machine, sig);
+}
+
+// EMU_TRACE=FILE: the process emu run started (EMU_TRACE_ROOT_PID) writes
+// FILE, any other process (a program it execs) FILE.PID.
+void StartTrace() {
+  const char* path = Env("EMU_TRACE");
+  if (path == nullptr) return;
+  std::string file = path;
+  const char* root = Env("EMU_TRACE_ROOT_PID");
+  if (root == nullptr || std::to_string(getpid()) != root) {
+    file = absl::StrCat(path, ".", getpid());
+  }
+  if (absl::Status s = trace::Start(file); !s.ok()) Die(std::string(s.message()));
 }
 
 // fork(): the child leaves the emulator and runs on plain kernel memory
@@ -551,6 +567,7 @@ void ChildAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     Warn("fork: the child could not read some of its swapped-out pages back");
     _exit(127);
   }
+  trace::g_enabled.store(false, std::memory_order_relaxed);
   // Faults on the arena are the kernel's from now on.
   UnregisterSignalMachine(g_machine);
   g_machine = nullptr;
@@ -601,6 +618,7 @@ __attribute__((constructor(101))) void Init() {
       }
     }
   }
+  StartTrace();
   StatsStart(Env("EMU_STATS_DIR"));
   SetBeforeDefaultAction(&WriteStatsOnSignal);
   atexit(&WriteStatsAtExit);

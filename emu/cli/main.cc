@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "emu/cli/cli.h"
+#include "emu/trace.h"
 #include "emu_git_sha.h"
 
 namespace {
@@ -14,6 +15,7 @@ constexpr char kUsage[] = R"(NAME
 SYNOPSIS
     emu run [options] [--] [PROGRAM [ARGS...]]
     emu workload [--size SIZE]
+    emu trace summary FILE
     emu demo [--mode MODE] [--size SIZE] [--threads N] [--fault-around N]
              [--zero-page on|off] [--arena SIZE] [--mem-limit SIZE]
              [--swap-dir DIR | --swap-file PATH] [--swap-size SIZE]
@@ -41,6 +43,11 @@ COMMANDS
 
             Run options (besides the machine options below):
             --stats FILE     also write every process's counters as JSON
+            --trace FILE     record every fault (time, thread, address,
+                             access, how it was resolved, latency) in
+                             per-thread buffers; read it with emu trace
+                             summary (a program the first one execs
+                             writes FILE.PID)
             --summary FILE   write the summary to FILE ("-": stderr)
             --no-summary     print no summary
             --no-swap        run under the limit without swap: SIGBUS
@@ -60,6 +67,12 @@ COMMANDS
             writes it (copy on write), reads it back, reallocs it, forks
             and checks the child's view, and churns small allocations;
             exits 1 on any wrong byte. Meant for emu run.
+
+    trace summary FILE
+            Prints a fault trace's counts and latency percentiles per
+            resolution (zero-page, new-page, cow-zero, reuse, swap-in,
+            spurious, retry, sigsegv, sigbus) and access, and the hottest
+            2 MiB address ranges.
 
     demo    Runs a built-in workload through the emulator (sparse reads,
             sequential and random writes, write-after-read, mprotect,
@@ -112,6 +125,19 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (args[0] == "workload") return emu::cli::WorkloadMain({args.begin() + 1, args.end()});
+  if (args[0] == "trace") {
+    if (args.size() != 3 || args[1] != "summary") {
+      std::fprintf(stderr, "usage: emu trace summary FILE\n");
+      return 2;
+    }
+    auto records = emu::trace::Read(args[2]);
+    if (!records.ok()) {
+      std::fprintf(stderr, "emu trace: %s\n", std::string(records.status().message()).c_str());
+      return 2;
+    }
+    std::fputs(emu::trace::Summary(*records).c_str(), stdout);
+    return 0;
+  }
   if (args[0] == "run") return emu::cli::RunMain({args.begin() + 1, args.end()});
   if (args[0] == "demo") return emu::cli::DemoMain({args.begin() + 1, args.end()});
   std::fprintf(stderr, "emu: unknown command '%s' (try emu --help)\n", args[0].c_str());

@@ -34,6 +34,7 @@ struct RunOptions {
   MachineOptions machine;
   std::vector<std::pair<std::string, std::string>> env;  // EMU_* for the preload
   std::string stats_path;
+  std::string trace_path;
   std::string summary_path;  // empty: stderr
   bool summary = true;
   std::string preload;
@@ -189,6 +190,8 @@ bool ParseArgs(const std::vector<std::string>& args, RunOptions* o, int* status)
       o->env.emplace_back("EMU_ARENA", v);
     } else if (a == "--stats") {
       if (!value(a, &o->stats_path)) return false;
+    } else if (a == "--trace") {
+      if (!value(a, &o->trace_path)) return false;
     } else if (a == "--summary") {
       if (!value(a, &o->summary_path)) return false;
       if (o->summary_path == "-") o->summary_path.clear();
@@ -362,7 +365,7 @@ int RunMain(const std::vector<std::string>& args) {
       return 2;
     }
   }
-  for (const std::string* path : {&o.stats_path, &o.summary_path}) {
+  for (const std::string* path : {&o.stats_path, &o.summary_path, &o.trace_path}) {
     if (path->empty()) continue;
     int fd = open(path->c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) {
@@ -409,6 +412,10 @@ int RunMain(const std::vector<std::string>& args) {
   if (child == 0) {
     setenv("LD_PRELOAD", preload_env.c_str(), 1);
     setenv("EMU_STATS_DIR", stats_dir.c_str(), 1);
+    if (!o.trace_path.empty()) {
+      setenv("EMU_TRACE", o.trace_path.c_str(), 1);
+      setenv("EMU_TRACE_ROOT_PID", std::to_string(getpid()).c_str(), 1);
+    }
     for (const auto& [k, v] : o.env) setenv(k.c_str(), v.c_str(), 1);
     std::vector<char*> argv;
     for (std::string& a : o.program) argv.push_back(a.data());

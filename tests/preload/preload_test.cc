@@ -118,6 +118,33 @@ TEST_CASE("Preload: exec, system() and posix_spawn from an emulated process", "[
   REQUIRE(r.status == 0);
 }
 
+TEST_CASE("emu run --trace records every fault; emu trace summary reads it back", "[preload][trace]") {
+  std::string mode = GENERATE("thread", "sigbus");
+  char dir[] = "/tmp/emu-trace-test.XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  std::string trace = std::string(dir) + "/faults.trace";
+  Result r = Run(ModeArg(mode) + " --mem-limit 16M --no-summary --trace " + trace, "malloc 24");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  std::string summary_file = std::string(dir) + "/summary";
+  int st = std::system((std::string(EMU_BIN) + " trace summary " + trace + " >" + summary_file).c_str());
+  REQUIRE(WEXITSTATUS(st) == 0);
+  std::stringstream ss;
+  ss << std::ifstream(summary_file).rdbuf();
+  std::string text = ss.str();
+  INFO(text);
+  // Every fault the emulator decided is in the trace.
+  CHECK(std::strtoull(text.c_str(), nullptr, 10) == Counter(r.stats, "pgfault"));
+  CHECK(text.find("new-page") != std::string::npos);
+  CHECK(text.find("swap-in") != std::string::npos);
+  CHECK(text.find("hottest") != std::string::npos);
+  int bad = std::system((std::string(EMU_BIN) + " trace summary /etc/hostname 2>/dev/null").c_str());
+  CHECK(WEXITSTATUS(bad) == 2);
+  std::remove(trace.c_str());
+  std::remove(summary_file.c_str());
+  rmdir(dir);
+}
+
 TEST_CASE("emu run: exit statuses and signals pass through; usage errors are 2", "[preload][run]") {
   CHECK(Run("--no-summary", "exit 42").status == 42);
   Result segv = Run("--no-summary", "segv");
