@@ -159,7 +159,9 @@ std::string Summary(const std::vector<TraceRecord>& records, int top_ranges) {
   absl::StrAppend(&out, absl::StrFormat("%-10s %-6s %10s %9s %9s %9s %9s %9s\n", "resolved",
                                         "access", "faults", "p50 us", "p90 us", "p99 us",
                                         "max us", "total ms"));
-  for (auto& [key, v] : lat) {
+  for (auto& entry : lat) {
+    const std::pair<int, int>& key = entry.first;
+    std::vector<uint32_t>& v = entry.second;
     std::sort(v.begin(), v.end());
     auto pct = [&](double p) {
       return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))] / 1e3;
