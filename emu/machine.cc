@@ -149,6 +149,7 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::CreateWith(
     return host.status();
   }
   m->host_ = std::move(*host);
+  m->host_factory_ = host_factory;
   if (options.mem_limit != 0) {
     if (!reclaim_factory) {
       return ErrnoError(EINVAL, "a memory limit needs the swap layer (use emu::CreateMachine)");
@@ -238,6 +239,67 @@ std::string Machine::VmStatText() const {
   absl::StrAppend(&out, "nr_address_spaces ", nr_address_spaces_.load(), "\n");
   if (reclaim_) absl::StrAppend(&out, reclaim_->StatText());
   return out;
+}
+
+absl::Status Machine::ChildAfterFork() {
+  if (reclaim_ != nullptr) {
+    return absl::FailedPreconditionError("a forked child under a memory limit leaves the emulator");
+  }
+  mem_map_->ResetLocksAfterFork();
+  PoolResetAfterFork();
+  if (host_->mode() != FaultMode::kSigsegv) {
+    // The parent's registration does not reach the child's mm; its handler
+    // threads are not here. The old object is left as it is (its destructor
+    // would join threads the child does not have).
+    (void)host_.release();
+    auto host = host_factory_(this, arena_);
+    if (!host.ok()) return host.status();
+    host_ = std::move(*host);
+  }
+  HostMmu& host = *host_;
+  for (auto& owner : granule_owner_) {
+    AddressSpace* as = owner.load(std::memory_order_relaxed);
+    if (as == nullptr || as->window().start != arena_.start + (&owner - &granule_owner_[0]) * kGranule) {
+      continue;  // empty, or not the address space's first granule
+    }
+    as->mmap_lock()->ResetAfterFork();
+    as->ResetForkAfterFork();
+    PageTable& pt = as->page_table();
+    pt.ResetLocksAfterFork();
+    ReadLockHolder l(as->mmap_lock());
+    for (const auto& [start, vma] : as->vmas()) {
+      Prot prot = VmFlagsToProt(vma.vm_flags);
+      VirtAddr wp_start = 0, wp_end = 0;
+      auto flush = [&] {
+        if (wp_end > wp_start) host.WriteProtect({wp_start, wp_end}, prot);
+        wp_start = wp_end = 0;
+      };
+      pt.ForEachEntry(vma.range(), [&](VirtAddr a, std::atomic<uint64_t>* e) {
+        Pte pte(e->load(std::memory_order_relaxed));
+        if (pte.raw() == 0) return;
+        if (pte.locked()) {
+          // An install or a zero-page COW of a thread the child does not
+          // have: its data never mattered to anyone here. The frame stays
+          // counted (a leak of one page per such fault).
+          e->store(0, std::memory_order_relaxed);
+          host.Zap({a, a + kPageSize});
+          if (pte.present() && pte.special()) as->AddZeroPtes(-1);
+          if (pte.present() && !pte.special()) as->AddRssAnon(-1);
+          return;
+        }
+        // userfaultfd write protection does not survive fork: put it back
+        // where the PTE says the page is write-protected (zero pages always).
+        if (host.mode() != FaultMode::kSigsegv && pte.present() && (pte.special() || !pte.write())) {
+          if (a != wp_end) flush();
+          if (wp_end == 0) wp_start = a;
+          wp_end = a + kPageSize;
+        }
+      });
+      flush();
+    }
+  }
+  vmstat_.Reset();
+  return absl::OkStatus();
 }
 
 }  // namespace emu

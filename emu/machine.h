@@ -142,6 +142,15 @@ class Machine {
   const VmStat& vmstat() const { return vmstat_; }
   int nr_address_spaces() const { return nr_address_spaces_.load(); }
 
+  // In a forked child (the preload), with no other thread running and no
+  // memory limit: gives the child its own fault registration (userfaultfd
+  // modes: a fresh descriptor over the arena, handler threads, write
+  // protection re-applied from the software PTEs), unlocks every lock the
+  // parent's threads may have held, drops installs that were in flight in
+  // threads the child does not have, and starts its counters from zero.
+  // FAILED_PRECONDITION with a memory limit (see docs/DESIGN.md section 7).
+  absl::Status ChildAfterFork();
+
   // vmstat plus gauges (nr_anon_pages, nr_zero_ptes, peak_anon_pages, ...), as
   // "name value" lines like /proc/vmstat.
   std::string VmStatText() const;
@@ -157,6 +166,7 @@ class Machine {
   std::unique_ptr<HostMmu> host_;
   std::unique_ptr<FaultHandler> fault_handler_;
   std::unique_ptr<PageReclaim> reclaim_;  // after host_: it is destroyed first
+  HostMmuFactory host_factory_;           // kept for ChildAfterFork
   VmStat vmstat_;
   absl::Mutex lock_;  // serializes window allocation; never taken in the fault path
   // Written under lock_, read lock-free by the fault path.

@@ -142,6 +142,11 @@ class AddressSpace {
     while (fork_faults_.load(std::memory_order_seq_cst) != 0) sched_yield();
   }
   bool forking() const { return forking_.load(std::memory_order_seq_cst); }
+  // The forked child's copy: no fork in progress, no borrowed faults.
+  void ResetForkAfterFork() {
+    forking_.store(false, std::memory_order_relaxed);
+    fork_faults_.store(0, std::memory_order_relaxed);
+  }
   std::atomic<int>& fork_faults() { return fork_faults_; }
 
   // ---- For the fault layer (fault/) and reclaim (swap/) ----

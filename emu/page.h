@@ -106,6 +106,9 @@ class MemMap {
 
   absl::Status CheckInvariants();
 
+  // A forked child's copy (see SpinLock::ResetAfterFork).
+  void ResetLocksAfterFork() { lock_.ResetAfterFork(); }
+
  private:
   MemMap(Page* pages, uint64_t max_pages) : pages_(pages), max_pages_(max_pages) {}
 

@@ -108,6 +108,12 @@ class PageTable {
   template <typename Fn>
   void ForEachEntry(AddrRange r, Fn&& fn);
 
+  // A forked child's copy: every ptl unlocked (see SpinLock::ResetAfterFork).
+  void ResetLocksAfterFork() {
+    for (auto& p : ptls_) p.lock.ResetAfterFork();
+    alloc_lock_.ResetAfterFork();
+  }
+
   // Number of tables allocated (all levels), for memory accounting.
   uint64_t nr_tables() const { return nr_tables_.load(std::memory_order_relaxed); }
 

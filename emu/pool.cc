@@ -62,6 +62,8 @@ void* PoolAlloc(size_t bytes) {
   return p;
 }
 
+void PoolResetAfterFork() { GetPool().lock.ResetAfterFork(); }
+
 void PoolFree(void* p, size_t bytes) {
   if (p == nullptr) return;
   if (bytes == 0) bytes = 1;

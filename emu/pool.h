@@ -15,6 +15,8 @@ namespace emu {
 
 void* PoolAlloc(size_t bytes);
 void PoolFree(void* p, size_t bytes);
+// A forked child (see SpinLock::ResetAfterFork).
+void PoolResetAfterFork();
 
 // A std allocator on PoolAlloc, for node-based containers.
 template <typename T>

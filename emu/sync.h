@@ -68,6 +68,11 @@ class ABSL_LOCKABLE SpinLock {
     }
   }
   void Unlock() ABSL_UNLOCK_FUNCTION() { locked_.store(false, std::memory_order_release); }
+  // In a forked child: the lock's holder may be a thread the child does not
+  // have. Only with no other thread running.
+  void ResetAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    locked_.store(false, std::memory_order_relaxed);
+  }
 
  private:
   std::atomic<bool> locked_{false};
@@ -138,6 +143,10 @@ class ABSL_LOCKABLE RwSem {
   void AssertWriteHeld() const ABSL_ASSERT_EXCLUSIVE_LOCK() {
     EMU_DCHECK(state_.load(std::memory_order_relaxed) & kWriter);
   }
+
+  // In a forked child: holders and waiters may be threads the child does
+  // not have. Only with no other thread running.
+  void ResetAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS { state_.store(0, std::memory_order_relaxed); }
 
  private:
   static constexpr uint32_t kWriter = 1;

@@ -7,10 +7,12 @@
 namespace emu {
 
 absl::StatusOr<std::unique_ptr<Machine>> CreateMachine(const MachineOptions& options) {
-  auto factory = [&options](Machine* m, AddrRange arena)
-      -> absl::StatusOr<std::unique_ptr<HostMmu>> {
-    if (options.fault_mode == FaultMode::kSigsegv) return CreateSigsegvMmu(m, arena);
-    return CreateUffdMmu(m, arena, options.fault_mode);
+  // The machine keeps this factory (Machine::ChildAfterFork): it reads the
+  // machine's own options, never the caller's.
+  auto factory = [](Machine* m, AddrRange arena) -> absl::StatusOr<std::unique_ptr<HostMmu>> {
+    FaultMode mode = m->options().fault_mode;
+    if (mode == FaultMode::kSigsegv) return CreateSigsegvMmu(m, arena);
+    return CreateUffdMmu(m, arena, mode);
   };
   auto handler = [](Machine* m) -> std::unique_ptr<FaultHandler> {
     return std::make_unique<AnonFaultHandler>(m);

@@ -297,20 +297,6 @@ absl::StatusOr<std::unique_ptr<HostMmu>> CreateUffdMmu(Machine* machine, AddrRan
     close(fd);
     return ErrnoError(err, "UFFDIO_API (need SIGBUS and write-protect features)");
   }
-  uffdio_register reg{};
-  reg.range = {arena.start, arena.len_bytes()};
-  reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
-  if (ioctl(fd, UFFDIO_REGISTER, &reg) != 0) {
-    int err = errno;
-    close(fd);
-    return ErrnoError(err, "UFFDIO_REGISTER of the arena");
-  }
-  constexpr uint64_t kNeed = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_ZEROPAGE) |
-                             (1ull << _UFFDIO_WRITEPROTECT) | (1ull << _UFFDIO_WAKE);
-  if ((reg.ioctls & kNeed) != kNeed) {
-    close(fd);
-    return ErrnoError(EOPNOTSUPP, "userfaultfd lacks COPY/ZEROPAGE/WRITEPROTECT here");
-  }
   void* zero = sys::Mmap(nullptr, kZeroSrcBytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (zero == MAP_FAILED) {
     close(fd);
@@ -326,6 +312,20 @@ absl::StatusOr<std::unique_ptr<HostMmu>> CreateUffdMmu(Machine* machine, AddrRan
     mmu->StartThreads(HandlerThreads());
   }
   EMU_RETURN_IF_ERROR(RegisterSignalMachine(machine));
+  // Registered last: from here on a fault on the arena needs the handlers
+  // above, and a forked child's malloc (Machine::ChildAfterFork) may touch
+  // emulated memory while this runs.
+  uffdio_register reg{};
+  reg.range = {arena.start, arena.len_bytes()};
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
+  if (ioctl(fd, UFFDIO_REGISTER, &reg) != 0) {
+    return ErrnoError(errno, "UFFDIO_REGISTER of the arena");
+  }
+  constexpr uint64_t kNeed = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_ZEROPAGE) |
+                             (1ull << _UFFDIO_WRITEPROTECT) | (1ull << _UFFDIO_WAKE);
+  if ((reg.ioctls & kNeed) != kNeed) {
+    return ErrnoError(EOPNOTSUPP, "userfaultfd lacks COPY/ZEROPAGE/WRITEPROTECT here");
+  }
   return std::unique_ptr<HostMmu>(std::move(mmu));
 }
 

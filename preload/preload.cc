@@ -343,6 +343,9 @@ long emu_preload_syscall(long nr, long a1, long a2, long a3, long a4, long a5, l
   return DoSyscall(nr, a1, a2, a3, a4, a5, a6);
 }
 int emu_preload_mlock(const void* a, size_t l) { return DoMlock(a, l, true); }
+// _exit(2) skips atexit handlers; forked children end with it (Python's
+// os._exit, servers): statistics are written first.
+[[noreturn]] void emu_preload_exit(int status);
 int emu_preload_munlock(const void* a, size_t l) { return DoMlock(a, l, false); }
 
 // The same, under libc's names, for callers that resolve them before libc
@@ -474,6 +477,18 @@ void WriteStatsAtExit() {
   if (g_machine != nullptr) WriteStats(*g_machine, /*fatal_signal=*/0);
 }
 
+}  // namespace
+}  // namespace emu::preload
+
+extern "C" [[noreturn]] void emu_preload_exit(int status) {
+  emu::trace::Flush();
+  if (emu::preload::g_machine != nullptr) emu::preload::WriteStats(*emu::preload::g_machine, 0);
+  for (;;) emu::sys::RawSyscall6(SYS_exit_group, status, 0, 0, 0, 0, 0);
+}
+
+namespace emu::preload {
+namespace {
+
 void WriteStatsOnSignal(int sig) {
   trace::Flush();
   if (g_machine != nullptr) WriteStats(*g_machine, sig);
@@ -529,6 +544,21 @@ void ParentAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
 void ChildAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   AddressSpace* as = g_as.load(std::memory_order_acquire);
   if (as == nullptr) return;
+  g_brk_mu = PTHREAD_MUTEX_INITIALIZER;  // its holder may be a thread not copied
+  // Its trace records would interleave with the parent's in one file.
+  trace::g_enabled.store(false, std::memory_order_relaxed);
+  if (g_machine->reclaim() == nullptr) {
+    // No memory limit: the child stays on the emulator with its own fault
+    // registration (Machine::ChildAfterFork).
+    absl::Status s = g_machine->ChildAfterFork();
+    if (s.ok()) {
+      StatsRestartAfterFork();
+      return;
+    }
+    Warn(absl::StrCat("fork: the child leaves the emulator: ", s.message()));
+    as->mmap_lock()->ResetAfterFork();
+    as->mmap_lock()->WriteLock();
+  }
   g_as.store(nullptr, std::memory_order_release);
   // The lock is a copy held by the thread that forked, which is this one;
   // nothing in the child takes it again.
@@ -567,7 +597,6 @@ void ChildAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     Warn("fork: the child could not read some of its swapped-out pages back");
     _exit(127);
   }
-  trace::g_enabled.store(false, std::memory_order_relaxed);
   // Faults on the arena are the kernel's from now on.
   UnregisterSignalMachine(g_machine);
   g_machine = nullptr;
@@ -608,6 +637,7 @@ __attribute__((constructor(101))) void Init() {
       {"syscall", reinterpret_cast<void*>(&emu_preload_syscall)},
       {"mlock", reinterpret_cast<void*>(&emu_preload_mlock)},
       {"munlock", reinterpret_cast<void*>(&emu_preload_munlock)},
+      {"_exit", reinterpret_cast<void*>(&emu_preload_exit)},
   };
   if (libc == nullptr) {
     Warn("libc.so.6 not found: only calls through the PLT are routed");

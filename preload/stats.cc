@@ -71,6 +71,11 @@ void StatsStart(const char* dir) {
   g_enabled = true;
 }
 
+void StatsRestartAfterFork() {
+  clock_gettime(CLOCK_MONOTONIC, &g_start);
+  g_written.store(false);
+}
+
 void WriteStats(const Machine& machine, int fatal_signal) {
   if (!g_enabled || g_written.exchange(true)) return;
   Buf& b = g_buf;

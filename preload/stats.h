@@ -13,6 +13,9 @@ namespace preload {
 // Records the start time and where to write (nullptr: nowhere).
 void StatsStart(const char* dir);
 
+// A forked child that stays on the emulator: its own start time and file.
+void StatsRestartAfterFork();
+
 // Writes the file once per process; `fatal_signal` is the signal about to
 // end it, or 0 at exit.
 void WriteStats(const Machine& machine, int fatal_signal);

@@ -112,6 +112,22 @@ TEST_CASE("Preload: a forked child sees the parent's memory, swapped pages inclu
   CHECK(Counter(r.stats, "pswpout") > 0);
 }
 
+TEST_CASE("Preload: without a limit a forked child stays on the emulator", "[preload][fork]") {
+  std::string mode = GENERATE("thread", "sigbus", "sigsegv");
+  Result r = Run(ModeArg(mode) + " --no-summary", "fork 16");
+  INFO(r.out);
+  INFO(r.stats);
+  REQUIRE(r.status == 0);
+  // Two processes wrote statistics; the child counted faults of its own
+  // (its writes to the inherited block and its new malloc).
+  size_t second = r.stats.find("\"pid\"", r.stats.find("\"pid\"") + 1);
+  REQUIRE(second != std::string::npos);
+  uint64_t parent_faults = Counter(r.stats, "pgfault");
+  uint64_t child_faults = Counter(r.stats.substr(second), "pgfault");
+  CHECK(parent_faults > 0);
+  CHECK(child_faults > 0);
+}
+
 TEST_CASE("Preload: exec, system() and posix_spawn from an emulated process", "[preload]") {
   Result r = Run(ModeArg("thread") + " --no-summary", "exec");
   INFO(r.out);
