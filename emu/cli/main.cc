@@ -54,9 +54,9 @@ COMMANDS
                              when nothing can be reclaimed
             --preload PATH   libemu-preload.so to use (also EMU_PRELOAD)
             Default fault mode for run: thread (system calls that touch
-            never-faulted memory work as natively). A forked child leaves
-            the emulator and runs on plain memory (its swapped pages are
-            read back first). The same settings work without emu run as
+            never-faulted memory work as natively). A forked child stays
+            on the emulator without a limit; under a limit it reads its
+            swapped pages back and leaves the emulator. The same settings work without emu run as
             environment variables of the preload: EMU_MEM_LIMIT,
             EMU_SWAP_FILE, EMU_SWAP_DIR, EMU_SWAP_SIZE, EMU_NO_SWAP=1,
             EMU_FAULT_MODE, EMU_FAULT_AROUND, EMU_ZERO_PAGE, EMU_POLICY,
