@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -723,7 +724,13 @@ TEST_CASE("Swap: swap-ins racing a reclaimer that keeps unmapping", "[swap][race
   for (int t = 0; t < 3; t++) {
     readers.emplace_back([&, t] {
       std::mt19937_64 rng(t);
-      for (int i = 0; i < 3000; i++) {
+      // At least 3000 reads, and on until reclaim has dropped a page that
+      // was read back (the race this test is about), for at most 20 s: on a
+      // loaded machine the reclaimer may get little CPU.
+      auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+      for (int i = 0; i < 3000 || (Stat(m, VmEvent::k_pgsteal_clean) == 0 &&
+                                   std::chrono::steady_clock::now() < deadline);
+           i++) {
         size_t p = rng() % pages;
         if (CheckPage(base, p, 1) != -1) bad++;
       }
