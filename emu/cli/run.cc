@@ -124,6 +124,17 @@ bool ParseArgs(const std::vector<std::string>& args, RunOptions* o, int* status)
     *out = *s;
     return true;
   };
+  // Ranges are MachineOptions::Validate()'s to check.
+  auto number = [&](const std::string& flag, const std::string& v, int* out) {
+    char* end;
+    long n = strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end != 0 || n < INT32_MIN || n > INT32_MAX) {
+      UsageError(absl::StrCat(flag, " ", v, ": not a number"));
+      return false;
+    }
+    *out = static_cast<int>(n);
+    return true;
+  };
   for (; i < args.size(); i++) {
     const std::string& a = args[i];
     std::string v;
@@ -155,14 +166,7 @@ bool ParseArgs(const std::vector<std::string>& args, RunOptions* o, int* status)
       }
       o->env.emplace_back("EMU_FAULT_MODE", v);
     } else if (a == "--fault-around") {
-      if (!value(a, &v)) return false;
-      char* end;
-      long n = strtol(v.c_str(), &end, 10);
-      if (*end != 0 || v.empty()) {
-        UsageError(absl::StrCat("--fault-around ", v, ": not a number"));
-        return false;
-      }
-      o->machine.fault_around_pages = static_cast<int>(n);
+      if (!value(a, &v) || !number(a, v, &o->machine.fault_around_pages)) return false;
       o->env.emplace_back("EMU_FAULT_AROUND", v);
     } else if (a == "--zero-page") {
       if (!value(a, &v)) return false;
@@ -176,14 +180,7 @@ bool ParseArgs(const std::vector<std::string>& args, RunOptions* o, int* status)
       if (!value(a, &o->machine.reclaim_policy)) return false;
       o->env.emplace_back("EMU_POLICY", o->machine.reclaim_policy);
     } else if (a == "--readahead") {
-      if (!value(a, &v)) return false;
-      char* end;
-      long n = strtol(v.c_str(), &end, 10);
-      if (*end != 0 || v.empty()) {
-        UsageError(absl::StrCat("--readahead ", v, ": not a number"));
-        return false;
-      }
-      o->machine.swap_readahead_pages = static_cast<int>(n);
+      if (!value(a, &v) || !number(a, v, &o->machine.swap_readahead_pages)) return false;
       o->env.emplace_back("EMU_READAHEAD", v);
     } else if (a == "--arena") {
       if (!value(a, &v) || !size(a, v, &o->machine.arena_bytes)) return false;
