@@ -58,7 +58,8 @@ struct Buf {
   }
 };
 
-Buf g_buf;  // one writer: g_written admits one
+Buf g_buf;   // one writer: g_written admits one
+Buf g_path;
 
 }  // namespace
 
@@ -112,20 +113,14 @@ void WriteStats(const Machine& machine, int fatal_signal) {
   b.Field("peak_anon_pages", mm.peak_used(), false);
   b.Put("}}\n");
 
-  char path[600];
-  size_t dl = std::strlen(g_dir);
-  std::memcpy(path, g_dir, dl);
-  const char kName[] = "/emu-stats.";
-  std::memcpy(path + dl, kName, sizeof(kName) - 1);
-  size_t pl = dl + sizeof(kName) - 1;
-  char digits[24];
-  int nd = 0;
-  for (uint64_t p = static_cast<uint64_t>(getpid()); p != 0 || nd == 0; p /= 10) {
-    digits[nd++] = static_cast<char>('0' + p % 10);
-  }
-  while (nd > 0) path[pl++] = digits[--nd];
-  std::memcpy(path + pl, ".json", 6);
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  Buf& path = g_path;
+  path.n = 0;
+  path.Put(g_dir);
+  path.Put("/emu-stats.");
+  path.Num(static_cast<uint64_t>(getpid()));
+  path.Put(".json");
+  path.Put("", 1);  // the terminating NUL
+  int fd = open(path.data, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return;
   size_t off = 0;
   while (off < b.n) {
