@@ -1,6 +1,7 @@
 #include "swap/swap_device.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -145,17 +146,22 @@ absl::StatusOr<std::unique_ptr<SwapDevice>> SwapDevice::Open(const SwapOptions& 
   Log(Component::kSwap)
       .info("swapon {} slots={} queue_depth={} rings={}", desc, size / kPageSize, o.queue_depth,
             nr_rings);
-  return std::unique_ptr<SwapDevice>(
-      new SwapDevice(guard.release(), size / kPageSize, direct, std::move(desc), std::move(io)));
+  std::unique_ptr<SwapDevice> dev(new SwapDevice(guard.release(), size / kPageSize, direct,
+                                                 std::move(desc), std::move(io), o.queue_depth,
+                                                 nr_rings));
+  EMU_RETURN_IF_ERROR(dev->MapShared());
+  return dev;
 }
 
 SwapDevice::SwapDevice(int fd, uint64_t nr_slots, bool direct_io, std::string description,
-                       std::unique_ptr<SwapIo> io)
+                       std::unique_ptr<SwapIo> io, int queue_depth, int nr_rings)
     : fd_(fd),
       nr_slots_(nr_slots),
       nr_clusters_(static_cast<uint32_t>((nr_slots + kSwapClusterPages - 1) / kSwapClusterPages)),
       direct_io_(direct_io),
       description_(std::move(description)),
+      queue_depth_(queue_depth),
+      nr_rings_(nr_rings),
       io_(std::move(io)) {
   SpinLockHolder l(&swap_lock_);
   swap_map_.assign(nr_slots_, 0);
@@ -170,6 +176,186 @@ SwapDevice::SwapDevice(int fd, uint64_t nr_slots, bool direct_io, std::string de
 SwapDevice::~SwapDevice() {
   io_.reset();  // its rings refer to fd_
   close(fd_);
+  if (shared_ != nullptr) {
+    // Our slots are all free (the address spaces went first); the entry is
+    // free for a later fork of another sharer.
+    shared_->sharers[me_].pid.store(0, std::memory_order_relaxed);
+    shared_->sharers[me_].state.store(kFree, std::memory_order_release);
+    munmap(shared_, shared_bytes_);
+  }
+  if (shared_fd_ >= 0) close(shared_fd_);
+}
+
+absl::Status SwapDevice::MapShared() {
+  shared_fd_ = memfd_create("emu-swap-holders", MFD_CLOEXEC);
+  if (shared_fd_ < 0) return ErrnoError(errno, "swap: memfd_create for the holder masks");
+  shared_bytes_ = PageAlignUp(sizeof(Shared) + nr_slots_ * sizeof(std::atomic<uint32_t>));
+  struct stat st;
+  if (ftruncate(shared_fd_, static_cast<off_t>(shared_bytes_)) != 0 || fstat(shared_fd_, &st) != 0) {
+    return ErrnoError(errno, "swap: size the holder masks");
+  }
+  shared_ino_ = st.st_ino;
+  void* p = mmap(nullptr, shared_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, shared_fd_, 0);
+  if (p == MAP_FAILED) return ErrnoError(errno, "swap: map the holder masks");
+  // A zero-filled region is a free table with no holders.
+  shared_ = static_cast<Shared*>(p);
+  holders_ = reinterpret_cast<std::atomic<uint32_t>*>(static_cast<char*>(p) + sizeof(Shared));
+  me_ = 0;
+  shared_->sharers[0].pid.store(getpid(), std::memory_order_relaxed);
+  shared_->sharers[0].state.store(kLive, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+bool SwapDevice::Claim(uint64_t slot) const {
+  uint32_t none = 0;
+  return holders_[slot].compare_exchange_strong(none, my_bit(), std::memory_order_acq_rel);
+}
+
+bool SwapDevice::Held(uint64_t slot) const {
+  EMU_BUG_ON(slot >= nr_slots_);
+  return holders_[slot].load(std::memory_order_acquire) & my_bit();
+}
+
+bool SwapDevice::HeldByAnyone(uint64_t slot) const {
+  EMU_BUG_ON(slot >= nr_slots_);
+  return holders_[slot].load(std::memory_order_acquire) != 0;
+}
+
+int SwapDevice::nr_sharers() const {
+  int n = 0;
+  for (const Sharer& s : shared_->sharers) n += s.state.load(std::memory_order_acquire) != kFree;
+  return n;
+}
+
+int SwapDevice::ForkReserve() {
+  int idx = -1;
+  for (int pass = 0; pass < 2 && idx < 0; pass++) {
+    if (pass == 1 && ReapGone() == 0) break;
+    for (int i = 0; i < kMaxSharers; i++) {
+      int32_t f = kFree;
+      if (shared_->sharers[i].state.compare_exchange_strong(f, kReserved,
+                                                            std::memory_order_acq_rel)) {
+        idx = i;
+        break;
+      }
+    }
+  }
+  if (idx < 0) return -1;
+  // Until the child attaches, the entry lives as long as this process does.
+  shared_->sharers[idx].pid.store(getpid(), std::memory_order_release);
+  ever_shared_.store(true, std::memory_order_relaxed);
+  const uint32_t bit = uint32_t{1} << idx;
+  SpinLockHolder l(&swap_lock_);
+  for (uint64_t s = 0; s < nr_slots_; s++) {
+    const uint16_t v = swap_map_[s];
+    if (v != 0 && v != kSwapMapBad) holders_[s].fetch_or(bit, std::memory_order_acq_rel);
+  }
+  return idx;
+}
+
+void SwapDevice::ForkDone(int index, bool attached) {
+  EMU_BUG_ON(index < 0 || index >= kMaxSharers);
+  if (attached) return;
+  Sharer& s = shared_->sharers[index];
+  int32_t r = kReserved;
+  if (!s.state.compare_exchange_strong(r, kReaping, std::memory_order_acq_rel)) {
+    return;  // the child attached after all, and died: ReapGone's
+  }
+  ClearBitEverywhere(index);
+  s.pid.store(0, std::memory_order_relaxed);
+  s.state.store(kFree, std::memory_order_release);
+}
+
+absl::Status SwapDevice::ForkAttach(int index) {
+  EMU_BUG_ON(index < 0 || index >= kMaxSharers);
+  swap_lock_.ResetAfterFork();
+  Sharer& sh = shared_->sharers[index];
+  sh.pid.store(getpid(), std::memory_order_release);
+  int32_t r = kReserved;
+  if (!sh.state.compare_exchange_strong(r, kLive, std::memory_order_acq_rel)) {
+    return absl::FailedPreconditionError("swap: the fork's sharer entry was taken back");
+  }
+  me_ = index;
+  ever_shared_.store(true, std::memory_order_relaxed);
+  const uint32_t bit = my_bit();
+  {
+    SpinLockHolder l(&swap_lock_);
+    for (uint64_t s = 0; s < nr_slots_; s++) {
+      const uint16_t v = swap_map_[s];
+      if ((v == 0 || v == kSwapMapBad) && (holders_[s].load(std::memory_order_relaxed) & bit)) {
+        holders_[s].fetch_and(~bit, std::memory_order_acq_rel);
+      }
+    }
+  }
+  // The parent's rings are shared with the parent (the ring memory is a
+  // shared mapping): the child submits on rings of its own. The old object
+  // is left alone; destroying it would unmap nothing of ours worth it.
+  (void)io_.release();
+  auto io = CreateUringSwapIo(fd_, queue_depth_, nr_rings_);
+  if (!io.ok()) return io.status();
+  io_ = std::move(*io);
+  return absl::OkStatus();
+}
+
+bool SwapDevice::Gone(int i) const {
+  const Sharer& s = shared_->sharers[i];
+  const int32_t st = s.state.load(std::memory_order_acquire);
+  const int32_t pid = s.pid.load(std::memory_order_acquire);
+  if ((st != kLive && st != kReserved) || pid <= 0) return false;
+  // Alive: /proc/PID/fd/N is our memfd. Gone: no such process, a zombie
+  // (no fds), or an exec'd image (the memfd is close-on-exec).
+  char path[64];
+  size_t len = 0;
+  auto put = [&](const char* str) {
+    while (*str != '\0') path[len++] = *str++;
+  };
+  auto put_num = [&](uint32_t v) {
+    char d[12];
+    int k = 0;
+    do {
+      d[k++] = static_cast<char>('0' + v % 10);
+      v /= 10;
+    } while (v != 0);
+    while (k > 0) path[len++] = d[--k];
+  };
+  put("/proc/");
+  put_num(static_cast<uint32_t>(pid));
+  put("/fd/");
+  put_num(static_cast<uint32_t>(shared_fd_));
+  path[len] = '\0';
+  struct stat st_buf;
+  if (stat(path, &st_buf) == 0) return st_buf.st_ino != shared_ino_;
+  return errno == ENOENT || errno == ESRCH;  // EACCES and the like: assume alive
+}
+
+void SwapDevice::ClearBitEverywhere(int i) {
+  const uint32_t bit = uint32_t{1} << i;
+  for (uint64_t s = 0; s < nr_slots_; s++) {
+    if (holders_[s].load(std::memory_order_relaxed) & bit) {
+      holders_[s].fetch_and(~bit, std::memory_order_acq_rel);
+    }
+  }
+}
+
+int SwapDevice::ReapGone() {
+  int reaped = 0;
+  for (int i = 0; i < kMaxSharers; i++) {
+    if (i == me_ || !Gone(i)) continue;
+    Sharer& s = shared_->sharers[i];
+    int32_t st = s.state.load(std::memory_order_acquire);
+    if ((st != kLive && st != kReserved) ||
+        !s.state.compare_exchange_strong(st, kReaping, std::memory_order_acq_rel)) {
+      continue;  // another sharer is reaping it
+    }
+    ClearBitEverywhere(i);
+    s.pid.store(0, std::memory_order_relaxed);
+    s.state.store(kFree, std::memory_order_release);
+    reaped++;
+  }
+  if (reaped > 0) {
+    Log(Component::kSwap).debug("swap: reaped {} sharer(s) that are gone", reaped);
+  }
+  return reaped;
 }
 
 std::unique_ptr<SwapIo> SwapDevice::ReplaceIo(std::unique_ptr<SwapIo> io) {
@@ -226,6 +412,7 @@ void SwapDevice::TakeSlotLocked(uint64_t slot) {
 
 void SwapDevice::ReleaseSlotLocked(uint64_t slot) {
   swap_map_[slot] = 0;
+  holders_[slot].fetch_and(~my_bit(), std::memory_order_acq_rel);
   const uint32_t c = ClusterOf(slot);
   Cluster& ci = clusters_[c];
   ci.nr_free++;
@@ -238,7 +425,9 @@ void SwapDevice::ReleaseSlotLocked(uint64_t slot) {
 // free list, then nonfull/frag lists. Ours: free list, then a round-robin scan.
 void SwapDevice::NextClusterLocked() {
   EMU_DCHECK(nr_free_ > 0);
-  uint32_t c = free_head_;
+  // Shared, a wholly free cluster of ours may be held by another process:
+  // the round-robin scan alone, so that successive calls visit every cluster.
+  uint32_t c = ever_shared_.load(std::memory_order_relaxed) ? kNoCluster : free_head_;
   if (c == kNoCluster) {
     for (uint32_t k = 0; k < nr_clusters_; k++) {
       uint32_t cand = (scan_cluster_ + k) % nr_clusters_;
@@ -259,16 +448,20 @@ uint32_t SwapDevice::AllocRun(uint32_t n, uint64_t* first) {
   if (n == 0) return 0;
   SpinLockHolder l(&swap_lock_);
   if (nr_free_ == 0) return 0;
-  for (;;) {
+  // A slot free in our swap_map is ours only once its holder mask is
+  // claimed. Unshared, the first cluster picked with a free slot yields it;
+  // shared, every cluster may be held elsewhere: one round of them at most.
+  for (uint32_t round = 0; round <= nr_clusters_ + 1; round++) {
     if (cur_cluster_ == kNoCluster) NextClusterLocked();
     uint64_t end = ClusterEnd(cur_cluster_);
     uint64_t s = cur_next_;
-    while (s < end && swap_map_[s] != 0) s++;
+    while (s < end && (swap_map_[s] != 0 || !Claim(s))) s++;
     if (s == end) {  // nothing left at or after the cursor
       cur_cluster_ = kNoCluster;
       continue;
     }
-    uint64_t e = s;
+    TakeSlotLocked(s);
+    uint64_t e = s + 1;
     while (e - s < n) {
       if (e == end) {
         // Continue into the next cluster only if it is wholly free.
@@ -277,14 +470,15 @@ uint32_t SwapDevice::AllocRun(uint32_t n, uint64_t* first) {
         cur_cluster_ = next;
         end = ClusterEnd(next);
       }
-      if (swap_map_[e] != 0) break;
+      if (swap_map_[e] != 0 || !Claim(e)) break;
+      TakeSlotLocked(e);
       e++;
     }
-    for (uint64_t slot = s; slot < e; slot++) TakeSlotLocked(slot);
     cur_next_ = e;
     *first = s;
     return static_cast<uint32_t>(e - s);
   }
+  return 0;  // every slot free here is held by another process
 }
 
 bool SwapDevice::Duplicate(uint64_t slot) {
@@ -355,6 +549,7 @@ void SwapDevice::Retire(uint64_t slot) {
   const uint16_t v = swap_map_[slot];
   if (v == kSwapMapBad) return;
   if (v == 0) {
+    (void)Claim(slot);  // not handed out here again; if another process holds it, it is theirs
     const uint32_t c = ClusterOf(slot);
     if (clusters_[c].on_free_list) ListRemoveLocked(c);
     clusters_[c].nr_free--;
@@ -434,6 +629,14 @@ absl::Status SwapDevice::CheckInvariantsLocked() const {
   if (prev != free_tail_ || len != nwhole) {
     return fail(absl::StrFormat("free-cluster list has %d clusters (tail %d), %d are wholly free",
                                 len, free_tail_, nwhole));
+  }
+  // 5. Our holder bit is set exactly on the slots our swap_map uses.
+  for (uint64_t s = 0; s < nr_slots_; s++) {
+    const uint16_t v = swap_map_[s];
+    if (v == kSwapMapBad) continue;
+    if ((v != 0) != Held(s)) {
+      return fail(absl::StrFormat("slot %d: swap_map %#x but holder bit %d", s, v, Held(s)));
+    }
   }
   // 4.
   if (cur_cluster_ != kNoCluster &&

@@ -3,6 +3,7 @@
 #ifndef EMU_SWAP_SWAP_DEVICE_H_
 #define EMU_SWAP_SWAP_DEVICE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -56,6 +57,8 @@ inline constexpr uint32_t kSwapClusterPages = 256;  // = SWAPFILE_CLUSTER
 //     its links consistent.
 //  4. The current cluster, if any, is a valid cluster, and the cursor lies in
 //     [its first slot, its end].
+//  5. This process's holder bit (see "Sharing" below) is set exactly on the
+//     slots in use in its swap_map (retired slots aside).
 //
 // Locking: every field below the I/O backend is guarded by swap_lock_ (=
 // swap_info_struct->lock), a leaf lock: nothing is taken under it. It is a
@@ -169,6 +172,54 @@ class SwapDevice {
   // The swap file's descriptor (slot s at byte s * kPageSize).
   int fd() const { return fd_; }
 
+  // ---- Sharing the device with forked processes (the preload's fork).
+  //
+  // After a fork both processes hold the swap PTEs the parent had, each in
+  // its own copy of swap_map (the kernel copies it with the rest of memory),
+  // and both go on allocating slots from the same file. What they share is a
+  // holder mask per slot, in a MAP_SHARED region (a memfd) that every process
+  // forked from the opener inherits: bit i is set while sharer i's own
+  // swap_map has the slot in use. A slot is allocated only by claiming a mask
+  // of 0 (compare-and-swap to the allocator's bit) and released by clearing
+  // the bit, so no process hands out a slot another process still reads.
+  // Counts (swap PTEs, the cache flag) stay private: a process's decisions
+  // (reuse at a write fault, freeing) are about its own references, and its
+  // frames are its own. Linux keeps one swap_map for all mms and swap_duplicate
+  // raises its count at fork; ours is a count per process plus this mask.
+  //
+  // A sharer that is gone (exited, killed, or exec'd: the region's descriptor
+  // is close-on-exec) is found by ReapGone, which clears its bits.
+  static constexpr int kMaxSharers = 32;
+
+  // Before fork(), with nothing allocating slots in this process (the caller
+  // holds its address space's mmap_lock for write and reclaim refuses it):
+  // reserves a sharer index for the child and sets its bit on every slot this
+  // process holds (a superset of what the child will hold, since until the
+  // fork only releases can happen). Returns the index, or -1 when all
+  // kMaxSharers are taken by live processes. Not async-signal-safe.
+  int ForkReserve();
+  // In the parent after fork(): `attached` says whether the child took the
+  // index (ForkAttach); if not (fork failed, or the child died first), the
+  // reservation and its bits are dropped.
+  void ForkDone(int index, bool attached);
+  // In the child, first thing, with no other thread: takes sharer `index`,
+  // clears its bit on slots its own swap_map does not use (released between
+  // ForkReserve and the fork), resets the copied lock, and gives the child
+  // its own I/O rings (the parent's stay the parent's). Not
+  // async-signal-safe.
+  absl::Status ForkAttach(int index);
+  // Clears the bits of sharers that are gone; returns how many it reaped.
+  // O(nr_slots) per reaped sharer, a stat(2) per live one. Not
+  // async-signal-safe. Call from a thread (kswapd), not the fault path.
+  int ReapGone();
+  // Sharer index of this process and how many sharers are registered.
+  int sharer() const { return me_; }
+  int nr_sharers() const;
+  // Whether this process's bit is set on `slot` (checks and tests).
+  bool Held(uint64_t slot) const;
+  // Whether any sharer holds `slot` (tests).
+  bool HeldByAnyone(uint64_t slot) const;
+
  private:
   static constexpr uint32_t kNoCluster = UINT32_MAX;
 
@@ -181,7 +232,24 @@ class SwapDevice {
   };
 
   SwapDevice(int fd, uint64_t nr_slots, bool direct_io, std::string description,
-             std::unique_ptr<SwapIo> io);
+             std::unique_ptr<SwapIo> io, int queue_depth, int nr_rings);
+  // The shared region: the sharer table, then one holder mask per slot.
+  struct Sharer {
+    std::atomic<int32_t> state;  // kFree, kReserved, kLive, kReaping
+    std::atomic<int32_t> pid;
+  };
+  enum : int32_t { kFree = 0, kReserved = 1, kLive = 2, kReaping = 3 };
+  struct Shared {
+    Sharer sharers[kMaxSharers];
+  };
+  absl::Status MapShared();
+  std::atomic<uint32_t>& holders(uint64_t slot) const { return holders_[slot]; }
+  uint32_t my_bit() const { return uint32_t{1} << me_; }
+  // Takes a free-everywhere slot for this process; false if anyone holds it.
+  bool Claim(uint64_t slot) const;
+  // Whether sharer i (not this process) has gone away.
+  bool Gone(int i) const;
+  void ClearBitEverywhere(int i);
 
   uint64_t ClusterStart(uint32_t c) const { return uint64_t{c} * kSwapClusterPages; }
   uint64_t ClusterEnd(uint32_t c) const;  // one past its last slot
@@ -203,6 +271,17 @@ class SwapDevice {
   const uint32_t nr_clusters_;
   const bool direct_io_;
   const std::string description_;
+  const int queue_depth_, nr_rings_;  // for the child's own rings (ForkAttach)
+  int shared_fd_ = -1;                // the memfd (close-on-exec)
+  uint64_t shared_ino_ = 0;           // its inode: how ReapGone recognizes a live sharer
+  Shared* shared_ = nullptr;
+  std::atomic<uint32_t>* holders_ = nullptr;  // nr_slots_ masks after *shared_
+  size_t shared_bytes_ = 0;
+  int me_ = 0;                        // this process's sharer index
+  // Whether another process ever shared the device with this one: the
+  // allocator then skips the free-cluster list (its clusters may be held
+  // elsewhere) and gives up after one round of the clusters.
+  std::atomic<bool> ever_shared_{false};
   // Changed only by ReplaceIo/TakeIo, which the caller serializes against all I/O.
   std::unique_ptr<SwapIo> io_;
 
