@@ -58,6 +58,10 @@ class HostMmu {
   // Called after a fault resolved on behalf of a thread blocked in the kernel
   // (handler-thread mode) to let it retry; no-op elsewhere.
   virtual void Wake(AddrRange /*r*/) {}
+  // In a forked child that keeps this object (SIGSEGV mode): drop whatever
+  // refers to the parent's mm (a /proc/self/mem descriptor opened by the
+  // parent writes into the parent). Returns false when it cannot.
+  virtual bool ReopenAfterFork() { return true; }
 };
 
 }  // namespace emu

@@ -242,9 +242,6 @@ std::string Machine::VmStatText() const {
 }
 
 absl::Status Machine::ChildAfterFork() {
-  if (reclaim_ != nullptr) {
-    return absl::FailedPreconditionError("a forked child under a memory limit leaves the emulator");
-  }
   mem_map_->ResetLocksAfterFork();
   PoolResetAfterFork();
   if (host_->mode() != FaultMode::kSigsegv) {
@@ -255,6 +252,8 @@ absl::Status Machine::ChildAfterFork() {
     auto host = host_factory_(this, arena_);
     if (!host.ok()) return host.status();
     host_ = std::move(*host);
+  } else {
+    host_->ReopenAfterFork();
   }
   HostMmu& host = *host_;
   for (auto& owner : granule_owner_) {
@@ -277,10 +276,17 @@ absl::Status Machine::ChildAfterFork() {
       pt.ForEachEntry(vma.range(), [&](VirtAddr a, std::atomic<uint64_t>* e) {
         Pte pte(e->load(std::memory_order_relaxed));
         if (pte.raw() == 0) return;
+        if (pte.locked() && !pte.present() && pte.swap()) {
+          // A swap-in in flight in a thread the child does not have: the
+          // swap PTE (and its reference, still counted) stays.
+          e->store(Pte::SwapEntry(pte.swap_entry()).raw(), std::memory_order_relaxed);
+          return;
+        }
         if (pte.locked()) {
           // An install or a zero-page COW of a thread the child does not
-          // have: its data never mattered to anyone here. The frame stays
-          // counted (a leak of one page per such fault).
+          // have: its data never mattered to anyone here. Without a limit
+          // the frame stays counted (a leak of one page per such fault);
+          // with one, PageReclaim::ChildAfterFork frees it.
           e->store(0, std::memory_order_relaxed);
           host.Zap({a, a + kPageSize});
           if (pte.present() && pte.special()) as->AddZeroPtes(-1);
@@ -298,6 +304,7 @@ absl::Status Machine::ChildAfterFork() {
       flush();
     }
   }
+  if (reclaim_ != nullptr) reclaim_->ChildAfterFork();
   vmstat_.Reset();
   return absl::OkStatus();
 }

@@ -142,13 +142,15 @@ class Machine {
   const VmStat& vmstat() const { return vmstat_; }
   int nr_address_spaces() const { return nr_address_spaces_.load(); }
 
-  // In a forked child (the preload), with no other thread running and no
-  // memory limit: gives the child its own fault registration (userfaultfd
-  // modes: a fresh descriptor over the arena, handler threads, write
-  // protection re-applied from the software PTEs), unlocks every lock the
-  // parent's threads may have held, drops installs that were in flight in
-  // threads the child does not have, and starts its counters from zero.
-  // FAILED_PRECONDITION with a memory limit (see docs/DESIGN.md section 7).
+  // In a forked child (the preload), with no other thread running: gives
+  // the child its own fault registration (userfaultfd modes: a fresh
+  // descriptor over the arena, handler threads, write protection re-applied
+  // from the software PTEs), unlocks every lock the parent's threads may
+  // have held, drops installs that were in flight in threads the child does
+  // not have (swap-ins in flight keep their swap PTE), rebuilds the reclaim
+  // state under a memory limit (PageReclaim::ChildAfterFork; the swap share
+  // is taken before, with PageReclaim::ForkChildAttach), and starts its
+  // counters from zero.
   absl::Status ChildAfterFork();
 
   // vmstat plus gauges (nr_anon_pages, nr_zero_ptes, peak_anon_pages, ...), as

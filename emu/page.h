@@ -108,6 +108,11 @@ class MemMap {
 
   // A forked child's copy (see SpinLock::ResetAfterFork).
   void ResetLocksAfterFork() { lock_.ResetAfterFork(); }
+  // One past the highest pfn ever handed out: every frame in use is below.
+  uint64_t pfn_end() {
+    SpinLockHolder l(&lock_);
+    return next_unused_;
+  }
 
  private:
   MemMap(Page* pages, uint64_t max_pages) : pages_(pages), max_pages_(max_pages) {}

@@ -82,6 +82,23 @@ class PageReclaim {
   // pread (for a forked child that leaves the emulator; never the fault
   // path). False on a short read or an error, errno set.
   virtual bool ReadSlot(uint64_t entry, void* page) = 0;
+  // fork() of the whole process (the preload), so that the child stays on
+  // the emulator under its own limit, sharing the swap file with the parent.
+  // ForkPrepare: before fork(), with every address space's mmap_lock held
+  // for write (reclaim refuses them then): readies the child's share of the
+  // swap device. Returns a token for the other two, or -1 when the child
+  // cannot have one (the device has no room for another process).
+  virtual int ForkPrepare() = 0;
+  // In the parent after fork(): whether the child attached (ForkChildAttach
+  // succeeded); if not, the share is dropped.
+  virtual void ForkParent(int token, bool attached) = 0;
+  // In the child, first thing, with no other thread: takes the share.
+  virtual absl::Status ForkChildAttach(int token) = 0;
+  // In the child, after the page tables are fixed up (Machine::
+  // ChildAfterFork): rebuilds what the parent's threads left half done
+  // (reclaim lists, isolated and locked pages, pages under writeback,
+  // frames allocated by faults in flight) and starts its own kswapd.
+  virtual void ChildAfterFork() = 0;
   // Gauges as "name value" lines (nr_swap_used, nr_active, ...).
   virtual std::string StatText() = 0;
   virtual uint64_t limit_pages() const = 0;

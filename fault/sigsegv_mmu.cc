@@ -30,6 +30,13 @@ class SigsegvMmu : public HostMmu {
   }
 
   FaultMode mode() const override { return FaultMode::kSigsegv; }
+  bool ReopenAfterFork() override {
+    // The parent's descriptor names the parent's mm: writes through it
+    // would land in the parent.
+    if (mem_fd_ >= 0) close(mem_fd_);
+    mem_fd_ = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+    return true;
+  }
   bool prot_encodes_ptes() const override { return true; }
 
   bool InstallZero(AddrRange r, Prot vma_prot) override {
@@ -69,7 +76,7 @@ class SigsegvMmu : public HostMmu {
 
  private:
   Machine* const machine_;
-  const int mem_fd_;  // /proc/self/mem, or -1
+  int mem_fd_;  // /proc/self/mem (of this process: reopened after fork), or -1
 };
 
 }  // namespace

@@ -507,14 +507,20 @@ void StartTrace() {
   if (absl::Status s = trace::Start(file); !s.ok()) Die(std::string(s.message()));
 }
 
-// fork(): the child leaves the emulator and runs on plain kernel memory
-// (docs/DESIGN.md section 8). From the prepare handler to the parent
-// handler no mm call or reclaim pass changes the address space (faults
-// still run: glibc's fork locks malloc's arenas in emulated memory); a child of a machine with swapped-out pages reads them
-// back into its own memory while the parent waits, so that no slot it still
-// needs is freed or reused under it.
+// fork(): the child stays on the emulator (Machine::ChildAfterFork: its own
+// fault registration; under a limit its own limit, reclaim and kswapd, and a
+// share of the parent's swap file, see SwapDevice's "Sharing"). From the
+// prepare handler to the parent handler no mm call or reclaim pass changes
+// the address space (faults still run: glibc's fork locks malloc's arenas in
+// emulated memory), and the parent waits until the child has taken its
+// share of the swap device, so that no slot the child still needs is
+// released under it. When the child cannot stay (the swap device is shared
+// by SwapDevice::kMaxSharers live processes, or its set-up fails), it reads
+// its swapped pages back with pread while the parent still waits, and
+// leaves the emulator.
 int g_fork_pipe[2] = {-1, -1};
-bool g_fork_pull = false;
+bool g_fork_wait = false;  // the parent waits for the child's byte
+int g_fork_token = -1;     // PageReclaim::ForkPrepare's
 
 void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   AddressSpace* as = g_as.load(std::memory_order_acquire);
@@ -523,57 +529,64 @@ void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   // off this address space (and LockSpace refuses it while forking).
   as->mmap_lock()->WriteLock();
   as->BeginFork();
-  g_fork_pull = as->nr_swap_ptes() > 0;
-  if (g_fork_pull && pipe2(g_fork_pipe, O_CLOEXEC) != 0) g_fork_pull = false;
+  g_fork_token = -1;
+  g_fork_wait = false;
+  if (PageReclaim* r = g_machine->reclaim(); r != nullptr) {
+    g_fork_token = r->ForkPrepare();
+    g_fork_wait = g_fork_token >= 0 || as->nr_swap_ptes() > 0;
+  }
+  // Without the pipe the parent cannot tell whether the child attached; it
+  // then assumes so (a reservation the child never took stays until this
+  // process is gone).
+  if (g_fork_wait && pipe2(g_fork_pipe, O_CLOEXEC) != 0) g_fork_wait = false;
 }
 
 void ParentAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   AddressSpace* as = g_as.load(std::memory_order_acquire);
   if (as == nullptr) return;
-  if (g_fork_pull) {
+  bool attached = true;
+  if (g_fork_wait) {
     close(g_fork_pipe[1]);
-    char c;
-    while (read(g_fork_pipe[0], &c, 1) < 0 && errno == EINTR) {
+    char c = 0;
+    ssize_t n;
+    while ((n = read(g_fork_pipe[0], &c, 1)) < 0 && errno == EINTR) {
     }
     close(g_fork_pipe[0]);
+    attached = n == 1 && c == 1;  // EOF: fork failed, or the child died first
   }
+  if (g_fork_token >= 0) g_machine->reclaim()->ForkParent(g_fork_token, attached);
   as->EndFork();
   as->mmap_lock()->WriteUnlock();
 }
 
-void ChildAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-  AddressSpace* as = g_as.load(std::memory_order_acquire);
-  if (as == nullptr) return;
-  g_brk_mu = PTHREAD_MUTEX_INITIALIZER;  // its holder may be a thread not copied
-  // Its trace records would interleave with the parent's in one file.
-  trace::g_enabled.store(false, std::memory_order_relaxed);
-  if (g_machine->reclaim() == nullptr) {
-    // No memory limit: the child stays on the emulator with its own fault
-    // registration (Machine::ChildAfterFork).
-    absl::Status s = g_machine->ChildAfterFork();
-    if (s.ok()) {
-      StatsRestartAfterFork();
-      return;
-    }
-    Warn(absl::StrCat("fork: the child leaves the emulator: ", s.message()));
-    as->mmap_lock()->ResetAfterFork();
-    as->mmap_lock()->WriteLock();
-  }
+void TellParent(char c) {
+  if (!g_fork_wait) return;
+  close(g_fork_pipe[0]);
+  ssize_t ignored = write(g_fork_pipe[1], &c, 1);
+  (void)ignored;
+  close(g_fork_pipe[1]);
+  g_fork_wait = false;
+}
+
+// The child cannot stay on the emulator: its swapped pages are read back
+// into plain memory, and faults on the arena are the kernel's from now on.
+void LeaveEmulator(AddressSpace* as) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   g_as.store(nullptr, std::memory_order_release);
   // The lock is a copy held by the thread that forked, which is this one;
   // nothing in the child takes it again.
   as->mmap_lock()->AssertHeld();
+  const bool pull = g_machine->reclaim() != nullptr && as->nr_swap_ptes() > 0;
   bool encodes = g_machine->host().prot_encodes_ptes();
   bool failed = false;
   for (const auto& [start, vma] : as->vmas()) {
     Prot prot = VmFlagsToProt(vma.vm_flags);
     // SIGSEGV mode keeps pages that are not present PROT_NONE in the host;
     // swap-in needs every page writable for the moment.
-    if (encodes || g_fork_pull) {
+    if (encodes || pull) {
       sys::Mprotect(reinterpret_cast<void*>(vma.start), vma.end - vma.start,
                     prot | PROT_READ | PROT_WRITE);
     }
-    if (g_fork_pull) {
+    if (pull) {
       as->page_table().ForEachEntry(vma.range(), [&](VirtAddr a, std::atomic<uint64_t>* e) {
         Pte pte(e->load(std::memory_order_relaxed));
         if (pte.present() || !pte.swap()) return;
@@ -582,24 +595,47 @@ void ChildAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
         }
       });
     }
-    if (encodes || g_fork_pull) {
+    if (encodes || pull) {
       sys::Mprotect(reinterpret_cast<void*>(vma.start), vma.end - vma.start, prot);
     }
   }
-  if (g_fork_pull) {
-    close(g_fork_pipe[0]);
-    char c = 1;
-    ssize_t ignored = write(g_fork_pipe[1], &c, 1);
-    (void)ignored;
-    close(g_fork_pipe[1]);
-  }
+  TellParent(0);
   if (failed) {
     Warn("fork: the child could not read some of its swapped-out pages back");
     _exit(127);
   }
-  // Faults on the arena are the kernel's from now on.
   UnregisterSignalMachine(g_machine);
   g_machine = nullptr;
+}
+
+void ChildAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  AddressSpace* as = g_as.load(std::memory_order_acquire);
+  if (as == nullptr) return;
+  g_brk_mu = PTHREAD_MUTEX_INITIALIZER;  // its holder may be a thread not copied
+  // Its trace records would interleave with the parent's in one file.
+  trace::g_enabled.store(false, std::memory_order_relaxed);
+  absl::Status s = absl::OkStatus();
+  // Memory our own set-up allocates comes from the kernel: this thread
+  // holds the child's copy of mmap_lock until Machine::ChildAfterFork
+  // resets it.
+  Inside inside;
+  if (PageReclaim* r = g_machine->reclaim(); r != nullptr) {
+    if (g_fork_token >= 0) {
+      s = r->ForkChildAttach(g_fork_token);
+      if (s.ok()) TellParent(1);  // the parent may go on
+    } else {
+      s = absl::ResourceExhaustedError("the swap device is shared by as many processes as it tracks");
+    }
+  }
+  if (s.ok()) s = g_machine->ChildAfterFork();
+  if (s.ok()) {
+    StatsRestartAfterFork();
+    return;
+  }
+  Warn(absl::StrCat("fork: the child leaves the emulator: ", s.message()));
+  as->mmap_lock()->ResetAfterFork();
+  as->mmap_lock()->WriteLock();
+  LeaveEmulator(as);
 }
 
 __attribute__((constructor(101))) void Init() {

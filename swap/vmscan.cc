@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <new>
 
 #include "absl/strings/str_cat.h"
 #include "emu/log.h"
@@ -676,6 +677,17 @@ void Vmscan::KswapdLoop() {
   pthread_sigmask(SIG_BLOCK, &all, nullptr);
   uint32_t seen = kswapd_wake_.load();
   while (!stop_.load()) {
+    // Slots of processes that shared the device and are gone go back, once
+    // a second at most (a stat(2) per sharer).
+    if (swap_ != nullptr && swap_->nr_sharers() > 1) {
+      timespec now;
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      const uint64_t ns = uint64_t(now.tv_sec) * 1000000000 + uint64_t(now.tv_nsec);
+      if (ns - last_reap_ns_ >= 1000000000) {
+        last_reap_ns_ = ns;
+        swap_->ReapGone();
+      }
+    }
     if (free_pages() >= wmark_low_) {
       FutexWaitTimeout(&kswapd_wake_, seen, 100 * 1000 * 1000);
       seen = kswapd_wake_.load();
@@ -693,6 +705,81 @@ void Vmscan::KswapdLoop() {
     }
     seen = kswapd_wake_.load();
   }
+}
+
+// ---- fork() of the process ----
+
+int Vmscan::ForkPrepare() {
+  if (swap_ == nullptr) return 0;  // nothing to share
+  return swap_->ForkReserve();
+}
+
+void Vmscan::ForkParent(int token, bool attached) {
+  if (swap_ != nullptr && token >= 0) swap_->ForkDone(token, attached);
+}
+
+absl::Status Vmscan::ForkChildAttach(int token) {
+  if (swap_ == nullptr) return absl::OkStatus();
+  return swap_->ForkAttach(token);
+}
+
+void Vmscan::ChildAfterFork() {
+  // Only this thread exists; every lock and in-between state of the
+  // parent's other threads (kswapd, faults in flight) is rebuilt from the
+  // page tables, which Machine::ChildAfterFork has fixed up already.
+  lifetime_.ResetAfterFork();
+  lru_lock_.ResetAfterFork();
+  kswapd_running_.store(false);
+  stop_.store(false);
+  last_reap_ns_ = 0;
+  free_buffers_.store(nr_buffers_ == 64 ? ~uint64_t{0} : (uint64_t{1} << nr_buffers_) - 1);
+  {
+    SpinLockHolder l(&lru_lock_);
+    active_ = List{};
+    inactive_ = List{};
+    nr_active_.store(0);
+    nr_inactive_.store(0);
+    const uint64_t end = mem_map_.pfn_end();
+    for (uint64_t n = 1; n < end; n++) {
+      const Pfn pfn{n};
+      Page& page = mem_map_.page(pfn);
+      if (page.refcount.load() == 0 || page.Test(kPgReserved)) continue;
+      const bool active = page.Test(kPgActive);
+      page.flags.fetch_and(~(kPgLocked | kPgLru | kPgActive | kPgIsolated));
+      page.lru_prev = page.lru_next = 0;
+      if (page.Test(kPgWriteback)) {
+        // Reclaim was writing it: the slot's bytes may be incomplete. The
+        // page is in memory; its slot goes back.
+        page.flags.fetch_and(~(kPgWriteback | kPgSwapCache));
+        if (swap_ != nullptr) swap_->ClearCache(page.private_);
+        page.private_ = 0;
+      }
+      bool mapped = false;
+      if (AddressSpace* as = page.mapping; as != nullptr) {
+        std::atomic<uint64_t>* e = as->page_table().Walk(page.index << kPageShift, false);
+        if (e != nullptr) {
+          Pte pte(Load(e));
+          mapped = pte.present() && !pte.special() && !pte.locked() && pte.pfn() == pfn;
+        }
+      }
+      if (!mapped) {
+        // Allocated by a fault, or being freed, in a thread the child does
+        // not have.
+        if (page.Test(kPgSwapCache) && swap_ != nullptr) swap_->ClearCache(page.private_);
+        page.flags.store(0);
+        page.mapcount.store(0);
+        page.refcount.store(0);
+        mem_map_.Free(pfn);
+        continue;
+      }
+      if (page.mapcount.load() <= 0) page.mapcount.store(1);
+      page.refcount.store(page.mapcount.load());
+      if (!page.Test(kPgMlocked)) LruAddLocked(page, pfn, active);
+    }
+  }
+  // The parent's kswapd is not in the child: the std::thread copy names a
+  // thread of another process, so it is overwritten, never joined.
+  new (&kswapd_) std::thread([this] { KswapdLoop(); });
 }
 
 // ---- Teardown, checks, stats ----

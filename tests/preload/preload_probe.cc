@@ -34,7 +34,13 @@ void Fill(char* p, size_t bytes, uint64_t seed) {
 }
 bool Check(const char* p, size_t bytes, uint64_t seed) {
   for (size_t i = 0; i < bytes / 8; i++) {
-    if (reinterpret_cast<const uint64_t*>(p)[i] != Pattern(i, seed)) return false;
+    if (reinterpret_cast<const uint64_t*>(p)[i] != Pattern(i, seed)) {
+      std::fprintf(stderr, "probe: %d: at byte %zu of %p: %#llx, expected %#llx\n", getpid(),
+                   i * 8, static_cast<const void*>(p),
+                   static_cast<unsigned long long>(reinterpret_cast<const uint64_t*>(p)[i]),
+                   static_cast<unsigned long long>(Pattern(i, seed)));
+      return false;
+    }
   }
   return true;
 }
