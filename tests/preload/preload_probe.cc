@@ -209,6 +209,58 @@ int Fork(size_t total_mb) {
   return 0;
 }
 
+// Many processes on one swap file: a fan of children running at once, each
+// swapping its own writes while the parent swaps its own, then more
+// children one after another than the swap device tracks at once (their
+// shares must come back as they exit). Every process checks every byte.
+int ForkMany(size_t total_mb) {
+  size_t bytes = total_mb << 20;
+  char* p = static_cast<char*>(malloc(bytes));
+  Fill(p, bytes, 21);
+  constexpr int kFan = 4;
+  pid_t fan[kFan];
+  for (int k = 0; k < kFan; k++) {
+    fan[k] = fork();
+    if (fan[k] < 0) return Fail("fork");
+    if (fan[k] == 0) {
+      if (!Check(p, bytes, 21)) _exit(3);
+      for (int pass = 0; pass < 2; pass++) {
+        Fill(p, bytes, 30 + k + pass);
+        if (!Check(p, bytes, 30 + k + pass)) _exit(4);
+      }
+      _exit(0);
+    }
+  }
+  Fill(p, bytes, 22);
+  if (!Check(p, bytes, 22)) return Fail("the parent's data while its children swap");
+  for (int k = 0; k < kFan; k++) {
+    int st;
+    if (waitpid(fan[k], &st, 0) != fan[k] || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      std::fprintf(stderr, "probe: fan child %d status %d\n", k, st);
+      return Fail("a child of the fan");
+    }
+  }
+  // One after another: 40 children, more than the 32 processes a swap
+  // device tracks at once.
+  const size_t quarter = bytes / 4;
+  for (int k = 0; k < 40; k++) {
+    pid_t pid = fork();
+    if (pid < 0) return Fail("fork");
+    if (pid == 0) {
+      if (!Check(p, bytes, 22 + (k > 0))) _exit(3);
+      Fill(p + quarter * (k % 4), quarter, 100 + k);
+      _exit(Check(p + quarter * (k % 4), quarter, 100 + k) ? 0 : 4);
+    }
+    int st;
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      std::fprintf(stderr, "probe: child %d status %d\n", k, st);
+      return Fail("a child of the sequence");
+    }
+    if (k == 0) Fill(p, bytes, 23);  // the parent goes on swapping too
+  }
+  return Check(p, bytes, 23) ? 0 : Fail("the parent's data after 44 children");
+}
+
 // exec from a process running on the emulator.
 int Exec() {
   char* p = static_cast<char*>(malloc(4 << 20));
@@ -234,6 +286,7 @@ int main(int argc, char** argv) {
   if (cmd == "syscalls") return Syscalls(mb);
   if (cmd == "signals") return Signals();
   if (cmd == "fork") return Fork(mb);
+  if (cmd == "forkmany") return ForkMany(mb);
   if (cmd == "exec") return Exec();
   if (cmd == "segv") {
     *static_cast<volatile int*>(nullptr) = 1;  // dies by SIGSEGV, as natively

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cerrno>
@@ -271,6 +272,119 @@ struct ModelSlot {
   bool bad = false;
   bool used() const { return !bad && (count > 0 || cache); }
 };
+
+// Allocates every slot this process can get (runs of up to a cluster);
+// returns them.
+std::vector<uint64_t> AllocAll(SwapDevice& d) {
+  std::vector<uint64_t> got;
+  uint64_t first;
+  while (uint32_t n = d.AllocRun(kSwapClusterPages, &first)) {
+    for (uint32_t i = 0; i < n; i++) got.push_back(first + i);
+  }
+  return got;
+}
+
+TEST_CASE("Sharing: a forked process's slots are never handed out by the other, and come back "
+          "when it is gone",
+          "[swap][fork]") {
+  auto d = OpenSize(4 * kMiB);  // 1024 slots
+  const uint64_t nslots = d->nr_slots();
+  // The parent holds 300 slots: swap PTE references, the cache flag gone.
+  std::vector<uint64_t> mine;
+  uint64_t first;
+  while (mine.size() < 300) {
+    uint32_t n = d->AllocRun(static_cast<uint32_t>(std::min<size_t>(64, 300 - mine.size())), &first);
+    REQUIRE(n > 0);
+    for (uint32_t i = 0; i < n; i++) {
+      REQUIRE(d->Duplicate(first + i));
+      d->ClearCache(first + i);
+      mine.push_back(first + i);
+    }
+  }
+  const int idx = d->ForkReserve();
+  REQUIRE(idx > 0);
+  int ready[2], go[2];
+  REQUIRE(pipe(ready) == 0);
+  REQUIRE(pipe(go) == 0);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // The child: no Catch2 here, exit codes say what failed.
+    if (!d->ForkAttach(idx).ok()) _exit(10);
+    char c = 1;
+    if (write(ready[1], &c, 1) != 1) _exit(11);
+    for (uint64_t s : mine) {
+      if (!d->Held(s) || d->Count(s) != 1) _exit(12);
+    }
+    // Everything the parent does not hold, and nothing it does.
+    std::vector<uint64_t> got = AllocAll(*d);
+    if (got.size() != nslots - mine.size()) _exit(13);
+    for (uint64_t s : got) {
+      if (std::find(mine.begin(), mine.end(), s) != mine.end()) _exit(14);
+    }
+    if (!d->CheckInvariants().ok()) _exit(15);
+    c = 2;
+    if (write(ready[1], &c, 1) != 1) _exit(16);
+    if (read(go[0], &c, 1) != 1) _exit(17);
+    _exit(0);
+  }
+  char c = 0;
+  REQUIRE(read(ready[0], &c, 1) == 1);
+  REQUIRE(c == 1);
+  d->ForkDone(idx, true);
+  REQUIRE(read(ready[0], &c, 1) == 1);
+  REQUIRE(c == 2);
+  CHECK(d->nr_sharers() == 2);
+  // The parent lets its references go: its own swap_map frees them, but the
+  // child still holds them, and the child holds everything else too.
+  for (uint64_t s : mine) CHECK(d->Free(s) == 0);
+  for (uint64_t s : mine) CHECK(d->HeldByAnyone(s));
+  CHECK(d->nr_free() == nslots);
+  CHECK(AllocAll(*d).empty());
+  CHECK(d->ReapGone() == 0);  // the child is alive
+  // The child exits: its share comes back.
+  REQUIRE(write(go[1], &c, 1) == 1);
+  int st;
+  REQUIRE(waitpid(pid, &st, 0) == pid);
+  INFO("child status " << st);
+  REQUIRE(WIFEXITED(st));
+  REQUIRE(WEXITSTATUS(st) == 0);
+  CHECK(d->ReapGone() == 1);
+  CHECK(d->nr_sharers() == 1);
+  CHECK(AllocAll(*d).size() == nslots);
+  CHECK(d->CheckInvariants().ok());
+  for (int fd : {ready[0], ready[1], go[0], go[1]}) close(fd);
+}
+
+TEST_CASE("Sharing: a reservation the child never took is dropped with its bits", "[swap][fork]") {
+  auto d = OpenSize(1 * kMiB);
+  std::vector<uint64_t> got = AllocAll(*d);
+  REQUIRE(got.size() == d->nr_slots());
+  const int idx = d->ForkReserve();
+  REQUIRE(idx > 0);
+  for (uint64_t s : got) d->ClearCache(s);  // all free in our swap_map again
+  // Still reserved for the child: not ours to hand out.
+  CHECK(AllocAll(*d).empty());
+  d->ForkDone(idx, false);
+  CHECK(d->nr_sharers() == 1);
+  std::vector<uint64_t> again = AllocAll(*d);
+  CHECK(again.size() == d->nr_slots());
+  CHECK(d->CheckInvariants().ok());
+}
+
+TEST_CASE("Sharing: at most kMaxSharers live processes, then ForkReserve says no", "[swap][fork]") {
+  auto d = OpenSize(1 * kMiB);
+  std::vector<int> idx;
+  for (int i = 1; i < SwapDevice::kMaxSharers; i++) {
+    int k = d->ForkReserve();
+    REQUIRE(k > 0);
+    idx.push_back(k);
+  }
+  // Reservations of a live process (this one) are not reaped.
+  CHECK(d->ForkReserve() == -1);
+  for (int k : idx) d->ForkDone(k, false);
+  CHECK(d->nr_sharers() == 1);
+}
 
 TEST_CASE("swap_map: a random sequence of alloc/dup/free/clear/retire matches a reference model",
           "[swap][alloc][random]") {
