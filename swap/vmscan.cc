@@ -232,58 +232,96 @@ void Vmscan::RefillInactive(AddressSpace* held, int nr) {
   // deactivated whether referenced or not; their young bit is cleared and,
   // with write sampling, a writable PTE is write-protected, so that a use
   // before they reach the inactive tail shows (the write fault sets young).
-  Pfn pfns[kBatch];
+  struct Item {
+    Pfn pfn;
+    AddressSpace* as;
+    VirtAddr addr;
+  };
+  Item items[kBatch];
   int n = 0;
   {
     SpinLockHolder l(&lru_lock_);
-    while (n < nr && active_.tail != 0) {
+    while (n < nr && n < kBatch && active_.tail != 0) {
       Pfn pfn{active_.tail};
       Page& page = mem_map_.page(pfn);
       LruDelLocked(page, pfn);
       if (!page.GetUnlessZero()) continue;  // being freed: FreePage is not on a list now
       page.flags.fetch_or(kPgIsolated, std::memory_order_relaxed);
-      pfns[n++] = pfn;
+      items[n++] = Item{pfn, page.mapping, page.index << kPageShift};
     }
   }
+  // By address space and address (insertion sort: no allocation, this may
+  // run in signal context), so that each address space is locked once and
+  // neighbours are write-protected with one call: every such call flushes
+  // the TLB of each CPU running the process.
+  for (int i = 1; i < n; i++) {
+    Item x = items[i];
+    int j = i;
+    for (; j > 0 && (items[j - 1].as != x.as ? items[j - 1].as > x.as : items[j - 1].addr > x.addr); j--) {
+      items[j] = items[j - 1];
+    }
+    items[j] = x;
+  }
   HostMmu& host = machine_->host();
-  for (int i = 0; i < n; i++) {
-    Page& page = mem_map_.page(pfns[i]);
-    AddressSpace* as = page.mapping;
-    VirtAddr addr = page.index << kPageShift;
-    if (page.mapcount.load(std::memory_order_acquire) > 0 && LockSpace(as, held)) {
+  const bool sample = !host.prot_encodes_ptes();
+  for (int i = 0; i < n;) {
+    AddressSpace* as = items[i].as;
+    int j = i;
+    while (j < n && items[j].as == as) j++;
+    if (as != nullptr && LockSpace(as, held)) {
       as->mmap_lock()->AssertHeld();
-      bool protect = false;
-      Prot prot = 0;
-      std::atomic<uint64_t>* e = as->page_table().Walk(addr, false);
-      const Vma* vma = as->vmas().Lookup(addr);
-      if (e != nullptr && vma != nullptr) {
-        SpinLockHolder ptl(as->page_table().Ptl(addr));
-        Pte pte(Load(e));
-        if (pte.present() && !pte.locked() && pte.pfn() == pfns[i]) {
-          protect = pte.write() && !host.prot_encodes_ptes();
-          e->store(pte.WithYoung(false).WithWrite(protect ? false : pte.write()).raw(),
-                   std::memory_order_release);
-          prot = VmFlagsToProt(vma->vm_flags);
+      PageTable& pt = as->page_table();
+      VirtAddr wp_start = 0, wp_end = 0;
+      const Vma* wp_vma = nullptr;
+      auto flush = [&] {
+        if (wp_end > wp_start) {
+          // Under mmap_lock: no munmap can put a different page there meanwhile.
+          host.WriteProtect({wp_start, wp_end}, VmFlagsToProt(wp_vma->vm_flags));
+          machine_->vmstat().Add(VmEvent::k_wp_sample, (wp_end - wp_start) >> kPageShift);
         }
+        wp_start = wp_end = 0;
+      };
+      for (int k = i; k < j; k++) {
+        const Item& x = items[k];
+        if (mem_map_.page(x.pfn).mapcount.load(std::memory_order_acquire) <= 0) continue;
+        std::atomic<uint64_t>* e = pt.Walk(x.addr, false);
+        const Vma* vma = as->vmas().Lookup(x.addr);
+        if (e == nullptr || vma == nullptr) continue;
+        bool protect = false;
+        {
+          SpinLockHolder ptl(pt.Ptl(x.addr));
+          Pte pte(Load(e));
+          if (pte.present() && !pte.locked() && pte.pfn() == x.pfn) {
+            protect = sample && pte.write();
+            e->store(pte.WithYoung(false).WithWrite(protect ? false : pte.write()).raw(),
+                     std::memory_order_release);
+          }
+        }
+        if (!protect) continue;
+        if (x.addr != wp_end || vma != wp_vma) {
+          flush();
+          wp_start = x.addr;
+          wp_vma = vma;
+        }
+        wp_end = x.addr + kPageSize;
       }
-      // Write-protecting in the host while mmap_lock is held: no munmap can
-      // put a different page there meanwhile.
-      if (protect) {
-        host.WriteProtect({addr, addr + kPageSize}, prot);
-        machine_->vmstat().Add(VmEvent::k_wp_sample);
-      }
+      flush();
       UnlockSpace(as, held);
     }
+    i = j;
+  }
+  for (int i = 0; i < n; i++) {
+    Page& page = mem_map_.page(items[i].pfn);
     machine_->vmstat().Add(VmEvent::k_pgdeactivate);
     // Inactive head; not page-locked here, Putback only needs the flag.
     {
       SpinLockHolder l(&lru_lock_);
       page.flags.fetch_and(~kPgIsolated, std::memory_order_relaxed);
       if (!page.Test(kPgMlocked | kPgLru) && page.mapcount.load(std::memory_order_relaxed) > 0) {
-        LruAddLocked(page, pfns[i], false);
+        LruAddLocked(page, items[i].pfn, false);
       }
     }
-    machine_->PutPage(pfns[i]);
+    machine_->PutPage(items[i].pfn);
   }
 }
 
