@@ -62,6 +62,10 @@ class HostMmu {
   // refers to the parent's mm (a /proc/self/mem descriptor opened by the
   // parent writes into the parent). Returns false when it cannot.
   virtual bool ReopenAfterFork() { return true; }
+  // Puts the arena's reservation back over `r` (PROT_NONE, and in the
+  // userfaultfd modes registered again), replacing whatever native mapping
+  // the program had placed there (AddressSpace::MapForeign).
+  virtual bool Reserve(AddrRange r) = 0;
 };
 
 }  // namespace emu

@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <set>
@@ -241,6 +242,22 @@ std::string Machine::VmStatText() const {
   return out;
 }
 
+std::vector<AddrRange> Machine::ForeignRanges() const {
+  std::vector<AddrRange> out;
+  for (const auto& owner : granule_owner_) {
+    AddressSpace* as = owner.load(std::memory_order_relaxed);
+    if (as == nullptr || as->window().start != arena_.start + (&owner - &granule_owner_[0]) * kGranule) {
+      continue;  // empty, or not the address space's first granule
+    }
+    for (const auto& [start, vma] : as->vmas()) {
+      if (vma.foreign()) out.push_back(vma.range());
+    }
+  }
+  std::sort(out.begin(), out.end(),
+            [](const AddrRange& a, const AddrRange& b) { return a.start < b.start; });
+  return out;
+}
+
 absl::Status Machine::ChildAfterFork() {
   mem_map_->ResetLocksAfterFork();
   PoolResetAfterFork();
@@ -267,6 +284,7 @@ absl::Status Machine::ChildAfterFork() {
     pt.ResetLocksAfterFork();
     ReadLockHolder l(as->mmap_lock());
     for (const auto& [start, vma] : as->vmas()) {
+      if (vma.foreign()) continue;  // native: the kernel copied it
       Prot prot = VmFlagsToProt(vma.vm_flags);
       VirtAddr wp_start = 0, wp_end = 0;
       auto flush = [&] {

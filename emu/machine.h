@@ -12,6 +12,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <vector>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -141,6 +142,10 @@ class Machine {
   VmStat& vmstat() { return vmstat_; }
   const VmStat& vmstat() const { return vmstat_; }
   int nr_address_spaces() const { return nr_address_spaces_.load(); }
+  // The native mappings inside the arena (kVmForeign VMAs of every address
+  // space), sorted: a fault registration covers the arena but these. Call
+  // with no mm call in flight (start-up, a forked child).
+  std::vector<AddrRange> ForeignRanges() const;
 
   // In a forked child (the preload), with no other thread running: gives
   // the child its own fault registration (userfaultfd modes: a fresh

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -11,6 +12,7 @@
 #include "emu/log.h"
 #include "emu/machine.h"
 #include "emu/status.h"
+#include "emu/sys.h"
 
 #ifndef PROT_SEM
 #define PROT_SEM 0x8
@@ -129,6 +131,15 @@ void AddressSpace::ZapRangeLocked(AddrRange r) {
 void AddressSpace::UnmapLocked(AddrRange r) {
   r = r.Intersect(window_);
   if (r.empty()) return;
+  // Native mappings go first: the arena's reservation takes their place, so
+  // that the zap below never reaches a page of theirs.
+  for (VirtAddr a = r.start; a < r.end;) {
+    const Vma* v = vmas_.FindVma(a);
+    if (v == nullptr || v->start >= r.end) break;
+    AddrRange piece = v->range().Intersect(r);
+    if (v->foreign()) machine_->host().Reserve(piece);
+    a = piece.end;
+  }
   ZapRangeLocked(r);
   vmas_.Erase(r);
   machine_->host().Protect(r, PROT_NONE);  // holes are PROT_NONE in the host
@@ -225,6 +236,30 @@ absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot
   return range.start;
 }
 
+absl::Status AddressSpace::MapForeign(VirtAddr addr, size_t len, bool noreplace,
+                                      absl::FunctionRef<int()> map_native) {
+  if (!PageAligned(addr)) return ErrnoError(EINVAL, "mmap: fixed address not aligned");
+  VirtAddr end;
+  if (len == 0 || !RoundedEnd(addr, len, &end)) return ErrnoError(EINVAL, "mmap: bad length");
+  if (addr < window_.start || end > window_.end) {
+    return ErrnoError(ENOMEM, "mmap: native range crosses the address space window");
+  }
+  const AddrRange range{addr, end};
+  WriteLockHolder l(&mmap_lock_);
+  if (vmas_.AnyOverlap(range)) {
+    if (noreplace) return ErrnoError(EEXIST, "mmap: range is mapped");
+    UnmapLocked(range);
+  }
+  if (int err = map_native(); err != 0) {
+    machine_->host().Reserve(range);
+    return ErrnoError(err, "mmap: native mapping inside the window");
+  }
+  vmas_.Insert(Vma{range.start, range.end, kVmForeign});
+  vmas_.MergeAround(range);
+  Log(Component::kEmu).debug("mmap {} native, inside the window", range);
+  return absl::OkStatus();
+}
+
 absl::Status AddressSpace::Munmap(VirtAddr addr, size_t len) {
   if (!PageAligned(addr)) return ErrnoError(EINVAL, "munmap: address not aligned");
   VirtAddr end;
@@ -280,6 +315,9 @@ absl::StatusOr<VirtAddr> AddressSpace::Mremap(VirtAddr old_addr, size_t old_len,
     return ErrnoError(EINVAL, "mremap: range overflows");
   }
   ReleasableWriteLock l(&mmap_lock_);
+  if (const Vma* v = vmas_.Lookup(old_addr); v != nullptr && v->foreign()) {
+    return ErrnoError(EINVAL, "mremap: native mappings inside the window are not moved");
+  }
   if (fixed) {
     VirtAddr new_end;
     if (!PageAligned(new_addr)) return ErrnoError(EINVAL, "mremap: new address not aligned");
@@ -457,6 +495,12 @@ absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
   uint32_t new_prot_flags = ProtToVmFlags(prot);
   absl::Status status = ApplyToVmasLocked({addr, end}, [&](Vma& vma) {
     mmap_lock_.AssertWriteHeld();
+    if (vma.foreign()) {
+      if (sys::Mprotect(reinterpret_cast<void*>(vma.start), vma.end - vma.start, prot) != 0) {
+        return ErrnoError(errno, "mprotect of a native mapping");
+      }
+      return absl::OkStatus();
+    }
     // Linux: mm/mprotect.c mprotect_fixup() populates a VM_LOCKED private
     // VMA that becomes writable, so its pages are real and stay resident.
     if (vma.locked() && !vma.writable() && (new_prot_flags & kVmWrite)) {
@@ -529,6 +573,13 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
     }
     if (v->start > a) hole = true;
     AddrRange piece = v->range().Intersect(r);
+    if (v->foreign()) {
+      if (sys::Madvise(reinterpret_cast<void*>(piece.start), piece.len_bytes(), advice) != 0) {
+        return ErrnoError(errno, "madvise of a native mapping");
+      }
+      a = piece.end;
+      continue;
+    }
     if (advice == MADV_DONTNEED || advice == MADV_FREE) {
       // Linux: mm/madvise.c madvise_dontneed_free_valid_vma().
       if (v->locked()) return ErrnoError(EINVAL, "madvise: MADV_DONTNEED on a locked range");
@@ -545,6 +596,12 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
 
 absl::Status AddressSpace::SetLockedLocked(AddrRange r, bool lock) {
   return ApplyToVmasLocked(r, [&](Vma& vma) {
+    if (vma.foreign()) {
+      long ret = sys::RawSyscall6(lock ? SYS_mlock : SYS_munlock, static_cast<long>(vma.start),
+                                  static_cast<long>(vma.end - vma.start), 0, 0, 0, 0);
+      return ret < 0 ? ErrnoError(static_cast<int>(-ret), "mlock of a native mapping")
+                     : absl::OkStatus();
+    }
     if (lock) {
       vma.vm_flags |= kVmLocked;
     } else {
@@ -614,6 +671,7 @@ absl::Status AddressSpace::Populate(AddrRange r, bool nozero, bool stop_at_inacc
       vm_flags = v->vm_flags;
     }
     a = piece.end;
+    if (vm_flags & kVmForeign) continue;  // the kernel's own (mlock populated it)
     if (!(vm_flags & (kVmRead | kVmWrite | kVmExec))) {
       if (stop_at_inaccessible) return ErrnoError(EFAULT, "populate: PROT_NONE mapping");
       continue;
@@ -759,6 +817,7 @@ absl::Status AddressSpace::CheckHostAgreementLocked() {
   absl::Status status = absl::OkStatus();
   std::vector<uint64_t> buf;
   for (const auto& [start, v] : vmas_) {
+    if (v.foreign()) continue;  // the kernel's pages, no PTEs of ours
     buf.resize(v.range().nr_pages());
     ssize_t want = static_cast<ssize_t>(buf.size() * sizeof(uint64_t));
     if (pread(fd, buf.data(), want, (v.start >> kPageShift) * sizeof(uint64_t)) != want) break;

@@ -38,6 +38,7 @@
 #include <sys/types.h>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "emu/page_table.h"
@@ -81,6 +82,19 @@ class AddressSpace {
   absl::StatusOr<VirtAddr> Mmap(VirtAddr addr, size_t len, Prot prot, int flags, int fd = -1,
                                 off_t off = 0);
   // Linux: mm/mmap.c do_munmap(). Unmapping a hole succeeds.
+  // A native mapping inside the window (the preload: a program maps a file
+  // or shared memory with MAP_FIXED over memory it reserved from the
+  // emulator, as a JVM maps its class-data archive). Under mmap_lock the
+  // emulated memory in [addr, addr+len) is unmapped (EEXIST instead with
+  // `noreplace` if any is mapped), then `map_native` must map exactly that
+  // range with MAP_FIXED and return 0 or an errno; the range becomes a
+  // foreign VMA (kVmForeign): occupied, never faulted by the emulator.
+  // munmap, or a mapping placed over it, puts the arena's reservation back
+  // (HostMmu::Reserve); mprotect, madvise, mlock and munlock on it go to the
+  // kernel; mremap of it is EINVAL (not emulated). If `map_native` fails, the
+  // reservation is put back and its errno returned.
+  absl::Status MapForeign(VirtAddr addr, size_t len, bool noreplace,
+                          absl::FunctionRef<int()> map_native);
   absl::Status Munmap(VirtAddr addr, size_t len);
   // Linux: mm/mremap.c mremap(): shrink in place, grow in place when the
   // range after the VMA is free, else (MREMAP_MAYMOVE) move to a free range

@@ -22,6 +22,11 @@ inline constexpr uint32_t kVmMayShare = 1u << 7;
 inline constexpr uint32_t kVmGrowsDown = 1u << 8;
 inline constexpr uint32_t kVmLocked = 1u << 13;
 inline constexpr uint32_t kVmNoReserve = 1u << 21;
+// Not Linux's: a native mapping (a file, shared memory) the program placed
+// with MAP_FIXED inside the window (the preload). The emulator never faults
+// it and keeps no PTEs for it; the range is occupied, and calls on it go to
+// the kernel (AddressSpace::MapForeign).
+inline constexpr uint32_t kVmForeign = 1u << 28;
 
 inline constexpr uint32_t kVmProtMask = kVmRead | kVmWrite | kVmExec;
 
@@ -37,6 +42,7 @@ struct Vma {
   bool readable() const { return vm_flags & kVmRead; }
   bool writable() const { return vm_flags & kVmWrite; }
   bool locked() const { return vm_flags & kVmLocked; }
+  bool foreign() const { return vm_flags & kVmForeign; }
   // Linux: mm/memory.c use_zero_page() (seed 004): private, not VM_LOCKED,
   // anonymous (no fault handler).
   bool use_zero_page() const { return !(vm_flags & (kVmLocked | kVmShared | kVmMayShare)); }

@@ -119,6 +119,7 @@ unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsign
     FaultLock l(as);
     VmFault vmf{&as, nullptr, PageAlignDown(addr), flags, nullptr};
     vmf.vma = as.vmas().Lookup(addr);
+    if (vmf.vma != nullptr && vmf.vma->foreign()) vmf.vma = nullptr;  // the kernel's fault
     if (vmf.vma == nullptr) {
       ret = kFaultSigsegv;
     } else if (vmf.write() ? !vmf.vma->writable() : !(vmf.vma->vm_flags & kVmProtMask)) {

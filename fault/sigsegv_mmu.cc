@@ -69,6 +69,10 @@ class SigsegvMmu : public HostMmu {
     return sys::Mprotect(p, r.len_bytes(), PROT_NONE) == 0 &&
            sys::Madvise(p, r.len_bytes(), MADV_DONTNEED) == 0;
   }
+  bool Reserve(AddrRange r) override {
+    return sys::Mmap(reinterpret_cast<void*>(r.start), r.len_bytes(), PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) != MAP_FAILED;
+  }
   bool Protect(AddrRange r, Prot host_prot) override {
     machine_->vmstat().Add(VmEvent::k_host_install_calls);
     return sys::Mprotect(reinterpret_cast<void*>(r.start), r.len_bytes(), host_prot) == 0;

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <thread>
@@ -132,6 +133,18 @@ class UffdMmu : public HostMmu {
     return sys::Mprotect(reinterpret_cast<void*>(r.start), r.len_bytes(), host_prot) == 0;
   }
 
+  bool Reserve(AddrRange r) override {
+    // A new mapping carries no registration: register it as the arena was.
+    if (sys::Mmap(reinterpret_cast<void*>(r.start), r.len_bytes(), PROT_NONE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED) {
+      return false;
+    }
+    uffdio_register reg{};
+    reg.range = {r.start, r.len_bytes()};
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
+    return ioctl(uffd_, UFFDIO_REGISTER, &reg) == 0;
+  }
+
   void Wake(AddrRange r) override {
     uffdio_range range{r.start, r.len_bytes()};
     ioctl(uffd_, UFFDIO_WAKE, &range);
@@ -204,6 +217,7 @@ void UffdMmu::StopThreads() {
 }
 
 void UffdMmu::HandlerLoop() {
+  sys::t_emulator_thread = true;
   FaultHandler& handler = machine_->fault_handler();
   VmStat& vmstat = machine_->vmstat();
   uffd_msg msgs[16];
@@ -315,10 +329,23 @@ absl::StatusOr<std::unique_ptr<HostMmu>> CreateUffdMmu(Machine* machine, AddrRan
   // Registered last: from here on a fault on the arena needs the handlers
   // above, and a forked child's malloc (Machine::ChildAfterFork) may touch
   // emulated memory while this runs.
+  // All of it but the native mappings a program placed inside (a forked
+  // child's copy of them: AddressSpace::MapForeign).
   uffdio_register reg{};
-  reg.range = {arena.start, arena.len_bytes()};
-  reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
-  if (ioctl(fd, UFFDIO_REGISTER, &reg) != 0) {
+  auto register_range = [&](VirtAddr start, VirtAddr end) {
+    reg = uffdio_register{};
+    reg.range = {start, end - start};
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
+    return ioctl(fd, UFFDIO_REGISTER, &reg) == 0;
+  };
+  VirtAddr from = arena.start;
+  for (AddrRange r : machine->ForeignRanges()) {
+    if (r.start > from && !register_range(from, r.start)) {
+      return ErrnoError(errno, "UFFDIO_REGISTER of the arena");
+    }
+    from = std::max(from, r.end);
+  }
+  if (from < arena.end && !register_range(from, arena.end)) {
     return ErrnoError(errno, "UFFDIO_REGISTER of the arena");
   }
   constexpr uint64_t kNeed = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_ZEROPAGE) |

@@ -76,7 +76,7 @@ struct Inside {
 
 AddressSpace* Routing() {
   AddressSpace* as = g_as.load(std::memory_order_acquire);
-  return t_depth == 0 ? as : nullptr;
+  return t_depth == 0 && !sys::t_emulator_thread ? as : nullptr;
 }
 
 bool Overlaps(AddrRange w, VirtAddr a, size_t len) {
@@ -116,14 +116,25 @@ void* DoMmap(void* addr, size_t len, int prot, int flags, int fd, off_t off) {
   bool fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE);
   if (fixed && !Overlaps(g_window, a, len)) return sys::Mmap(addr, len, prot, flags, fd, off);
   if (!Routable(flags)) {
-    // A file or shared mapping placed over emulated memory would take the
-    // range away from the emulator's host registration; refused (ENOMEM,
-    // as for a range the kernel cannot give).
-    if (fixed) {
-      errno = ENOMEM;
+    if (!fixed) return sys::Mmap(addr, len, prot, flags, fd, off);  // placed outside the arena
+    // A file or shared mapping placed over memory the program reserved from
+    // the emulator (a JVM's class-data archive, a JIT's double mapping):
+    // the kernel's, in a range the emulator keeps for it.
+    if ((a & (kPageSize - 1)) || a < g_window.start || a + PageAlignUp(len) > g_window.end) {
+      errno = (a & (kPageSize - 1)) ? EINVAL : ENOMEM;  // across the window's edge: not supported
       return MAP_FAILED;
     }
-    return sys::Mmap(addr, len, prot, flags, fd, off);  // placed outside the arena
+    const int native_flags = (flags & ~MAP_FIXED_NOREPLACE) | MAP_FIXED;
+    Inside in;
+    absl::Status s = as->MapForeign(a, len, flags & MAP_FIXED_NOREPLACE, [&] {
+      void* p = sys::Mmap(addr, len, prot, native_flags, fd, off);
+      return p == MAP_FAILED ? errno : 0;
+    });
+    if (!s.ok()) {
+      errno = ToErrno(s);
+      return MAP_FAILED;
+    }
+    return addr;
   }
   if (!fixed && !g_window.Contains(a)) a = 0;
   Inside in;
@@ -579,6 +590,7 @@ void LeaveEmulator(AddressSpace* as) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   bool encodes = g_machine->host().prot_encodes_ptes();
   bool failed = false;
   for (const auto& [start, vma] : as->vmas()) {
+    if (vma.foreign()) continue;  // the kernel's already
     Prot prot = VmFlagsToProt(vma.vm_flags);
     // SIGSEGV mode keeps pages that are not present PROT_NONE in the host;
     // swap-in needs every page writable for the moment.

@@ -709,6 +709,7 @@ void Vmscan::WakeKswapd() {
 }
 
 void Vmscan::KswapdLoop() {
+  sys::t_emulator_thread = true;
   // kswapd takes no process signals (a program's handlers are not for it).
   sigset_t all;
   sigfillset(&all);

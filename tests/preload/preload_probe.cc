@@ -261,6 +261,93 @@ int ForkMany(size_t total_mb) {
   return Check(p, bytes, 23) ? 0 : Fail("the parent's data after 44 children");
 }
 
+// Native mappings placed with MAP_FIXED over memory reserved from the
+// emulator: a private file mapping (as a JVM maps its class-data archive),
+// a shared memfd (a JIT's double mapping), their protections and advice,
+// then anonymous memory again in their place.
+int Foreign() {
+  constexpr size_t kRes = 64 << 20;
+  char* res = static_cast<char*>(mmap(nullptr, kRes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (res == MAP_FAILED) return Fail("reserve");
+  char* anon = res;  // emulated memory next to the native mappings
+  if (mprotect(anon, 1 << 20, PROT_READ | PROT_WRITE) != 0) return Fail("mprotect anon");
+  Fill(anon, 1 << 20, 41);
+  // A private file mapping in the middle of the reservation.
+  char path[] = "/tmp/emu-probe-file.XXXXXX";
+  int fd = mkstemp(path);
+  if (fd < 0) return Fail("mkstemp");
+  unlink(path);
+  std::vector<char> buf(4 << 20);
+  Fill(buf.data(), buf.size(), 42);
+  if (write(fd, buf.data(), buf.size()) != static_cast<ssize_t>(buf.size())) return Fail("write file");
+  char* file = res + (8 << 20);
+  if (mmap(file, 4 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, 0) != file) {
+    return Fail("MAP_FIXED file mapping over the reservation");
+  }
+  if (!Check(file, 4 << 20, 42)) return Fail("file contents through the mapping");
+  Fill(file, 1 << 20, 43);  // private: copy-on-write, the file keeps its bytes
+  if (pread(fd, buf.data(), 1 << 20, 0) != (1 << 20) || !Check(buf.data(), 1 << 20, 42)) {
+    return Fail("a private mapping's write reached the file");
+  }
+  // A shared memfd: writes through the mapping are in the file at once.
+  int mfd = memfd_create("probe", 0);
+  if (mfd < 0 || ftruncate(mfd, 2 << 20) != 0) return Fail("memfd");
+  char* shared = res + (16 << 20);
+  if (mmap(shared, 2 << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, mfd, 0) != shared) {
+    return Fail("MAP_FIXED shared mapping over the reservation");
+  }
+  Fill(shared, 2 << 20, 44);
+  if (pread(mfd, buf.data(), 2 << 20, 0) != (2 << 20) || !Check(buf.data(), 2 << 20, 44)) {
+    return Fail("shared mapping and memfd disagree");
+  }
+  // Calls on the native ranges reach the kernel.
+  if (mprotect(file, 4 << 20, PROT_READ) != 0) return Fail("mprotect of the file mapping");
+  if (madvise(shared, 2 << 20, MADV_DONTNEED) != 0) return Fail("madvise of the shared mapping");
+  if (!Check(shared, 2 << 20, 44)) return Fail("shared pages after MADV_DONTNEED (they are the file's)");
+  if (mlock(shared, 1 << 20) != 0 || munlock(shared, 1 << 20) != 0) return Fail("mlock native");
+  // MAP_FIXED_NOREPLACE over emulated memory: EEXIST, as over any mapping.
+  if (mmap(anon, 4096, PROT_READ, MAP_SHARED | MAP_FIXED_NOREPLACE, mfd, 0) != MAP_FAILED ||
+      errno != EEXIST) {
+    return Fail("MAP_FIXED_NOREPLACE over emulated memory");
+  }
+  // A child sees all of it.
+  pid_t pid = fork();
+  if (pid == 0) {
+    _exit(Check(anon, 1 << 20, 41) && Check(file, 1 << 20, 43) && Check(shared, 2 << 20, 44) ? 0 : 5);
+  }
+  int st;
+  if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    return Fail("the child's view of native and emulated memory");
+  }
+  // Gone again: anonymous memory in their place reads as zeros, and the
+  // emulated memory next to them never changed.
+  if (munmap(file, 4 << 20) != 0) return Fail("munmap of the file mapping");
+  if (mmap(file, 4 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != file) {
+    return Fail("anonymous memory where the file was");
+  }
+  for (size_t i = 0; i < (4u << 20); i += 4096) {
+    if (file[i] != 0) return Fail("zeros where the file was");
+  }
+  Fill(file, 4 << 20, 45);
+  if (mmap(shared, 2 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != shared) {
+    return Fail("anonymous memory over the shared mapping");
+  }
+  Fill(shared, 2 << 20, 46);
+  if (!Check(file, 4 << 20, 45) || !Check(shared, 2 << 20, 46) || !Check(anon, 1 << 20, 41)) {
+    return Fail("emulated memory after the native mappings went");
+  }
+  // mremap of a native range inside the window is not emulated: EINVAL.
+  char* again = res + (24 << 20);
+  if (mmap(again, 1 << 20, PROT_READ, MAP_SHARED | MAP_FIXED, mfd, 0) != again) return Fail("remap");
+  if (mremap(again, 1 << 20, 2 << 20, MREMAP_MAYMOVE) != MAP_FAILED || errno != EINVAL) {
+    return Fail("mremap of a native mapping inside the window");
+  }
+  munmap(res, kRes);
+  close(fd);
+  close(mfd);
+  return 0;
+}
+
 // exec from a process running on the emulator.
 int Exec() {
   char* p = static_cast<char*>(malloc(4 << 20));
@@ -287,6 +374,7 @@ int main(int argc, char** argv) {
   if (cmd == "signals") return Signals();
   if (cmd == "fork") return Fork(mb);
   if (cmd == "forkmany") return ForkMany(mb);
+  if (cmd == "foreign") return Foreign();
   if (cmd == "exec") return Exec();
   if (cmd == "segv") {
     *static_cast<volatile int*>(nullptr) = 1;  // dies by SIGSEGV, as natively

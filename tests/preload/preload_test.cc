@@ -168,6 +168,16 @@ TEST_CASE("Preload: without a limit a forked child stays on the emulator", "[pre
   CHECK(child_faults > 0);
 }
 
+TEST_CASE("Preload: file and shared mappings placed with MAP_FIXED over emulated memory",
+          "[preload]") {
+  std::string mode = GENERATE("thread", "sigbus", "sigsegv");
+  Result r = Run(ModeArg(mode) + " --mem-limit 16M --no-summary", "foreign");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  // The anonymous memory around and after them was the emulator's.
+  CHECK(Counter(r.stats, "pgfault") > 0);
+}
+
 TEST_CASE("Preload: exec, system() and posix_spawn from an emulated process", "[preload]") {
   Result r = Run(ModeArg("thread") + " --no-summary", "exec");
   INFO(r.out);
