@@ -162,6 +162,35 @@ LUA
   lua5.4 "$work/prog.lua" >"$work/expected" || fail "native lua"
   emu_check 16M "$work/expected" lua5.4 "$work/prog.lua"
   ;;
+java)
+  # A JVM: its own SIGSEGV handlers (implicit null checks, safepoint
+  # polls), GC threads, and its class-data archive mapped with MAP_FIXED
+  # over memory it reserved from the emulator (-Xshare:on fails instead of
+  # falling back when that mapping is refused).
+  need java
+  cat >"$work/Work.java" <<'JAVA'
+import java.util.*;
+public class Work {
+  public static void main(String[] a) {
+    Random r = new Random(7);
+    HashMap<Integer, String> m = new HashMap<>();
+    for (int i = 0; i < 400000; i++) m.put(r.nextInt(), Integer.toHexString(i));
+    ArrayList<String> v = new ArrayList<>(m.values());
+    Collections.sort(v);
+    long h = 0;
+    for (String s : v) h = h * 31 + s.hashCode();
+    Object o = null;
+    int npe = 0;
+    for (int i = 0; i < 1000; i++) { try { o.hashCode(); } catch (NullPointerException e) { npe++; } }
+    System.out.println(v.size() + " " + v.get(0) + " " + h + " " + npe);
+  }
+}
+JAVA
+  jopts=(-Xshare:on -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1)
+  java "${jopts[@]}" "$work/Work.java" >"$work/expected" 2>"$work/native.err" ||
+    skip "java cannot run a source file here (needs a JDK with jdk.compiler): $(head -c 300 "$work/native.err")"
+  emu_check 48M "$work/expected" java "${jopts[@]}" "$work/Work.java"
+  ;;
 *)
   echo "unknown case $case_name"; exit 2 ;;
 esac
