@@ -130,6 +130,17 @@ void Flush() {
   }
 }
 
+absl::Status RestartAfterFork(const std::string& path) {
+  if (g_fd < 0) return absl::OkStatus();
+  g_enabled.store(false, std::memory_order_relaxed);
+  close(g_fd);  // the child's copy: the parent's descriptor stays open
+  g_fd = -1;
+  for (Buffer* b = g_buffers.load(std::memory_order_acquire); b != nullptr; b = b->next) {
+    b->n.store(0, std::memory_order_relaxed);
+  }
+  return Start(path);
+}
+
 absl::StatusOr<std::vector<TraceRecord>> Read(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) return ErrnoError(ENOENT, absl::StrCat("cannot open ", path));

@@ -63,6 +63,11 @@ void Record(VirtAddr addr, uint32_t tid, bool write, unsigned fault_ret, uint64_
             uint64_t latency_ns);
 // Writes every thread's buffered records (at exit).
 void Flush();
+// In a forked child of a process that records, with no other thread
+// running: the records buffered so far are the parent's (it writes them),
+// so they are dropped here, and the child records into its own `path`.
+// Recording stops if `path` cannot be opened.
+absl::Status RestartAfterFork(const std::string& path);
 
 // Reads a trace file back.
 absl::StatusOr<std::vector<TraceRecord>> Read(const std::string& path);

@@ -506,15 +506,18 @@ void WriteStatsOnSignal(int sig) {
 }
 
 // EMU_TRACE=FILE: the process emu run started (EMU_TRACE_ROOT_PID) writes
-// FILE, any other process (a program it execs) FILE.PID.
-void StartTrace() {
+// FILE, any other process (a forked child, a program it execs) FILE.PID.
+std::string TraceFile() {
   const char* path = Env("EMU_TRACE");
-  if (path == nullptr) return;
-  std::string file = path;
+  if (path == nullptr) return "";
   const char* root = Env("EMU_TRACE_ROOT_PID");
-  if (root == nullptr || std::to_string(getpid()) != root) {
-    file = absl::StrCat(path, ".", getpid());
-  }
+  if (root == nullptr || std::to_string(getpid()) != root) return absl::StrCat(path, ".", getpid());
+  return path;
+}
+
+void StartTrace() {
+  std::string file = TraceFile();
+  if (file.empty()) return;
   if (absl::Status s = trace::Start(file); !s.ok()) Die(std::string(s.message()));
 }
 
@@ -625,6 +628,7 @@ void ChildAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   if (as == nullptr) return;
   g_brk_mu = PTHREAD_MUTEX_INITIALIZER;  // its holder may be a thread not copied
   // Its trace records would interleave with the parent's in one file.
+  const bool traced = trace::Enabled();
   trace::g_enabled.store(false, std::memory_order_relaxed);
   absl::Status s = absl::OkStatus();
   // Memory our own set-up allocates comes from the kernel: this thread
@@ -642,6 +646,12 @@ void ChildAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   if (s.ok()) s = g_machine->ChildAfterFork();
   if (s.ok()) {
     StatsRestartAfterFork();
+    // Its own trace file (FILE.PID), as an exec'd program gets.
+    if (traced) {
+      if (absl::Status t = trace::RestartAfterFork(TraceFile()); !t.ok()) {
+        Warn(absl::StrCat("fork: the child does not record its faults: ", t.message()));
+      }
+    }
     return;
   }
   Warn(absl::StrCat("fork: the child leaves the emulator: ", s.message()));

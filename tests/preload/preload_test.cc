@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 
 #include <catch2/catch.hpp>
 
@@ -113,6 +114,13 @@ std::string Record(const std::string& stats, int n) {
   return stats.substr(at);
 }
 
+// Of two records, the forked child's (its ppid is the other's pid) and the parent's.
+std::pair<std::string, std::string> ChildAndParent(const std::string& stats) {
+  std::string a = Record(stats, 0), b = Record(stats, 1);
+  if (Counter(b, "ppid") == Counter(a, "pid")) return {b, a};
+  return {a, b};
+}
+
 int Records(const std::string& stats) {
   int n = 0;
   for (size_t at = stats.find("\"pid\""); at != std::string::npos; at = stats.find("\"pid\"", at + 1)) {
@@ -130,10 +138,10 @@ TEST_CASE("Preload: under a limit a forked child stays on the emulator, swapped 
   REQUIRE(r.status == 0);
   CHECK(r.out.find("leaves the emulator") == std::string::npos);
   REQUIRE(Records(r.stats) == 2);
-  // The child (the first to exit) read the parent's swapped pages from the
-  // shared swap file and swapped its own writes out and in under its own limit.
-  std::string child = Record(r.stats, 0);
-  std::string parent = Record(r.stats, 1);
+  // The child read the parent's swapped pages from the shared swap file and
+  // swapped its own writes out and in under its own limit.
+  auto [child, parent] = ChildAndParent(r.stats);
+  REQUIRE(Counter(child, "ppid") == Counter(parent, "pid"));
   CHECK(Counter(parent, "pswpout") > 0);
   CHECK(Counter(child, "pswpin") > 0);
   CHECK(Counter(child, "pswpout") > 0);
@@ -208,6 +216,34 @@ TEST_CASE("emu run --trace records every fault; emu trace summary reads it back"
   CHECK(WEXITSTATUS(bad) == 2);
   std::remove(trace.c_str());
   std::remove(summary_file.c_str());
+  rmdir(dir);
+}
+
+TEST_CASE("emu run --trace: a forked child records its own faults in FILE.PID", "[preload][trace]") {
+  char dir[] = "/tmp/emu-trace-test.XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  std::string trace = std::string(dir) + "/faults.trace";
+  Result r = Run(ModeArg("thread") + " --mem-limit 8M --no-summary --trace " + trace, "fork 16");
+  INFO(r.out);
+  INFO(r.stats);
+  REQUIRE(r.status == 0);
+  REQUIRE(Records(r.stats) == 2);
+  auto [child, parent] = ChildAndParent(r.stats);
+  REQUIRE(Counter(child, "ppid") == Counter(parent, "pid"));
+  auto count = [&](const std::string& file) {
+    std::string out = std::string(dir) + "/summary";
+    int st = std::system((std::string(EMU_BIN) + " trace summary " + file + " >" + out).c_str());
+    std::stringstream ss;
+    ss << std::ifstream(out).rdbuf();
+    std::remove(out.c_str());
+    return WEXITSTATUS(st) == 0 ? std::strtoull(ss.str().c_str(), nullptr, 10) : 0;
+  };
+  const std::string child_file = trace + "." + std::to_string(Counter(child, "pid"));
+  CHECK(count(trace) == Counter(parent, "pgfault"));
+  CHECK(Counter(child, "pgfault") > 0);
+  CHECK(count(child_file) == Counter(child, "pgfault"));
+  std::remove(trace.c_str());
+  std::remove(child_file.c_str());
   rmdir(dir);
 }
 
