@@ -201,6 +201,7 @@ absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot
   if (fixed && !PageAligned(addr)) return ErrnoError(EINVAL, "mmap: fixed address not aligned");
 
   uint32_t vm_flags = ProtToVmFlags(prot);
+  bool populate = flags & (MAP_POPULATE | MAP_LOCKED);
   if (flags & MAP_NORESERVE) vm_flags |= kVmNoReserve;
   if (flags & MAP_GROWSDOWN) vm_flags |= kVmGrowsDown;
   if (flags & MAP_LOCKED) vm_flags |= kVmLocked;
@@ -208,6 +209,9 @@ absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot
   AddrRange range;
   {
     WriteLockHolder l(&mmap_lock_);
+    // mlockall(MCL_FUTURE).
+    vm_flags |= def_flags_;
+    populate |= (def_flags_ & kVmLocked) && def_populate_;
     if (fixed) {
       VirtAddr end;
       if (__builtin_add_overflow(addr, rounded, &end) || addr < window_.start ||
@@ -229,9 +233,9 @@ absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot
     vmas_.MergeAround(range);
   }
   Log(Component::kEmu).debug("mmap {} prot={:#x} flags={:#x}", range, prot, flags);
-  if (flags & (MAP_POPULATE | MAP_LOCKED)) {
+  if (populate) {
     // Linux ignores populate failures here (mm_populate); so do we.
-    (void)Populate(range, (flags & MAP_LOCKED) != 0, /*stop_at_inaccessible=*/false);
+    (void)Populate(range, (vm_flags & kVmLocked) != 0, /*stop_at_inaccessible=*/false);
   }
   return range.start;
 }
@@ -653,6 +657,51 @@ absl::Status AddressSpace::Munlock(VirtAddr addr, size_t len) {
   if (r.empty()) return absl::OkStatus();
   WriteLockHolder l(&mmap_lock_);
   return SetLockedLocked(r, false);
+}
+
+absl::Status AddressSpace::MlockAll(int flags) {
+  if (flags == 0 || (flags & ~(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)) ||
+      (flags & (MCL_CURRENT | MCL_FUTURE)) == 0) {
+    return ErrnoError(EINVAL, "mlockall: bad flags");
+  }
+  {
+    WriteLockHolder l(&mmap_lock_);
+    if (flags & MCL_FUTURE) {
+      def_flags_ |= kVmLocked;
+      def_populate_ = !(flags & MCL_ONFAULT);
+    } else {
+      def_flags_ &= ~kVmLocked;
+    }
+    if (flags & MCL_CURRENT) {
+      // Linux: apply_mlockall_flags() walks every VMA; the tree changes
+      // under the walk (splits, merges), so it goes by address.
+      for (VirtAddr a = window_.start; a < window_.end;) {
+        const Vma* v = vmas_.FindVma(a);
+        if (v == nullptr) break;
+        const AddrRange r = v->range();
+        EMU_RETURN_IF_ERROR(SetLockedLocked(r, true));
+        a = r.end;
+      }
+    }
+  }
+  if ((flags & MCL_CURRENT) && !(flags & MCL_ONFAULT)) {
+    // Linux: mm_populate(0, TASK_SIZE); errors are not reported.
+    (void)Populate(window_, /*nozero=*/true, /*stop_at_inaccessible=*/false);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AddressSpace::MunlockAll() {
+  WriteLockHolder l(&mmap_lock_);
+  def_flags_ &= ~kVmLocked;
+  for (VirtAddr a = window_.start; a < window_.end;) {
+    const Vma* v = vmas_.FindVma(a);
+    if (v == nullptr) break;
+    const AddrRange r = v->range();
+    EMU_RETURN_IF_ERROR(SetLockedLocked(r, false));
+    a = r.end;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status AddressSpace::Populate(AddrRange r, bool nozero, bool stop_at_inaccessible) {

@@ -117,6 +117,13 @@ class AddressSpace {
   // pages (no zero page: GUP_FLAGS_IGNORE_ZERO, seed 004).
   absl::Status Mlock(VirtAddr addr, size_t len);
   absl::Status Munlock(VirtAddr addr, size_t len);
+  // Linux: mm/mlock.c mlockall()/munlockall(). MCL_CURRENT locks every VMA
+  // (and populates it unless MCL_ONFAULT); MCL_FUTURE makes later mmap and
+  // brk mappings VM_LOCKED (mm->def_flags; populated unless MCL_ONFAULT).
+  // EINVAL for no flags, unknown ones, or MCL_ONFAULT alone. munlockall
+  // unlocks every VMA and clears MCL_FUTURE.
+  absl::Status MlockAll(int flags);
+  absl::Status MunlockAll();
 
   // Makes [addr, addr+len) present now, writable when `write` (Linux:
   // mm/gup.c fault_in_writeable()/fault_in_readable(), populate_vma_page_range()).
@@ -218,6 +225,10 @@ class AddressSpace {
   std::atomic<int64_t> nr_swap_ptes_{0};
   std::atomic<bool> forking_{false};
   std::atomic<int> fork_faults_{0};
+  // mlockall(MCL_FUTURE): flags every new mapping gets (= mm->def_flags),
+  // and whether they are populated (not with MCL_ONFAULT). Under mmap_lock.
+  uint32_t def_flags_ = 0;
+  bool def_populate_ = false;
 };
 
 }  // namespace emu

@@ -70,8 +70,15 @@ class SigsegvMmu : public HostMmu {
            sys::Madvise(p, r.len_bytes(), MADV_DONTNEED) == 0;
   }
   bool Reserve(AddrRange r) override {
-    return sys::Mmap(reinterpret_cast<void*>(r.start), r.len_bytes(), PROT_NONE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) != MAP_FAILED;
+    if (sys::Mmap(reinterpret_cast<void*>(r.start), r.len_bytes(), PROT_NONE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED) {
+      return false;
+    }
+    // mlockall(MCL_FUTURE) would lock it in the host: the emulator's pages
+    // are locked in its own PTEs, and a locked host range refuses the zap.
+    sys::RawSyscall6(SYS_munlock, static_cast<long>(r.start), static_cast<long>(r.len_bytes()), 0,
+                     0, 0, 0);
+    return true;
   }
   bool Protect(AddrRange r, Prot host_prot) override {
     machine_->vmstat().Add(VmEvent::k_host_install_calls);

@@ -308,6 +308,46 @@ long SysBrk(VirtAddr want) {
 // syscall(2): the memory system calls are routed, every other number goes to
 // the kernel unchanged. Non-variadic on purpose: on x86-64 a variadic call
 // passes its integer arguments where this function reads them.
+// mlockall(2)/munlockall(2): the emulated part locks VMAs in the
+// emulator's own PTEs (reclaim never takes their pages) and populates them;
+// the kernel locks the rest, on fault (MCL_ONFAULT: a kernel populate would
+// walk the arena too, and in thread mode a page it cannot get retries
+// forever). The arena is then unlocked in the host again: a host range with
+// VM_LOCKED refuses the MADV_DONTNEED every munmap and swap-out of emulated
+// memory needs.
+int DoMlockAll(int flags) {
+  AddressSpace* as = Routing();
+  auto native = [](long nr, long arg) {
+    return static_cast<int>(sys::ToLibcRet(sys::RawSyscall6(nr, arg, 0, 0, 0, 0, 0)));
+  };
+  if (as == nullptr) return native(SYS_mlockall, flags);
+  {
+    Inside in;
+    if (absl::Status s = as->MlockAll(flags); !s.ok()) {
+      errno = ToErrno(s);
+      return -1;
+    }
+  }
+  int ret = native(SYS_mlockall, flags | MCL_ONFAULT);
+  int err = errno;
+  sys::RawSyscall6(SYS_munlock, static_cast<long>(g_window.start),
+                   static_cast<long>(g_window.len_bytes()), 0, 0, 0, 0);
+  errno = err;
+  return ret;
+}
+
+int DoMunlockAll() {
+  AddressSpace* as = Routing();
+  if (as != nullptr) {
+    Inside in;
+    if (absl::Status s = as->MunlockAll(); !s.ok()) {
+      errno = ToErrno(s);
+      return -1;
+    }
+  }
+  return static_cast<int>(sys::ToLibcRet(sys::RawSyscall6(SYS_munlockall, 0, 0, 0, 0, 0, 0)));
+}
+
 long DoSyscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6) {
   auto ptr = [](long v) { return reinterpret_cast<void*>(v); };
   switch (nr) {
@@ -326,6 +366,8 @@ long DoSyscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6) {
     case SYS_brk: return SysBrk(static_cast<VirtAddr>(a1));
     case SYS_mlock: return DoMlock(ptr(a1), static_cast<size_t>(a2), true);
     case SYS_munlock: return DoMlock(ptr(a1), static_cast<size_t>(a2), false);
+    case SYS_mlockall: return DoMlockAll(static_cast<int>(a1));
+    case SYS_munlockall: return DoMunlockAll();
     default: return sys::ToLibcRet(sys::RawSyscall6(nr, a1, a2, a3, a4, a5, a6));
   }
 }
@@ -358,6 +400,8 @@ int emu_preload_mlock(const void* a, size_t l) { return DoMlock(a, l, true); }
 // os._exit, servers): statistics are written first.
 [[noreturn]] void emu_preload_exit(int status);
 int emu_preload_munlock(const void* a, size_t l) { return DoMlock(a, l, false); }
+int emu_preload_mlockall(int flags) { return DoMlockAll(flags); }
+int emu_preload_munlockall() { return DoMunlockAll(); }
 
 // The same, under libc's names, for callers that resolve them before libc
 // (an allocator that defines its own mmap, when this library comes first).
@@ -695,6 +739,8 @@ __attribute__((constructor(101))) void Init() {
       {"syscall", reinterpret_cast<void*>(&emu_preload_syscall)},
       {"mlock", reinterpret_cast<void*>(&emu_preload_mlock)},
       {"munlock", reinterpret_cast<void*>(&emu_preload_munlock)},
+      {"mlockall", reinterpret_cast<void*>(&emu_preload_mlockall)},
+      {"munlockall", reinterpret_cast<void*>(&emu_preload_munlockall)},
       {"_exit", reinterpret_cast<void*>(&emu_preload_exit)},
   };
   if (libc == nullptr) {

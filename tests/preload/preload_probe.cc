@@ -348,6 +348,56 @@ int Foreign() {
   return 0;
 }
 
+// Pages resident in the host (mincore), of `bytes` at p.
+size_t Resident(const char* p, size_t bytes) {
+  std::vector<unsigned char> v(bytes / kP);
+  if (mincore(const_cast<char*>(p), bytes, v.data()) != 0) return 0;
+  size_t n = 0;
+  for (unsigned char c : v) n += c & 1;
+  return n;
+}
+
+// mlockall/munlockall: locked memory stays resident under pressure (reclaim
+// never takes it), MCL_FUTURE populates new mappings at once, bad flags are
+// EINVAL. Run under a limit well above the locked set.
+int MlockAll() {
+  if (mlockall(0) == 0 || errno != EINVAL) return Fail("mlockall(0) is EINVAL");
+  if (mlockall(MCL_ONFAULT) == 0 || errno != EINVAL) return Fail("mlockall(MCL_ONFAULT) is EINVAL");
+  constexpr size_t kLocked = 4 << 20, kBig = 24 << 20;
+  char* a = static_cast<char*>(mmap(nullptr, kLocked, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  Fill(a, kLocked, 51);
+  if (mlockall(MCL_CURRENT) != 0) return Fail("mlockall(MCL_CURRENT)");
+  // Not locked (no MCL_FUTURE): this goes through swap, a stays.
+  char* b = static_cast<char*>(mmap(nullptr, kBig, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  for (int pass = 0; pass < 2; pass++) {
+    Fill(b, kBig, 52 + pass);
+    if (!Check(b, kBig, 52 + pass)) return Fail("unlocked memory under pressure");
+  }
+  if (Resident(a, kLocked) != kLocked / kP) return Fail("a locked page left memory");
+  if (Resident(b, kBig) == kBig / kP) return Fail("nothing unlocked was reclaimed (limit too high?)");
+  if (!Check(a, kLocked, 51)) return Fail("locked data");
+  // MCL_FUTURE: populated at mmap, before any touch.
+  if (mlockall(MCL_FUTURE) != 0) return Fail("mlockall(MCL_FUTURE)");
+  char* c = static_cast<char*>(mmap(nullptr, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  // (SIGSEGV mode populates by protection: the host allocates on first touch.)
+  const char* mode = getenv("EMU_FAULT_MODE");
+  const bool host_lazy = mode != nullptr && std::string(mode) == "sigsegv";
+  if (!host_lazy && Resident(c, 1 << 20) != (1 << 20) / kP) {
+    return Fail("MCL_FUTURE did not populate a new mapping");
+  }
+  if (munlockall() != 0) return Fail("munlockall");
+  // Unlocked again: pressure may take a's pages now, and they come back.
+  for (int pass = 0; pass < 2; pass++) Fill(b, kBig, 60 + pass);
+  if (!Check(a, kLocked, 51) || !Check(b, kBig, 61)) return Fail("data after munlockall");
+  // munmap of memory that was locked works (the host range is not locked).
+  if (munmap(a, kLocked) != 0 || munmap(c, 1 << 20) != 0) return Fail("munmap after mlockall");
+  char* d = static_cast<char*>(mmap(a, kLocked, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0));
+  for (size_t i = 0; i < kLocked; i += kP) {
+    if (d[i] != 0) return Fail("stale data where locked memory was unmapped");
+  }
+  return 0;
+}
+
 // exec from a process running on the emulator.
 int Exec() {
   char* p = static_cast<char*>(malloc(4 << 20));
@@ -375,6 +425,7 @@ int main(int argc, char** argv) {
   if (cmd == "fork") return Fork(mb);
   if (cmd == "forkmany") return ForkMany(mb);
   if (cmd == "foreign") return Foreign();
+  if (cmd == "mlockall") return MlockAll();
   if (cmd == "exec") return Exec();
   if (cmd == "segv") {
     *static_cast<volatile int*>(nullptr) = 1;  // dies by SIGSEGV, as natively

@@ -186,6 +186,15 @@ TEST_CASE("Preload: file and shared mappings placed with MAP_FIXED over emulated
   CHECK(Counter(r.stats, "pgfault") > 0);
 }
 
+TEST_CASE("Preload: mlockall keeps memory resident under a limit; MCL_FUTURE populates",
+          "[preload]") {
+  std::string mode = GENERATE("thread", "sigbus", "sigsegv");
+  Result r = Run(ModeArg(mode) + " --mem-limit 16M --no-summary", "mlockall");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  CHECK(Counter(r.stats, "pswpout") > 0);
+}
+
 TEST_CASE("Preload: exec, system() and posix_spawn from an emulated process", "[preload]") {
   Result r = Run(ModeArg("thread") + " --no-summary", "exec");
   INFO(r.out);
