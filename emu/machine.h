@@ -145,7 +145,7 @@ class Machine {
   // The native mappings inside the arena (kVmForeign VMAs of every address
   // space), sorted: a fault registration covers the arena but these. Call
   // with no mm call in flight (start-up, a forked child).
-  std::vector<AddrRange> ForeignRanges() const;
+  std::vector<AddrRange> ForeignRanges() const ABSL_NO_THREAD_SAFETY_ANALYSIS;
 
   // In a forked child (the preload), with no other thread running: gives
   // the child its own fault registration (userfaultfd modes: a fresh
