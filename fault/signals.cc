@@ -60,14 +60,27 @@ void WriteHex(uintptr_t v) {
 // would have without emu. `refault`: the faulting instruction will raise the
 // same signal again when we return, so there is no need to raise it.
 void Forward(int sig, siginfo_t* info, void* ctx, bool refault) {
-  const struct sigaction& prev = sig == SIGSEGV ? g_prev_segv : g_prev_bus;
-  if (prev.sa_flags & SA_SIGINFO) {
-    if (prev.sa_sigaction != nullptr) {
+  struct sigaction& stored = sig == SIGSEGV ? g_prev_segv : g_prev_bus;
+  const struct sigaction prev = stored;
+  // sa_handler and sa_sigaction share their storage: SIG_DFL and SIG_IGN
+  // are no handler whatever the flags say.
+  const bool handler = prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN;
+  if (handler) {
+    // What the kernel does on delivery (Linux: signal_setup_done(),
+    // handle_signal()): SA_RESETHAND puts the default back first; the
+    // handler runs with its sa_mask blocked, and the signal itself unless
+    // SA_NODEFER. The previous mask comes back when it returns (a handler
+    // that siglongjmps restores its own).
+    if (prev.sa_flags & SA_RESETHAND) stored.sa_handler = SIG_DFL;  // flags stay, as in Linux
+    sigset_t block = prev.sa_mask, old;
+    if (!(prev.sa_flags & SA_NODEFER)) sigaddset(&block, sig);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    if (prev.sa_flags & SA_SIGINFO) {
       prev.sa_sigaction(sig, info, ctx);
-      return;
+    } else {
+      prev.sa_handler(sig);
     }
-  } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
-    prev.sa_handler(sig);
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
     return;
   }
   if (auto fn = g_before_default.load(std::memory_order_acquire)) fn(sig);

@@ -134,10 +134,15 @@ sigjmp_buf g_jmp;
 volatile int g_sig = 0;
 volatile int g_code = 0;
 void* volatile g_addr = nullptr;
+volatile sig_atomic_t g_masked = 0;  // SIGUSR1 and the signal itself blocked in the handler
+
 void OnFault(int sig, siginfo_t* info, void*) {
   g_sig = sig;
   g_code = info->si_code;
   g_addr = info->si_addr;
+  sigset_t cur;
+  pthread_sigmask(SIG_BLOCK, nullptr, &cur);
+  g_masked = sigismember(&cur, SIGUSR1) && sigismember(&cur, sig);
   siglongjmp(g_jmp, 1);
 }
 
@@ -176,6 +181,20 @@ int Signals() {
     return Fail("the program's handler got the original siginfo (MAPERR)");
   }
   if (!Check(p, 8 * kP, 3)) return Fail("contents next to the faults");
+  // The handler's sa_mask and SA_RESETHAND are applied as the kernel does.
+  sa.sa_flags = SA_SIGINFO | SA_RESETHAND;
+  sigaddset(&sa.sa_mask, SIGUSR1);
+  if (sigaction(SIGSEGV, &sa, nullptr) != 0) return Fail("sigaction SA_RESETHAND");
+  g_sig = 0;
+  if (sigsetjmp(g_jmp, 1) == 0) {
+    p[0] = 1;
+    return Fail("write to a read-only page succeeded");
+  }
+  if (g_sig != SIGSEGV || !g_masked) return Fail("sa_mask (and the signal) blocked in the handler");
+  sigaction(SIGSEGV, nullptr, &cur);
+  if (cur.sa_handler != SIG_DFL) {
+    return Fail("SA_RESETHAND put the default action back");
+  }
   return 0;
 }
 
