@@ -1,5 +1,6 @@
 // mmap/munmap/mprotect/madvise/mlock semantics of AddressSpace.
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -164,6 +165,94 @@ TEST_CASE("Mlock: unaligned starts round down, holes give ENOMEM, munlock merges
   CHECK(ToErrno(as.Mlock(A(p), static_cast<size_t>(-4096))) == EINVAL);  // wraps
   char* none = MapAnon(as, 2 * kPageSize, PROT_NONE);
   CHECK(ToErrno(as.Mlock(A(none), 2 * kPageSize)) == ENOMEM);  // cannot populate PROT_NONE
+  RequireInvariants(as);
+}
+
+TEST_CASE("MlockAll: MCL_CURRENT locks and populates every VMA, MCL_FUTURE later ones; "
+          "munlockall undoes both",
+          "[mm][mlock]") {
+  FaultMode mode = EMU_ALL_MODES();
+  auto env = MakeEnv(mode);
+  AddressSpace& as = *env->as;
+  CHECK(ToErrno(as.MlockAll(0)) == EINVAL);
+  CHECK(ToErrno(as.MlockAll(MCL_ONFAULT)) == EINVAL);
+  CHECK(ToErrno(as.MlockAll(0x100)) == EINVAL);
+  char* p = MapAnon(as, 8 * kPageSize);
+  char* none = MapAnon(as, 2 * kPageSize, PROT_NONE);
+  REQUIRE(as.MlockAll(MCL_CURRENT).ok());
+  CHECK(as.rss_anon() == 8);  // populated with real pages (no zero page); PROT_NONE skipped
+  CHECK(as.GetPte(A(p)).present());
+  CHECK(!as.GetPte(A(p)).special());
+  CHECK(!as.GetPte(A(none)).present());
+  // Not MCL_FUTURE: a new mapping is neither locked nor populated.
+  char* q = MapAnon(as, 4 * kPageSize);
+  CHECK(as.rss_anon() == 8);
+  REQUIRE(as.MlockAll(MCL_FUTURE).ok());
+  char* r = MapAnon(as, 4 * kPageSize);
+  CHECK(as.rss_anon() == 12);  // populated at mmap
+  REQUIRE(as.MlockAll(MCL_FUTURE | MCL_ONFAULT).ok());
+  char* s = MapAnon(as, 4 * kPageSize);
+  CHECK(as.rss_anon() == 12);  // locked on fault: not populated
+  REQUIRE(as.MunlockAll().ok());
+  char* t = MapAnon(as, 4 * kPageSize);
+  CHECK(as.rss_anon() == 12);
+  // After munlockall everything merges back into unlocked VMAs where the
+  // protections agree; pages stay.
+  REQUIRE(as.Munmap(A(q), 4 * kPageSize).ok());
+  REQUIRE(as.Munmap(A(r), 4 * kPageSize).ok());
+  REQUIRE(as.Munmap(A(s), 4 * kPageSize).ok());
+  REQUIRE(as.Munmap(A(t), 4 * kPageSize).ok());
+  CHECK(as.rss_anon() == 8);
+  RequireInvariants(as);
+}
+
+TEST_CASE("MapForeign: a native mapping inside the window is the kernel's until unmapped",
+          "[mm][foreign]") {
+  FaultMode mode = EMU_ALL_MODES();
+  auto env = MakeEnv(mode);
+  AddressSpace& as = *env->as;
+  char* p = MapAnon(as, 16 * kPageSize);
+  std::memset(p, 7, 16 * kPageSize);
+  int fd = memfd_create("mm_ops_test", 0);
+  REQUIRE(fd >= 0);
+  REQUIRE(ftruncate(fd, 4 * kPageSize) == 0);
+  char* mid = p + 4 * kPageSize;
+  auto map_native = [&] {
+    void* r = mmap(mid, 4 * kPageSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+    return r == MAP_FAILED ? errno : 0;
+  };
+  CHECK(ToErrno(as.MapForeign(A(mid), 4 * kPageSize, /*noreplace=*/true, map_native)) == EEXIST);
+  REQUIRE(as.MapForeign(A(mid), 4 * kPageSize, /*noreplace=*/false, map_native).ok());
+  CHECK(as.nr_vmas() == 3);
+  CHECK(as.rss_anon() == 12);  // the emulated pages under it are gone
+  mid[0] = 42;                 // the kernel's page: no emulator fault
+  char byte = 0;
+  REQUIRE(pread(fd, &byte, 1, 0) == 1);
+  CHECK(byte == 42);
+  CHECK(p[0] == 7);
+  CHECK(p[8 * kPageSize] == 7);
+  // The kernel's: mprotect and madvise reach it; mremap does not move it.
+  REQUIRE(as.Mprotect(A(mid), 4 * kPageSize, PROT_READ).ok());
+  REQUIRE(as.Madvise(A(mid), 4 * kPageSize, MADV_DONTNEED).ok());
+  CHECK(mid[0] == 42);  // shared memory keeps its contents
+  CHECK(ToErrno(as.Mremap(A(mid), 4 * kPageSize, 8 * kPageSize, MREMAP_MAYMOVE, 0).status()) ==
+        EINVAL);
+  // No emulated mapping is placed over it.
+  for (int i = 0; i < 8; i++) {
+    char* q = MapAnon(as, 4 * kPageSize);
+    CHECK((q + 4 * kPageSize <= mid || q >= mid + 4 * kPageSize));
+  }
+  RequireInvariants(as);
+  // Unmapped: the emulator's again, zeros on the next fault.
+  REQUIRE(as.Munmap(A(mid), 4 * kPageSize).ok());
+  auto again = as.Mmap(A(mid), 4 * kPageSize, kRW, kAnon | MAP_FIXED);
+  REQUIRE(again.ok());
+  CHECK(mid[0] == 0);
+  mid[1] = 5;
+  CHECK(as.GetPte(A(mid)).present());
+  REQUIRE(pread(fd, &byte, 1, 0) == 1);
+  CHECK(byte == 42);  // the file kept its byte; the range is no longer it
+  close(fd);
   RequireInvariants(as);
 }
 
