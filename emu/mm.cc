@@ -672,17 +672,7 @@ absl::Status AddressSpace::MlockAll(int flags) {
     } else {
       def_flags_ &= ~kVmLocked;
     }
-    if (flags & MCL_CURRENT) {
-      // Linux: apply_mlockall_flags() walks every VMA; the tree changes
-      // under the walk (splits, merges), so it goes by address.
-      for (VirtAddr a = window_.start; a < window_.end;) {
-        const Vma* v = vmas_.FindVma(a);
-        if (v == nullptr) break;
-        const AddrRange r = v->range();
-        EMU_RETURN_IF_ERROR(SetLockedLocked(r, true));
-        a = r.end;
-      }
-    }
+    if (flags & MCL_CURRENT) EMU_RETURN_IF_ERROR(SetLockedAllLocked(true));
   }
   if ((flags & MCL_CURRENT) && !(flags & MCL_ONFAULT)) {
     // Linux: mm_populate(0, TASK_SIZE); errors are not reported.
@@ -694,11 +684,17 @@ absl::Status AddressSpace::MlockAll(int flags) {
 absl::Status AddressSpace::MunlockAll() {
   WriteLockHolder l(&mmap_lock_);
   def_flags_ &= ~kVmLocked;
+  return SetLockedAllLocked(false);
+}
+
+absl::Status AddressSpace::SetLockedAllLocked(bool lock) {
+  // Linux: apply_mlockall_flags() walks every VMA; the tree changes under
+  // the walk (splits, merges), so it goes by address.
   for (VirtAddr a = window_.start; a < window_.end;) {
     const Vma* v = vmas_.FindVma(a);
     if (v == nullptr) break;
     const AddrRange r = v->range();
-    EMU_RETURN_IF_ERROR(SetLockedLocked(r, false));
+    EMU_RETURN_IF_ERROR(SetLockedLocked(r, lock));
     a = r.end;
   }
   return absl::OkStatus();

@@ -209,6 +209,8 @@ class AddressSpace {
                                bool dontunmap) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   // Sets or clears kVmLocked over r.
   absl::Status SetLockedLocked(AddrRange r, bool lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  // SetLockedLocked on every VMA (mlockall MCL_CURRENT, munlockall).
+  absl::Status SetLockedAllLocked(bool lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   absl::Status Populate(AddrRange r, bool nozero, bool stop_at_inaccessible);
   absl::Status CheckHostAgreementLocked() ABSL_SHARED_LOCKS_REQUIRED(mmap_lock_);
   absl::Status CheckInvariantsLocked() ABSL_SHARED_LOCKS_REQUIRED(mmap_lock_);

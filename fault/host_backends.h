@@ -21,6 +21,12 @@ absl::StatusOr<std::unique_ptr<HostMmu>> CreateUffdMmu(Machine* machine, AddrRan
 // page PROT_READ, a written page the VMA's protection. Faults arrive as SIGSEGV.
 absl::StatusOr<std::unique_ptr<HostMmu>> CreateSigsegvMmu(Machine* machine, AddrRange arena);
 
+// The arena's reservation mapped again over `r` (HostMmu::Reserve): PROT_NONE,
+// and not VM_LOCKED even under mlockall(MCL_FUTURE) (the emulator's pages are
+// locked in its own PTEs, and a locked host range refuses the zap). False
+// when the mmap fails.
+bool MapReservation(AddrRange r);
+
 // Handler threads in kUffdThread mode: EMU_UFFD_HANDLERS, else one per
 // online CPU. With more than one, thread i is pinned to CPU i.
 int HandlerThreads();

@@ -69,17 +69,7 @@ class SigsegvMmu : public HostMmu {
     return sys::Mprotect(p, r.len_bytes(), PROT_NONE) == 0 &&
            sys::Madvise(p, r.len_bytes(), MADV_DONTNEED) == 0;
   }
-  bool Reserve(AddrRange r) override {
-    if (sys::Mmap(reinterpret_cast<void*>(r.start), r.len_bytes(), PROT_NONE,
-                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED) {
-      return false;
-    }
-    // mlockall(MCL_FUTURE) would lock it in the host: the emulator's pages
-    // are locked in its own PTEs, and a locked host range refuses the zap.
-    sys::RawSyscall6(SYS_munlock, static_cast<long>(r.start), static_cast<long>(r.len_bytes()), 0,
-                     0, 0, 0);
-    return true;
-  }
+  bool Reserve(AddrRange r) override { return MapReservation(r); }
   bool Protect(AddrRange r, Prot host_prot) override {
     machine_->vmstat().Add(VmEvent::k_host_install_calls);
     return sys::Mprotect(reinterpret_cast<void*>(r.start), r.len_bytes(), host_prot) == 0;
@@ -91,6 +81,16 @@ class SigsegvMmu : public HostMmu {
 };
 
 }  // namespace
+
+bool MapReservation(AddrRange r) {
+  if (sys::Mmap(reinterpret_cast<void*>(r.start), r.len_bytes(), PROT_NONE,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED) {
+    return false;
+  }
+  sys::RawSyscall6(SYS_munlock, static_cast<long>(r.start), static_cast<long>(r.len_bytes()), 0, 0,
+                   0, 0);
+  return true;
+}
 
 absl::StatusOr<std::unique_ptr<HostMmu>> CreateSigsegvMmu(Machine* machine, AddrRange) {
   auto mmu = std::make_unique<SigsegvMmu>(machine);

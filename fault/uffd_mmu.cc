@@ -135,14 +135,7 @@ class UffdMmu : public HostMmu {
 
   bool Reserve(AddrRange r) override {
     // A new mapping carries no registration: register it as the arena was.
-    if (sys::Mmap(reinterpret_cast<void*>(r.start), r.len_bytes(), PROT_NONE,
-                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED) {
-      return false;
-    }
-    // mlockall(MCL_FUTURE) would lock it in the host: the emulator's pages
-    // are locked in its own PTEs, and a locked host range refuses the zap.
-    sys::RawSyscall6(SYS_munlock, static_cast<long>(r.start), static_cast<long>(r.len_bytes()), 0,
-                     0, 0, 0);
+    if (!MapReservation(r)) return false;
     uffdio_register reg{};
     reg.range = {r.start, r.len_bytes()};
     reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
