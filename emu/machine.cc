@@ -300,15 +300,25 @@ absl::Status Machine::ChildAfterFork() {
           e->store(Pte::SwapEntry(pte.swap_entry()).raw(), std::memory_order_relaxed);
           return;
         }
-        if (pte.locked()) {
-          // An install or a zero-page COW of a thread the child does not
-          // have: its data never mattered to anyone here. Without a limit
-          // the frame stays counted (a leak of one page per such fault);
-          // with one, PageReclaim::ChildAfterFork frees it.
+        if (pte.locked() && pte.present()) {
+          // A write fault in flight in a thread the child does not have,
+          // on a page that stays (reuse) or on a zero page (COW): the host
+          // may already let writes through, so the page keeps whatever it
+          // holds: the PTE comes back write-protected (the next write faults
+          // again) and, for a real page, dirty (reclaim must write it).
+          pte = Pte(pte.raw() & ~Pte::kLocked);
+          if (!pte.special()) pte = pte.WithWrite(false).WithDirty();
+          e->store(pte.raw(), std::memory_order_relaxed);
+          // SIGSEGV mode: the host protection encodes the PTE (the userfaultfd
+          // modes get their write protection below, with the others).
+          if (host.mode() == FaultMode::kSigsegv) host.WriteProtect({a, a + kPageSize}, prot);
+        } else if (pte.locked()) {
+          // A new page being installed by such a thread: the PTE goes. The
+          // host page is left as it is (a write that went through stays
+          // visible; the page is then outside the emulator's accounting).
+          // Without a limit the frame stays counted (a leak of one page per
+          // such fault); with one, PageReclaim::ChildAfterFork frees it.
           e->store(0, std::memory_order_relaxed);
-          host.Zap({a, a + kPageSize});
-          if (pte.present() && pte.special()) as->AddZeroPtes(-1);
-          if (pte.present() && !pte.special()) as->AddRssAnon(-1);
           return;
         }
         // userfaultfd write protection does not survive fork: put it back

@@ -468,7 +468,9 @@ static unsigned ReplaceZeroPage(Machine* machine, VmFault& vmf, uint64_t orig, b
       machine->FreePage(pfn);
       return kFaultRetry;
     }
-    vmf.pte->store(Pte::InstallLocked().raw(), std::memory_order_relaxed);
+    // Locked, keeping the zero-page bits: a forked child that copies it now
+    // puts the zero-page PTE back (Machine::ChildAfterFork).
+    vmf.pte->store(Pte(orig).WithLocked().raw(), std::memory_order_relaxed);
   }
   if (!host_op()) {
     int err = errno;
@@ -521,7 +523,9 @@ unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
   {
     SpinLockHolder l(pt.Ptl(vmf.address));
     if (Load(vmf.pte) != orig) return kFaultRetry;
-    vmf.pte->store(Pte::InstallLocked().raw(), std::memory_order_relaxed);
+    // Locked, keeping the page: a forked child that copies it now (another
+    // thread may already write through the host) keeps the page, dirty.
+    vmf.pte->store(pte.WithLocked().raw(), std::memory_order_relaxed);
   }
   // The PTE is claimed: the page can be neither unmapped nor freed now.
   Page& p = machine_->mem_map().page(pte.pfn());

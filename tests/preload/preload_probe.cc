@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -417,6 +418,52 @@ int MlockAll() {
   return 0;
 }
 
+// fork while another thread's write faults are in flight (pages read back
+// from swap being made writable, zero pages being copied): every page the
+// child inherits keeps its contents. Each page holds a marker at offset 0
+// that nothing changes after the fill; a writer thread keeps writing offset
+// 8 of every page.
+int ForkWhileWriting(size_t total_mb) {
+  const size_t bytes = total_mb << 20;
+  char* p = static_cast<char*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  for (size_t off = 0; off < bytes; off += kP) *reinterpret_cast<uint64_t*>(p + off) = Pattern(off / kP, 71);
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (uint64_t gen = 1; !stop.load(std::memory_order_relaxed); gen++) {
+      for (size_t off = 0; off < bytes && !stop.load(std::memory_order_relaxed); off += kP) {
+        reinterpret_cast<volatile uint64_t*>(p + off)[1] = gen;
+      }
+    }
+  });
+  int failed = 0;
+  for (int k = 0; k < 30 && failed == 0; k++) {
+    pid_t pid = fork();
+    if (pid < 0) {
+      failed = Fail("fork");
+      break;
+    }
+    if (pid == 0) {
+      for (size_t off = 0; off < bytes; off += kP) {
+        if (*reinterpret_cast<uint64_t*>(p + off) != Pattern(off / kP, 71)) {
+          std::fprintf(stderr, "probe: child %d: page %zu lost its marker\n", k, off / kP);
+          _exit(3);
+        }
+      }
+      _exit(0);
+    }
+    int st;
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      failed = Fail("a child saw a page that lost its contents");
+    }
+  }
+  stop.store(true);
+  writer.join();
+  for (size_t off = 0; off < bytes && failed == 0; off += kP) {
+    if (*reinterpret_cast<uint64_t*>(p + off) != Pattern(off / kP, 71)) failed = Fail("parent's markers");
+  }
+  return failed;
+}
+
 // exec from a process running on the emulator.
 int Exec() {
   char* p = static_cast<char*>(malloc(4 << 20));
@@ -445,6 +492,7 @@ int main(int argc, char** argv) {
   if (cmd == "forkmany") return ForkMany(mb);
   if (cmd == "foreign") return Foreign();
   if (cmd == "mlockall") return MlockAll();
+  if (cmd == "forkwrite") return ForkWhileWriting(mb);
   if (cmd == "exec") return Exec();
   if (cmd == "segv") {
     *static_cast<volatile int*>(nullptr) = 1;  // dies by SIGSEGV, as natively

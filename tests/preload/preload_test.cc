@@ -148,6 +148,15 @@ TEST_CASE("Preload: under a limit a forked child stays on the emulator, swapped 
   CHECK(Counter(child, "peak_anon_pages") <= 2048);
 }
 
+TEST_CASE("Preload: fork while another thread's write faults are in flight loses no page",
+          "[preload][fork]") {
+  std::string mode = GENERATE("thread", "sigbus", "sigsegv");
+  Result r = Run(ModeArg(mode) + " --mem-limit 8M --no-summary", "forkwrite 16");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("leaves the emulator") == std::string::npos);
+}
+
 TEST_CASE("Preload: many processes share one swap file (a fan at once, then 40 in sequence)",
           "[preload][fork]") {
   std::string mode = GENERATE("thread", "sigbus");
