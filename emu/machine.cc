@@ -296,8 +296,11 @@ absl::Status Machine::ChildAfterFork() {
         if (pte.raw() == 0) return;
         if (pte.locked() && !pte.present() && pte.swap()) {
           // A swap-in in flight in a thread the child does not have: the
-          // swap PTE (and its reference, still counted) stays.
+          // swap PTE (and its reference, still counted) stays. Its page may
+          // already be in the host (installed, not yet published, holding
+          // the slot's bytes): it goes, so that host and PTE agree.
           e->store(Pte::SwapEntry(pte.swap_entry()).raw(), std::memory_order_relaxed);
+          host.Zap({a, a + kPageSize});
           return;
         }
         if (pte.locked() && pte.present()) {

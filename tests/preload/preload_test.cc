@@ -131,6 +131,7 @@ int Records(const std::string& stats) {
 
 TEST_CASE("Preload: under a limit a forked child stays on the emulator, swapped pages included",
           "[preload][fork]") {
+  setenv("EMU_FORK_SHARE", "1", 1);  // the child stays under the limit (off by default)
   std::string mode = GENERATE("thread", "sigbus", "sigsegv");
   Result r = Run(ModeArg(mode) + " --mem-limit 8M --no-summary", "fork 16");
   INFO(r.out);
@@ -150,6 +151,7 @@ TEST_CASE("Preload: under a limit a forked child stays on the emulator, swapped 
 
 TEST_CASE("Preload: fork while another thread's write faults are in flight loses no page",
           "[preload][fork]") {
+  setenv("EMU_FORK_SHARE", "1", 1);  // the child stays under the limit (off by default)
   std::string mode = GENERATE("thread", "sigbus", "sigsegv");
   Result r = Run(ModeArg(mode) + " --mem-limit 8M --no-summary", "forkwrite 16");
   INFO(r.out);
@@ -159,6 +161,7 @@ TEST_CASE("Preload: fork while another thread's write faults are in flight loses
 
 TEST_CASE("Preload: many processes share one swap file (a fan at once, then 40 in sequence)",
           "[preload][fork]") {
+  setenv("EMU_FORK_SHARE", "1", 1);  // the child stays under the limit (off by default)
   std::string mode = GENERATE("thread", "sigbus");
   Result r = Run(ModeArg(mode) + " --mem-limit 8M --no-summary", "forkmany 16");
   INFO(r.out);
@@ -238,6 +241,7 @@ TEST_CASE("emu run --trace records every fault; emu trace summary reads it back"
 }
 
 TEST_CASE("emu run --trace: a forked child records its own faults in FILE.PID", "[preload][trace]") {
+  setenv("EMU_FORK_SHARE", "1", 1);  // the child stays under the limit (off by default)
   char dir[] = "/tmp/emu-trace-test.XXXXXX";
   REQUIRE(mkdtemp(dir) != nullptr);
   std::string trace = std::string(dir) + "/faults.trace";
