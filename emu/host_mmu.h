@@ -58,10 +58,30 @@ class HostMmu {
   // Called after a fault resolved on behalf of a thread blocked in the kernel
   // (handler-thread mode) to let it retry; no-op elsewhere.
   virtual void Wake(AddrRange /*r*/) {}
-  // In a forked child that keeps this object (SIGSEGV mode): drop whatever
-  // refers to the parent's mm (a /proc/self/mem descriptor opened by the
-  // parent writes into the parent). Returns false when it cannot.
-  virtual bool ReopenAfterFork() { return true; }
+  // fork() of the process (Machine::ForkPrepare and after; machine.cc).
+  // Whether a forked child inherits the registration (userfaultfd with
+  // UFFD_FEATURE_EVENT_FORK; SIGSEGV mode: the protections), so that it never
+  // runs on plain memory.
+  virtual bool ForkKeepsRegistration() const { return false; }
+  // Parent, before fork(): the next fork event's descriptor is the child's.
+  virtual void ForkExpect() {}
+  // Parent, after fork(): the child's userfaultfd, or -1 when there is none
+  // (no fork events, or no child: `ctl`, the parent's end of the socket pair
+  // to it, reads EOF). Waits for it.
+  virtual int ForkTakeChildFd(int /*ctl*/) { return -1; }
+  // Parent, after passing `child_fd` on: until `ctl` is readable (the child
+  // is set up, or gone), serves the child's faults that would otherwise wait
+  // for a reader (handler-thread mode). No-op elsewhere.
+  virtual void ForkServeChild(int /*child_fd*/, int /*ctl*/) {}
+  // Child, first thing, async-signal-safe: drops whatever refers to the
+  // parent (its userfaultfd, a /proc/self/mem descriptor, threads) and
+  // takes `fd`, the child's own userfaultfd (-1: none). False when the
+  // child cannot go on with this object.
+  virtual bool ChildAdopt(int /*fd*/) { return true; }
+  // Child, once it may allocate: the threads the mode needs.
+  virtual absl::Status ChildStart() { return absl::OkStatus(); }
+  // Child that leaves the emulator: its memory stops being registered.
+  virtual void ChildDetach() {}
   // Puts the arena's reservation back over `r` (PROT_NONE, and in the
   // userfaultfd modes registered again), replacing whatever native mapping
   // the program had placed there (AddressSpace::MapForeign).

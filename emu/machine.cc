@@ -1,11 +1,19 @@
 #include "emu/machine.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <set>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -15,6 +23,7 @@
 #include "emu/log.h"
 #include "emu/status.h"
 #include "emu/sys.h"
+#include "emu/trace.h"
 
 namespace emu {
 
@@ -244,66 +253,160 @@ std::string Machine::VmStatText() const {
 
 std::vector<AddrRange> Machine::ForeignRanges() const {
   std::vector<AddrRange> out;
-  for (const auto& owner : granule_owner_) {
-    AddressSpace* as = owner.load(std::memory_order_relaxed);
-    if (as == nullptr || as->window().start != arena_.start + (&owner - &granule_owner_[0]) * kGranule) {
-      continue;  // empty, or not the address space's first granule
-    }
+  ForEachSpaceUnlocked([&](AddressSpace* as) {
     for (const auto& [start, vma] : as->vmas()) {
       if (vma.foreign()) out.push_back(vma.range());
     }
-  }
+  });
   std::sort(out.begin(), out.end(),
             [](const AddrRange& a, const AddrRange& b) { return a.start < b.start; });
   return out;
 }
 
-absl::Status Machine::ChildAfterFork() {
+// ---- fork() of the process ----
+//
+// The userfaultfd modes ask for UFFD_FEATURE_EVENT_FORK: the child inherits
+// the registration (missing and write-protect) on a descriptor of its own,
+// which the kernel hands to the parent's reader at fork. So from its first
+// instruction the child cannot touch emulated memory without the emulator:
+// a swapped-out page does not read as zeros, a write-protected one does not
+// take a silent write (glibc's fork and our own set-up touch the heap long
+// before anything could register again). The parent passes the descriptor
+// over a socket pair; the child's first fault, or the preload's atfork
+// handler, whichever comes first, takes it (ChildEarlyIfPending).
+//   SIGBUS mode: the child's faults raise SIGBUS in the child as ever.
+//   Handler-thread mode: the child's faults wait in the kernel for a reader;
+//   until the child runs handler threads of its own, the parent reads them
+//   and sends the faulting thread SIGBUS (kChildFaultRead/Write in
+//   si_errno), resolved in its handler as in SIGBUS mode.
+//   SIGSEGV mode: protections survive fork; nothing to pass.
+
+bool Machine::ForkPrepare() {
+  fork_owner_ = static_cast<pid_t>(syscall(SYS_getpid));
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fork_ctl_) != 0) {
+    fork_ctl_[0] = fork_ctl_[1] = -1;
+    return false;
+  }
+  host_->ForkExpect();
+  fork_pending_.store(true, std::memory_order_release);
+  return true;
+}
+
+void Machine::ForkParent(int token) {
+  fork_pending_.store(false, std::memory_order_release);
+  auto done = [this, token](int status) {
+    // 1: the child stays; 2: it took its share and gave it up itself on
+    // leaving the emulator; 0 (or EOF): fork failed, the child died first,
+    // or it left without a share.
+    if (reclaim_ != nullptr && token >= 0) reclaim_->ForkParent(token, status == 1 || status == 2);
+  };
+  if (fork_ctl_[0] < 0) {  // no protocol: assume the child is set up
+    done(1);
+    return;
+  }
+  close(fork_ctl_[1]);  // EOF from here on means: no child, or it is gone
+  const int ctl = fork_ctl_[0];
+  fork_ctl_[0] = fork_ctl_[1] = -1;
+  const int child_fd = host_->ForkTakeChildFd(ctl);
+  if (child_fd >= 0) {
+    char one = 1;
+    iovec iov{&one, 1};
+    alignas(cmsghdr) char buf[CMSG_SPACE(sizeof(int))] = {};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = buf;
+    mh.msg_controllen = sizeof(buf);
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &child_fd, sizeof(int));
+    while (sendmsg(ctl, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+    }
+  }
+  // The parent goes on at once: the child's copy of everything is taken,
+  // and every swap slot the parent holds keeps the child's bit until the
+  // child's recount. A thread of ours waits for the child's verdict (and,
+  // in handler-thread mode, serves its faults until then).
+  auto wait = [this, ctl, child_fd, done] {
+    if (child_fd >= 0) {
+      host_->ForkServeChild(child_fd, ctl);
+      close(child_fd);
+    }
+    char status = 0;
+    ssize_t n;
+    while ((n = read(ctl, &status, 1)) < 0 && errno == EINTR) {
+    }
+    close(ctl);
+    done(n == 1 ? status : 0);
+  };
+  try {
+    std::thread([wait] {
+      sys::t_emulator_thread = true;
+      sigset_t all;
+      sigfillset(&all);
+      pthread_sigmask(SIG_BLOCK, &all, nullptr);
+      wait();
+    }).detach();
+  } catch (const std::system_error&) {
+    wait();  // no thread: the forking thread waits
+  }
+}
+
+void Machine::ChildEarlyIfPending() {
+  if (!fork_pending_.load(std::memory_order_acquire)) return;
+  if (static_cast<pid_t>(syscall(SYS_getpid)) == fork_owner_) return;  // the parent's faults
+  // Only this thread exists in the child; a fault of its own can arrive
+  // while this runs (a signal handler's), so the flag goes first.
+  if (child_early_started_) return;
+  child_early_started_ = true;
+  // The child's records would go into the parent's buffers and file; the
+  // preload gives it a file of its own later (trace::RestartAfterFork).
+  trace::g_enabled.store(false, std::memory_order_relaxed);
+  int fd = -1;
+  if (fork_ctl_[0] >= 0) {
+    close(fork_ctl_[0]);
+    fork_ctl_[0] = -1;
+    if (host_->ForkKeepsRegistration() && host_->mode() != FaultMode::kSigsegv) {
+      char one;
+      iovec iov{&one, 1};
+      alignas(cmsghdr) char buf[CMSG_SPACE(sizeof(int))] = {};
+      msghdr mh{};
+      mh.msg_iov = &iov;
+      mh.msg_iovlen = 1;
+      mh.msg_control = buf;
+      mh.msg_controllen = sizeof(buf);
+      ssize_t n;
+      while ((n = recvmsg(fork_ctl_[1], &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
+      }
+      cmsghdr* c = n == 1 ? CMSG_FIRSTHDR(&mh) : nullptr;
+      if (c != nullptr && c->cmsg_type == SCM_RIGHTS) std::memcpy(&fd, CMSG_DATA(c), sizeof(int));
+    }
+  }
+  child_host_ok_ = host_->ChildAdopt(fd);
   mem_map_->ResetLocksAfterFork();
   PoolResetAfterFork();
-  if (host_->mode() != FaultMode::kSigsegv) {
-    // The parent's registration does not reach the child's mm; its handler
-    // threads are not here. The old object is left as it is (its destructor
-    // would join threads the child does not have).
-    (void)host_.release();
-    auto host = host_factory_(this, arena_);
-    if (!host.ok()) return host.status();
-    host_ = std::move(*host);
-  } else {
-    host_->ReopenAfterFork();
-  }
   HostMmu& host = *host_;
-  for (auto& owner : granule_owner_) {
-    AddressSpace* as = owner.load(std::memory_order_relaxed);
-    if (as == nullptr || as->window().start != arena_.start + (&owner - &granule_owner_[0]) * kGranule) {
-      continue;  // empty, or not the address space's first granule
-    }
+  ForEachSpaceUnlocked([&](AddressSpace* as) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     as->mmap_lock()->ResetAfterFork();
     as->ResetForkAfterFork();
     PageTable& pt = as->page_table();
     pt.ResetLocksAfterFork();
-    ReadLockHolder l(as->mmap_lock());
     for (const auto& [start, vma] : as->vmas()) {
       if (vma.foreign()) continue;  // native: the kernel copied it
       Prot prot = VmFlagsToProt(vma.vm_flags);
-      VirtAddr wp_start = 0, wp_end = 0;
-      auto flush = [&] {
-        if (wp_end > wp_start) host.WriteProtect({wp_start, wp_end}, prot);
-        wp_start = wp_end = 0;
-      };
       pt.ForEachEntry(vma.range(), [&](VirtAddr a, std::atomic<uint64_t>* e) {
         Pte pte(e->load(std::memory_order_relaxed));
-        if (pte.raw() == 0) return;
-        if (pte.locked() && !pte.present() && pte.swap()) {
+        if (!pte.locked()) return;
+        if (!pte.present() && pte.swap()) {
           // A swap-in in flight in a thread the child does not have: the
-          // swap PTE (and its reference, still counted) stays. Its page may
-          // already be in the host (installed, not yet published, holding
-          // the slot's bytes): it goes, so that host and PTE agree.
+          // swap PTE stays (the recount counts it). Its page may already be
+          // in the host (installed, not yet published): it goes, so that
+          // host and PTE agree.
           e->store(Pte::SwapEntry(pte.swap_entry()).raw(), std::memory_order_relaxed);
           host.Zap({a, a + kPageSize});
-          return;
-        }
-        if (pte.locked() && pte.present()) {
+        } else if (pte.present()) {
           // A write fault in flight in a thread the child does not have,
           // on a page that stays (reuse) or on a zero page (COW): the host
           // may already let writes through, so the page keeps whatever it
@@ -312,32 +415,76 @@ absl::Status Machine::ChildAfterFork() {
           pte = Pte(pte.raw() & ~Pte::kLocked);
           if (!pte.special()) pte = pte.WithWrite(false).WithDirty();
           e->store(pte.raw(), std::memory_order_relaxed);
-          // SIGSEGV mode: the host protection encodes the PTE (the userfaultfd
-          // modes get their write protection below, with the others).
-          if (host.mode() == FaultMode::kSigsegv) host.WriteProtect({a, a + kPageSize}, prot);
-        } else if (pte.locked()) {
+          host.WriteProtect({a, a + kPageSize}, prot);
+        } else {
           // A new page being installed by such a thread: the PTE goes. The
           // host page is left as it is (a write that went through stays
           // visible; the page is then outside the emulator's accounting).
           // Without a limit the frame stays counted (a leak of one page per
-          // such fault); with one, PageReclaim::ChildAfterFork frees it.
+          // such fault); with one, PageReclaim::ChildEarly frees it.
           e->store(0, std::memory_order_relaxed);
-          return;
-        }
-        // userfaultfd write protection does not survive fork: put it back
-        // where the PTE says the page is write-protected (zero pages always).
-        if (host.mode() != FaultMode::kSigsegv && pte.present() && (pte.special() || !pte.write())) {
-          if (a != wp_end) flush();
-          if (wp_end == 0) wp_start = a;
-          wp_end = a + kPageSize;
         }
       });
-      flush();
     }
-  }
-  if (reclaim_ != nullptr) reclaim_->ChildAfterFork();
+  });
+  child_attached_ = reclaim_ != nullptr && reclaim_->ChildEarly();
   vmstat_.Reset();
+  fork_pending_.store(false, std::memory_order_release);
+}
+
+absl::Status Machine::ChildLate() {
+  ChildEarlyIfPending();
+  if (!child_host_ok_) return ErrnoError(EIO, "fork: the child's fault registration is not usable");
+  if (host_->ForkKeepsRegistration()) {
+    EMU_RETURN_IF_ERROR(host_->ChildStart());
+  } else if (host_->mode() != FaultMode::kSigsegv) {
+    // No fork events: the parent's registration did not reach the child.
+    // Register afresh (the old object is left as it is: its destructor
+    // would join threads the child does not have), and put userfaultfd
+    // write protection back where the PTEs say so. Until then the child ran
+    // on plain memory.
+    (void)host_.release();
+    auto host = host_factory_(this, arena_);
+    if (!host.ok()) return host.status();
+    host_ = std::move(*host);
+    HostMmu& h = *host_;
+    ForEachSpaceUnlocked([&](AddressSpace* as) {
+      ReadLockHolder l(as->mmap_lock());
+      for (const auto& [start, vma] : as->vmas()) {
+        if (vma.foreign()) continue;
+        Prot prot = VmFlagsToProt(vma.vm_flags);
+        VirtAddr wp_start = 0, wp_end = 0;
+        auto flush = [&] {
+          if (wp_end > wp_start) h.WriteProtect({wp_start, wp_end}, prot);
+          wp_start = wp_end = 0;
+        };
+        as->page_table().ForEachEntry(vma.range(), [&](VirtAddr a, std::atomic<uint64_t>* e) {
+          Pte pte(e->load(std::memory_order_relaxed));
+          if (pte.present() && (pte.special() || !pte.write())) {
+            if (a != wp_end) flush();
+            if (wp_end == 0) wp_start = a;
+            wp_end = a + kPageSize;
+          }
+        });
+        flush();
+      }
+    });
+  }
+  if (reclaim_ != nullptr) EMU_RETURN_IF_ERROR(reclaim_->ChildLate());
   return absl::OkStatus();
+}
+
+void Machine::ChildDone(char status) {
+  if (fork_ctl_[1] < 0) return;
+  while (write(fork_ctl_[1], &status, 1) < 0 && errno == EINTR) {
+  }
+  close(fork_ctl_[1]);
+  fork_ctl_[1] = -1;
+}
+
+void Machine::ChildLeave() {
+  if (reclaim_ != nullptr && child_attached_) reclaim_->ChildLeaveShare();
+  host_->ChildDetach();
 }
 
 }  // namespace emu

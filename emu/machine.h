@@ -8,6 +8,8 @@
 #ifndef EMU_MACHINE_H_
 #define EMU_MACHINE_H_
 
+#include <sys/types.h>
+
 #include <array>
 #include <atomic>
 #include <functional>
@@ -147,16 +149,46 @@ class Machine {
   // with no mm call in flight (start-up, a forked child).
   std::vector<AddrRange> ForeignRanges() const ABSL_NO_THREAD_SAFETY_ANALYSIS;
 
-  // In a forked child (the preload), with no other thread running: gives
-  // the child its own fault registration (userfaultfd modes: a fresh
-  // descriptor over the arena, handler threads, write protection re-applied
-  // from the software PTEs), unlocks every lock the parent's threads may
-  // have held, drops installs that were in flight in threads the child does
-  // not have (swap-ins in flight keep their swap PTE), rebuilds the reclaim
-  // state under a memory limit (PageReclaim::ChildAfterFork; the swap share
-  // is taken before, with PageReclaim::ForkChildAttach), and starts its
-  // counters from zero.
-  absl::Status ChildAfterFork();
+  // fork() of the whole process (the preload; machine.cc says how the child
+  // keeps its fault registration). In the parent: ForkPrepare before fork()
+  // (false: no socket pair, the child then cannot be told apart from a
+  // failed fork), ForkParent after it with PageReclaim::ForkPrepare's token:
+  // hands the child its registration and returns; a thread waits for the
+  // child's verdict (ChildDone) and passes it to PageReclaim::ForkParent.
+  // The machine must outlive that thread (the preload never destroys it).
+  bool ForkPrepare();
+  void ForkParent(int token);
+  // In the child, async-signal-safe and without allocating, first thing
+  // (the signal handler calls it on the child's first fault; the preload's
+  // atfork handler calls it in any case): takes the child's fault
+  // registration, unlocks every lock the parent's threads may have held,
+  // undoes what faults in flight in those threads left half done (swap-ins
+  // keep their swap PTE), rebuilds the reclaim state and the swap_map under
+  // a memory limit (PageReclaim::ChildEarly) and starts the counters from
+  // zero. A no-op outside a forked child of a prepared fork.
+  void ChildEarlyIfPending();
+  // In the child, after ChildEarlyIfPending, allocating: the child's own
+  // handler threads, I/O rings and kswapd. Then ChildDone tells the parent;
+  // a child that cannot stay calls ChildLeave (its share of the swap device
+  // goes; its memory stops being registered) after reading what it needs.
+  absl::Status ChildLate();
+  void ChildDone(char status);
+  void ChildLeave();
+  // Whether the child took a share of the swap device (ChildEarlyIfPending).
+  bool child_attached() const { return child_attached_; }
+  // Calls fn(AddressSpace*) once per live address space, without lock_:
+  // for a forked child (no other thread) and for callers that keep windows
+  // from changing.
+  template <typename Fn>
+  void ForEachSpaceUnlocked(Fn&& fn) const {
+    for (size_t g = 0; g < granule_owner_.size(); g++) {
+      AddressSpace* as = granule_owner_[g].load(std::memory_order_acquire);
+      // Each space once, at its first granule.
+      if (as != nullptr && (g == 0 || granule_owner_[g - 1].load(std::memory_order_relaxed) != as)) {
+        fn(as);
+      }
+    }
+  }
 
   // vmstat plus gauges (nr_anon_pages, nr_zero_ptes, peak_anon_pages, ...), as
   // "name value" lines like /proc/vmstat.
@@ -173,12 +205,20 @@ class Machine {
   std::unique_ptr<HostMmu> host_;
   std::unique_ptr<FaultHandler> fault_handler_;
   std::unique_ptr<PageReclaim> reclaim_;  // after host_: it is destroyed first
-  HostMmuFactory host_factory_;           // kept for ChildAfterFork
+  HostMmuFactory host_factory_;           // kept for ChildLate (no fork events)
   VmStat vmstat_;
   absl::Mutex lock_;  // serializes window allocation; never taken in the fault path
   // Written under lock_, read lock-free by the fault path.
   std::array<std::atomic<AddressSpace*>, kMaxGranules> granule_owner_{};
   std::atomic<int> nr_address_spaces_{0};
+  // fork() state (ForkPrepare .. ChildDone). The child's copy of
+  // fork_pending_ says that its set-up is still to do.
+  std::atomic<bool> fork_pending_{false};
+  pid_t fork_owner_ = 0;
+  int fork_ctl_[2] = {-1, -1};  // [0] the parent's end, [1] the child's
+  bool child_early_started_ = false;
+  bool child_host_ok_ = true;
+  bool child_attached_ = false;
 
  public:
   // SIGSEGV mode: an upper estimate of the host VMAs the fault path has

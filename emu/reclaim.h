@@ -86,19 +86,28 @@ class PageReclaim {
   // the emulator under its own limit, sharing the swap file with the parent.
   // ForkPrepare: before fork(), with every address space's mmap_lock held
   // for write (reclaim refuses them then): readies the child's share of the
-  // swap device. Returns a token for the other two, or -1 when the child
-  // cannot have one (the device has no room for another process).
-  virtual int ForkPrepare() = 0;
-  // In the parent after fork(): whether the child attached (ForkChildAttach
-  // succeeded); if not, the share is dropped.
+  // swap device when `share` (the child then stays on the emulator under
+  // its own limit). Returns a token for ForkParent, or -1 when the child
+  // gets no share (not asked for, or the device has no room for another
+  // process).
+  virtual int ForkPrepare(bool share) = 0;
+  // In the parent after fork(): whether the child attached (ChildEarly took
+  // the share); if not, the share is dropped.
   virtual void ForkParent(int token, bool attached) = 0;
-  // In the child, first thing, with no other thread: takes the share.
-  virtual absl::Status ForkChildAttach(int token) = 0;
-  // In the child, after the page tables are fixed up (Machine::
-  // ChildAfterFork): rebuilds what the parent's threads left half done
-  // (reclaim lists, isolated and locked pages, pages under writeback,
-  // frames allocated by faults in flight) and starts its own kswapd.
-  virtual void ChildAfterFork() = 0;
+  // In the child, first thing, with no other thread; async-signal-safe (it
+  // may run in the child's first fault, before anything else): takes the
+  // share reserved by ForkPrepare (or, without one, reads swap only), drops
+  // what the parent's threads left half done (reclaim lists, isolated and
+  // locked pages, pages under writeback, frames allocated by faults in
+  // flight) and rebuilds the swap_map from the swap PTEs and swap-cache
+  // pages of every address space, whose page tables Machine has fixed up
+  // already. Returns whether the child holds a share of the swap device.
+  virtual bool ChildEarly() = 0;
+  // In the child, once it may allocate: its own I/O rings and kswapd.
+  virtual absl::Status ChildLate() = 0;
+  // A child that attached and then leaves the emulator (its swapped pages
+  // read back) gives its share of the swap device up.
+  virtual void ChildLeaveShare() = 0;
   // Gauges as "name value" lines (nr_swap_used, nr_active, ...).
   virtual std::string StatText() = 0;
   virtual uint64_t limit_pages() const = 0;

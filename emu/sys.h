@@ -19,7 +19,7 @@ namespace emu::sys {
 // Set in the emulator's own threads (fault handlers, kswapd): memory they
 // allocate (malloc's arenas for them) must come from the kernel, never from
 // the emulated window a preloaded program's calls are routed to.
-inline thread_local bool t_emulator_thread = false;
+inline thread_local bool t_emulator_thread __attribute__((tls_model("initial-exec"))) = false;
 
 inline long RawSyscall6(long nr, long a1, long a2, long a3, long a4, long a5, long a6) {
   long ret;

@@ -469,7 +469,7 @@ static unsigned ReplaceZeroPage(Machine* machine, VmFault& vmf, uint64_t orig, b
       return kFaultRetry;
     }
     // Locked, keeping the zero-page bits: a forked child that copies it now
-    // puts the zero-page PTE back (Machine::ChildAfterFork).
+    // puts the zero-page PTE back (Machine::ChildEarlyIfPending).
     vmf.pte->store(Pte(orig).WithLocked().raw(), std::memory_order_relaxed);
   }
   if (!host_op()) {

@@ -7,7 +7,7 @@
 namespace emu {
 
 absl::StatusOr<std::unique_ptr<Machine>> CreateMachine(const MachineOptions& options) {
-  // The machine keeps this factory (Machine::ChildAfterFork): it reads the
+  // The machine keeps this factory (Machine::ChildLate, without fork events): it reads the
   // machine's own options, never the caller's.
   auto factory = [](Machine* m, AddrRange arena) -> absl::StatusOr<std::unique_ptr<HostMmu>> {
     FaultMode mode = m->options().fault_mode;

@@ -97,7 +97,13 @@ void Forward(int sig, siginfo_t* info, void* ctx, bool refault) {
 void Dispatch(int sig, siginfo_t* info, void* ctx) {
   int saved_errno = errno;
   VirtAddr addr = reinterpret_cast<VirtAddr>(info->si_addr);
-  Machine* m = info->si_code > 0 ? FindMachine(addr) : nullptr;  // si_code <= 0: sent by a process
+  // A forked child's fault, read by the parent (kChildFaultRead/Write).
+  const bool from_parent = sig == SIGBUS && info->si_code == SI_QUEUE &&
+                           (info->si_errno == kChildFaultRead || info->si_errno == kChildFaultWrite);
+  // si_code <= 0: sent by a process.
+  Machine* m = info->si_code > 0 || from_parent ? FindMachine(addr) : nullptr;
+  // A forked child's first fault sets the child up before anything else.
+  if (m != nullptr) m->ChildEarlyIfPending();
   // A protection-key violation (an execute-only mapping read, on CPUs with
   // PKU) is the kernel's own verdict on the VMA's protection, never a fault
   // for the emulator: forward it as it is.
@@ -108,7 +114,7 @@ void Dispatch(int sig, siginfo_t* info, void* ctx) {
   }
   FaultMode mode = m->options().fault_mode;
   bool ours = (sig == SIGBUS && mode == FaultMode::kUffdSigbus) ||
-              (sig == SIGSEGV && mode == FaultMode::kSigsegv);
+              (sig == SIGSEGV && mode == FaultMode::kSigsegv) || from_parent;
   AddressSpace* as = m->FindAddressSpace(addr);
   unsigned ret;
   if (!ours) {
@@ -125,7 +131,9 @@ void Dispatch(int sig, siginfo_t* info, void* ctx) {
     ret = kFaultSigsegv;
   } else {
     auto* uc = static_cast<ucontext_t*>(ctx);
-    unsigned flags = (uc->uc_mcontext.gregs[REG_ERR] & kPfWrite) ? kFaultWrite : 0;
+    unsigned flags = from_parent ? (info->si_errno == kChildFaultWrite ? kFaultWrite : 0)
+                     : (uc->uc_mcontext.gregs[REG_ERR] & kPfWrite) ? kFaultWrite
+                                                                   : 0;
     timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     ret = m->fault_handler().HandleMmFault(*as, addr, flags);

@@ -30,6 +30,14 @@ bool ChainSigaction(int sig, const struct sigaction* act, struct sigaction* olda
 // statistics there. `fn` must be async-signal-safe.
 void SetBeforeDefaultAction(void (*fn)(int sig));
 
+// A forked child's fault that its parent read from the child's userfaultfd
+// (handler-thread mode, until the child has handler threads of its own;
+// Machine's fork protocol) arrives as SIGBUS with si_code SI_QUEUE, this
+// si_errno, and the address in si_addr; the dispatcher resolves it in the
+// faulting thread.
+inline constexpr int kChildFaultRead = 0x454d5530;   // "EMU0"
+inline constexpr int kChildFaultWrite = 0x454d5531;  // "EMU1"
+
 // Writes a one-line reason for a fatal fault to stderr. async-signal-safe.
 void ReportFatalFault(VirtAddr addr, unsigned fault_result);
 

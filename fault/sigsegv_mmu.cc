@@ -30,7 +30,9 @@ class SigsegvMmu : public HostMmu {
   }
 
   FaultMode mode() const override { return FaultMode::kSigsegv; }
-  bool ReopenAfterFork() override {
+  // Protections survive fork: the child never runs on plain memory.
+  bool ForkKeepsRegistration() const override { return true; }
+  bool ChildAdopt(int) override {
     // The parent's descriptor names the parent's mm: writes through it
     // would land in the parent.
     if (mem_fd_ >= 0) close(mem_fd_);

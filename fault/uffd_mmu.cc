@@ -2,6 +2,7 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -55,11 +56,13 @@ int OpenUffd(int flags, std::string* why) {
 
 class UffdMmu : public HostMmu {
  public:
-  UffdMmu(Machine* machine, FaultMode mode, int uffd, void* zero_src)
+  UffdMmu(Machine* machine, FaultMode mode, int uffd, void* zero_src, bool fork_events)
       : machine_(machine),
         mode_(mode),
         uffd_(uffd),
-        zero_src_(zero_src) {}
+        zero_src_(zero_src),
+        fork_events_(fork_events),
+        fork_efd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
 
   ~UffdMmu() override {
     UnregisterSignalMachine(machine_);
@@ -68,7 +71,43 @@ class UffdMmu : public HostMmu {
     uffdio_range r{arena.start, arena.len_bytes()};
     ioctl(uffd_, UFFDIO_UNREGISTER, &r);
     close(uffd_);
+    if (fork_efd_ >= 0) close(fork_efd_);
     sys::Munmap(zero_src_, kZeroSrcBytes);
+  }
+
+  // ---- fork (Machine's protocol, machine.cc)
+  bool ForkKeepsRegistration() const override { return fork_events_; }
+  void ForkExpect() override {
+    if (!fork_events_) return;
+    int stale = fork_fd_.exchange(-1);
+    if (stale >= 0) close(stale);
+    uint64_t v;
+    while (read(fork_efd_, &v, sizeof(v)) > 0) {
+    }
+    expecting_.store(true, std::memory_order_release);
+  }
+  int ForkTakeChildFd(int ctl) override;
+  void ForkServeChild(int child_fd, int ctl) override;
+  bool ChildAdopt(int fd) override;
+  absl::Status ChildStart() override {
+    if (!fork_events_) return absl::OkStatus();
+    if (fork_efd_ < 0) fork_efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    StartThreads(mode_ == FaultMode::kUffdThread ? HandlerThreads() : 1);
+    return absl::OkStatus();
+  }
+  void ChildDetach() override;
+  // The reader of the parent's descriptor met a fork event.
+  void OnForkEvent(int fd) {
+    if (expecting_.exchange(false, std::memory_order_acq_rel)) {
+      fork_fd_.store(fd, std::memory_order_release);
+      uint64_t one = 1;
+      ssize_t ignored = write(fork_efd_, &one, sizeof(one));
+      (void)ignored;
+    } else {
+      // A fork nobody prepared (not through glibc's fork): the child loses
+      // the registration when its last descriptor goes, as without events.
+      close(fd);
+    }
   }
 
   FaultMode mode() const override { return mode_; }
@@ -84,7 +123,7 @@ class UffdMmu : public HostMmu {
     uffdio_writeprotect wp{};
     wp.range = {r.start, r.len_bytes()};
     wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
-    if (ioctl(uffd_, UFFDIO_WRITEPROTECT, &wp) != 0) return false;
+    if (WriteProtectIoctl(&wp) != 0) return false;
     machine_->vmstat().Add(VmEvent::k_host_install_calls, 2);
     return true;
   }
@@ -114,7 +153,7 @@ class UffdMmu : public HostMmu {
     wp.range = {r.start, r.len_bytes()};
     wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
     machine_->vmstat().Add(VmEvent::k_host_install_calls);
-    return ioctl(uffd_, UFFDIO_WRITEPROTECT, &wp) == 0;
+    return WriteProtectIoctl(&wp) == 0;
   }
 
   bool MakeWritable(AddrRange r, Prot) override {
@@ -122,7 +161,7 @@ class UffdMmu : public HostMmu {
     wp.range = {r.start, r.len_bytes()};
     wp.mode = UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
     machine_->vmstat().Add(VmEvent::k_host_install_calls);
-    return ioctl(uffd_, UFFDIO_WRITEPROTECT, &wp) == 0;
+    return WriteProtectIoctl(&wp) == 0;
   }
 
   bool Zap(AddrRange r) override {
@@ -158,6 +197,7 @@ class UffdMmu : public HostMmu {
       *done = 0;
       if (ioctl(uffd_, cmd, arg) == 0) return true;
       if (errno != EAGAIN) return false;
+      if (*done <= 0) sched_yield();  // a fork in progress (see WriteProtectIoctl)
       if (*done > 0) {
         if constexpr (requires { arg->range; }) {
           arg->range.start += *done;
@@ -170,16 +210,119 @@ class UffdMmu : public HostMmu {
       }
     }
   }
+  // UFFDIO_WRITEPROTECT, again while the kernel says EAGAIN: a fork is
+  // copying the mm and its event is not read yet (mmap_changing), which a
+  // reader thread does in a moment.
+  int WriteProtectIoctl(uffdio_writeprotect* wp) {
+    for (;;) {
+      if (ioctl(uffd_, UFFDIO_WRITEPROTECT, wp) == 0) return 0;
+      if (errno != EAGAIN) return -1;
+      sched_yield();
+    }
+  }
   void HandlerLoop();
   void StopThreads();
 
   Machine* const machine_;
   const FaultMode mode_;
-  const int uffd_;
+  int uffd_;              // changes only in a forked child (ChildAdopt)
   void* const zero_src_;  // kZeroSrcBytes of never-written memory: reads as zeros
+  const bool fork_events_;  // UFFD_FEATURE_EVENT_FORK: a child keeps the registration
+  int fork_efd_;            // signalled when fork_fd_ is set
+  std::atomic<int> fork_fd_{-1};
+  std::atomic<bool> expecting_{false};
   int stop_fd_ = -1;
   std::vector<std::thread> threads_;
 };
+
+int UffdMmu::ForkTakeChildFd(int ctl) {
+  if (!fork_events_) return -1;
+  for (;;) {
+    int fd = fork_fd_.exchange(-1, std::memory_order_acq_rel);
+    if (fd >= 0) return fd;
+    pollfd fds[2] = {{fork_efd_, POLLIN, 0}, {ctl, POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    if (fds[1].revents != 0) break;  // EOF: fork failed, or the child is gone
+    uint64_t v;
+    ssize_t ignored = read(fork_efd_, &v, sizeof(v));
+    (void)ignored;
+  }
+  // No child to hand it to: a late event's descriptor is closed.
+  if (!expecting_.exchange(false, std::memory_order_acq_rel)) {
+    int fd = fork_fd_.exchange(-1, std::memory_order_acq_rel);
+    if (fd >= 0) close(fd);
+  }
+  return -1;
+}
+
+void UffdMmu::ForkServeChild(int child_fd, int ctl) {
+  // SIGBUS mode: the child's faults raise SIGBUS in the child already.
+  if (mode_ != FaultMode::kUffdThread) return;
+  uffd_msg msgs[16];
+  for (;;) {
+    pollfd fds[2] = {{child_fd, POLLIN, 0}, {ctl, POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (fds[0].revents & POLLIN) {
+      ssize_t n = read(child_fd, msgs, sizeof(msgs));
+      for (ssize_t i = 0; n > 0 && i < n / static_cast<ssize_t>(sizeof(uffd_msg)); i++) {
+        if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
+        const VirtAddr addr = msgs[i].arg.pagefault.address;
+        const pid_t tid = static_cast<pid_t>(msgs[i].arg.pagefault.feat.ptid);
+        siginfo_t si{};
+        si.si_signo = SIGBUS;
+        si.si_code = SI_QUEUE;
+        si.si_errno = (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) ? kChildFaultWrite
+                                                                               : kChildFaultRead;
+        si.si_addr = reinterpret_cast<void*>(addr);
+        // Until the child's handlers start, its only thread is the one that
+        // forked: its tid is the child's pid. A fault of another thread
+        // (one of those handlers' own) is woken to retry, and they read it.
+        syscall(SYS_rt_tgsigqueueinfo, tid, tid, SIGBUS, &si);
+        uffdio_range range{PageAlignDown(addr), kPageSize};
+        ioctl(child_fd, UFFDIO_WAKE, &range);
+      }
+    }
+    if (fds[1].revents != 0) return;  // the child is set up, or gone
+  }
+}
+
+bool UffdMmu::ChildAdopt(int fd) {
+  // The copies of the parent's descriptors refer to the parent: its
+  // userfaultfd works on the parent's mm, and the eventfds are shared.
+  close(uffd_);
+  if (stop_fd_ >= 0) close(stop_fd_);
+  stop_fd_ = -1;
+  if (fork_efd_ >= 0) close(fork_efd_);
+  fork_efd_ = -1;
+  fork_fd_.store(-1, std::memory_order_relaxed);
+  expecting_.store(false, std::memory_order_relaxed);
+  // The parent's threads are not here: their std::thread objects name
+  // threads of another process, so the vector is forgotten, not destroyed.
+  new (&threads_) std::vector<std::thread>();
+  uffd_ = fd;
+  return fd >= 0 || !fork_events_;
+}
+
+void UffdMmu::ChildDetach() {
+  if (uffd_ < 0) return;
+  StopThreads();
+  AddrRange arena = machine_->arena();
+  VirtAddr from = arena.start;
+  auto unregister = [&](VirtAddr start, VirtAddr end) {
+    uffdio_range r{start, end - start};
+    ioctl(uffd_, UFFDIO_UNREGISTER, &r);
+  };
+  for (AddrRange r : machine_->ForeignRanges()) {
+    if (r.start > from) unregister(from, r.start);
+    from = std::max(from, r.end);
+  }
+  if (from < arena.end) unregister(from, arena.end);
+  close(uffd_);
+  uffd_ = -1;
+}
 
 void UffdMmu::StartThreads(int n) {
   stop_fd_ = eventfd(0, EFD_CLOEXEC);
@@ -228,6 +371,10 @@ void UffdMmu::HandlerLoop() {
     ssize_t n = read(uffd_, msgs, sizeof(msgs));
     if (n < 0) continue;  // EAGAIN: another handler thread took it
     for (size_t i = 0; i < n / sizeof(uffd_msg); i++) {
+      if (msgs[i].event == UFFD_EVENT_FORK) {
+        OnForkEvent(static_cast<int>(msgs[i].arg.fork.ufd));
+        continue;
+      }
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
       timespec t0, t1;
       clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -301,20 +448,39 @@ absl::StatusOr<std::unique_ptr<HostMmu>> CreateUffdMmu(Machine* machine, AddrRan
   }
   uffdio_api api{};
   api.api = UFFD_API;
-  api.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID;
+  api.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_EVENT_FORK;
   if (mode == FaultMode::kUffdSigbus) api.features |= UFFD_FEATURE_SIGBUS;
+  bool fork_events = true;
   if (ioctl(fd, UFFDIO_API, &api) != 0) {
-    int err = errno;
+    // Fork events need CAP_SYS_PTRACE: without them a forked child runs on
+    // plain memory until it registers again (docs/DESIGN.md). UFFDIO_API
+    // may be called once per descriptor.
     close(fd);
-    return ErrnoError(err, "UFFDIO_API (need SIGBUS and write-protect features)");
+    fd = OpenUffd(O_CLOEXEC | O_NONBLOCK, &why);
+    if (fd < 0) return ErrnoError(errno ? errno : EPERM, "userfaultfd");
+    api = uffdio_api{};
+    api.api = UFFD_API;
+    api.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID;
+    if (mode == FaultMode::kUffdSigbus) api.features |= UFFD_FEATURE_SIGBUS;
+    fork_events = false;
+    if (ioctl(fd, UFFDIO_API, &api) != 0) {
+      int err = errno;
+      close(fd);
+      return ErrnoError(err, "UFFDIO_API (need SIGBUS and write-protect features)");
+    }
+    Log(Component::kFault).info("userfaultfd without fork events (needs CAP_SYS_PTRACE)");
   }
   void* zero = sys::Mmap(nullptr, kZeroSrcBytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (zero == MAP_FAILED) {
     close(fd);
     return ErrnoError(errno, "map the zero source");
   }
-  auto mmu = std::make_unique<UffdMmu>(machine, mode, fd, zero);
-  if (mode == FaultMode::kUffdThread) {
+  auto mmu = std::make_unique<UffdMmu>(machine, mode, fd, zero, fork_events);
+  if (mode == FaultMode::kUffdSigbus && fork_events) {
+    // Faults never queue in SIGBUS mode; fork() waits until its event is
+    // read, so one thread reads events.
+    mmu->StartThreads(1);
+  } else if (mode == FaultMode::kUffdThread) {
     // One pinned handler per CPU. A single unpinned handler is only fast
     // when the scheduler happens to wake it on the faulting CPU: random
     // first-touch write measured 5.4 us in one session and 75-78 us in
@@ -324,7 +490,7 @@ absl::StatusOr<std::unique_ptr<HostMmu>> CreateUffdMmu(Machine* machine, AddrRan
   }
   EMU_RETURN_IF_ERROR(RegisterSignalMachine(machine));
   // Registered last: from here on a fault on the arena needs the handlers
-  // above, and a forked child's malloc (Machine::ChildAfterFork) may touch
+  // above, and a forked child without fork events (Machine::ChildLate) may touch
   // emulated memory while this runs.
   // All of it but the native mappings a program placed inside (a forked
   // child's copy of them: AddressSpace::MapForeign).

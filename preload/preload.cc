@@ -258,7 +258,40 @@ bool SetBrkLocked(AddressSpace* as, VirtAddr want) {
   return true;
 }
 
-long RawBrk(VirtAddr want) { return sys::RawSyscall6(SYS_brk, static_cast<long>(want), 0, 0, 0, 0, 0); }
+// A forked child that left the emulator (LeaveEmulator) keeps its break in
+// the window, where malloc's heap already is: the window is plain memory
+// there now, and the break moves by protection alone.
+AddressSpace* g_left_as = nullptr;
+
+bool SetBrkPlainLocked(VirtAddr want) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  if (want < g_brk_base || want > g_brk_max) return false;
+  VirtAddr old_top = PageAlignUp(g_brk_cur);
+  VirtAddr new_top = PageAlignUp(want);
+  if (new_top > old_top) {
+    for (const auto& [start, vma] : g_left_as->vmas()) {
+      if (vma.start < new_top && vma.end > old_top) return false;  // mapped there
+    }
+    if (sys::Mprotect(reinterpret_cast<void*>(old_top), new_top - old_top, PROT_READ | PROT_WRITE) != 0) {
+      return false;
+    }
+  } else if (new_top < old_top) {
+    sys::Madvise(reinterpret_cast<void*>(new_top), old_top - new_top, MADV_DONTNEED);
+    sys::Mprotect(reinterpret_cast<void*>(new_top), old_top - new_top, PROT_NONE);
+  }
+  g_brk_cur = want;
+  return true;
+}
+
+long RawBrk(VirtAddr want) {
+  if (g_left_as != nullptr) {
+    pthread_mutex_lock(&g_brk_mu);
+    if (want != 0) (void)SetBrkPlainLocked(want);
+    long cur = static_cast<long>(g_brk_cur);
+    pthread_mutex_unlock(&g_brk_mu);
+    return cur;
+  }
+  return sys::RawSyscall6(SYS_brk, static_cast<long>(want), 0, 0, 0, 0, 0);
+}
 
 int DoBrk(void* addr) {
   AddressSpace* as = Routing();
@@ -565,25 +598,24 @@ void StartTrace() {
   if (absl::Status s = trace::Start(file); !s.ok()) Die(std::string(s.message()));
 }
 
-// fork(): the child stays on the emulator (Machine::ChildAfterFork: its own
-// fault registration; under a limit its own limit, reclaim and kswapd, and a
-// share of the parent's swap file, see SwapDevice's "Sharing"). From the
-// prepare handler to the parent handler no mm call or reclaim pass changes
-// the address space (faults still run: glibc's fork locks malloc's arenas in
-// emulated memory), and the parent waits until the child has taken its
-// share of the swap device, so that no slot the child still needs is
+// fork(): the child stays on the emulator with its own fault registration
+// (inherited: Machine's fork protocol, machine.cc) and, under a limit, its
+// own limit, reclaim and kswapd, and a share of the parent's swap file (see
+// SwapDevice's "Sharing"). From the prepare handler to the parent handler no
+// mm call or reclaim pass changes the address space (faults still run:
+// glibc's fork locks malloc's arenas in emulated memory), and the parent
+// waits until the child is set up, so that no slot the child still needs is
 // released under it. When the child cannot stay (the swap device is shared
-// by SwapDevice::kMaxSharers live processes, or its set-up fails), it reads
-// its swapped pages back with pread while the parent still waits, and
-// leaves the emulator.
+// by SwapDevice::kMaxSharers live processes, EMU_FORK_SHARE=0, or its set-up
+// fails), it reads its swapped pages back with pread while the parent still
+// waits, and leaves the emulator.
 bool ForkShare() {
-  static const bool share = Env("EMU_FORK_SHARE") != nullptr && Env("EMU_FORK_SHARE")[0] == '1';
+  static const bool share = Env("EMU_FORK_SHARE") == nullptr || Env("EMU_FORK_SHARE")[0] != '0';
   return share;
 }
 
-int g_fork_pipe[2] = {-1, -1};
-bool g_fork_wait = false;  // the parent waits for the child's byte
 int g_fork_token = -1;     // PageReclaim::ForkPrepare's
+bool g_fork_traced = false;  // whether the child records its faults too
 
 void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   AddressSpace* as = g_as.load(std::memory_order_acquire);
@@ -593,45 +625,23 @@ void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   as->mmap_lock()->WriteLock();
   as->BeginFork();
   g_fork_token = -1;
-  g_fork_wait = false;
-  if (PageReclaim* r = g_machine->reclaim(); r != nullptr) {
-    // Under a limit the child stays only with EMU_FORK_SHARE=1 for now: a
-    // child of a multi-threaded parent (Python's ForkingTCPServer) still
-    // finds a corrupted heap page now and then (docs/DESIGN.md section 8).
-    g_fork_token = ForkShare() ? r->ForkPrepare() : -1;
-    g_fork_wait = g_fork_token >= 0 || as->nr_swap_ptes() > 0;
-  }
-  // Without the pipe the parent cannot tell whether the child attached; it
-  // then assumes so (a reservation the child never took stays until this
-  // process is gone).
-  if (g_fork_wait && pipe2(g_fork_pipe, O_CLOEXEC) != 0) g_fork_wait = false;
+  g_fork_traced = trace::Enabled();
+  if (PageReclaim* r = g_machine->reclaim(); r != nullptr) g_fork_token = r->ForkPrepare(ForkShare());
+  // Without the socket pair the parent cannot tell whether the child set
+  // itself up; it then assumes so (a reservation the child never took stays
+  // until this process is gone).
+  if (!g_machine->ForkPrepare()) Warn("fork: no socket pair for the child's set-up");
 }
 
 void ParentAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   AddressSpace* as = g_as.load(std::memory_order_acquire);
   if (as == nullptr) return;
-  bool attached = true;
-  if (g_fork_wait) {
-    close(g_fork_pipe[1]);
-    char c = 0;
-    ssize_t n;
-    while ((n = read(g_fork_pipe[0], &c, 1)) < 0 && errno == EINTR) {
-    }
-    close(g_fork_pipe[0]);
-    attached = n == 1 && c == 1;  // EOF: fork failed, or the child died first
-  }
-  if (g_fork_token >= 0) g_machine->reclaim()->ForkParent(g_fork_token, attached);
+  // The address space is the parent's again first: handing the child its
+  // registration starts a thread (malloc), whose faults may need reclaim,
+  // which a fork in progress holds off.
   as->EndFork();
   as->mmap_lock()->WriteUnlock();
-}
-
-void TellParent(char c) {
-  if (!g_fork_wait) return;
-  close(g_fork_pipe[0]);
-  ssize_t ignored = write(g_fork_pipe[1], &c, 1);
-  (void)ignored;
-  close(g_fork_pipe[1]);
-  g_fork_wait = false;
+  g_machine->ForkParent(g_fork_token);
 }
 
 // The child cannot stay on the emulator: its swapped pages are read back
@@ -641,6 +651,9 @@ void LeaveEmulator(AddressSpace* as) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   // The lock is a copy held by the thread that forked, which is this one;
   // nothing in the child takes it again.
   as->mmap_lock()->AssertHeld();
+  // Its memory is plain memory from here on (the registration goes first,
+  // so that the reads below land in it).
+  g_machine->host().ChildDetach();
   const bool pull = g_machine->reclaim() != nullptr && as->nr_swap_ptes() > 0;
   bool encodes = g_machine->host().prot_encodes_ptes();
   bool failed = false;
@@ -666,39 +679,41 @@ void LeaveEmulator(AddressSpace* as) ABSL_NO_THREAD_SAFETY_ANALYSIS {
       sys::Mprotect(reinterpret_cast<void*>(vma.start), vma.end - vma.start, prot);
     }
   }
-  TellParent(0);
+  // Its slots are read: its share of the swap device goes (an attached
+  // child gives it up itself; the parent drops a reservation never taken).
+  const bool attached = g_machine->child_attached();
+  g_machine->ChildLeave();
+  g_machine->ChildDone(attached ? 2 : 0);
   if (failed) {
     Warn("fork: the child could not read some of its swapped-out pages back");
     _exit(127);
   }
   UnregisterSignalMachine(g_machine);
   g_machine = nullptr;
+  g_left_as = as;  // the break stays in the window (RawBrk)
 }
 
 void ChildAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   AddressSpace* as = g_as.load(std::memory_order_acquire);
   if (as == nullptr) return;
+  // First, before anything allocates: the child's registration, locks and
+  // page tables (unless its first fault did it already).
+  g_machine->ChildEarlyIfPending();
   g_brk_mu = PTHREAD_MUTEX_INITIALIZER;  // its holder may be a thread not copied
-  // Its trace records would interleave with the parent's in one file.
-  const bool traced = trace::Enabled();
-  trace::g_enabled.store(false, std::memory_order_relaxed);
-  absl::Status s = absl::OkStatus();
-  // Memory our own set-up allocates comes from the kernel: this thread
-  // holds the child's copy of mmap_lock until Machine::ChildAfterFork
-  // resets it.
+  // Its trace records would interleave with the parent's in one file
+  // (ChildEarlyIfPending stopped recording).
+  const bool traced = g_fork_traced;
+  // Memory our own set-up maps comes from the kernel.
   Inside inside;
-  if (PageReclaim* r = g_machine->reclaim(); r != nullptr) {
-    if (g_fork_token >= 0) {
-      s = r->ForkChildAttach(g_fork_token);
-      if (s.ok()) TellParent(1);  // the parent may go on
-    } else {
-      s = absl::FailedPreconditionError(
-          "under a memory limit a child stays only with EMU_FORK_SHARE=1 (or the swap device "
-          "is shared by as many processes as it tracks)");
-    }
+  const char* why = nullptr;
+  if (g_machine->reclaim() != nullptr && !g_machine->child_attached()) {
+    why = ForkShare() ? "the swap device is shared by as many processes as it tracks"
+                      : "EMU_FORK_SHARE=0";
   }
-  if (s.ok()) s = g_machine->ChildAfterFork();
-  if (s.ok()) {
+  absl::Status s = absl::OkStatus();
+  if (why == nullptr) s = g_machine->ChildLate();
+  if (why == nullptr && s.ok()) {
+    g_machine->ChildDone(1);
     StatsRestartAfterFork();
     // Its own trace file (FILE.PID), as an exec'd program gets.
     if (traced) {
@@ -706,12 +721,17 @@ void ChildAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
         Warn(absl::StrCat("fork: the child does not record its faults: ", t.message()));
       }
     }
+    // The child's counters start here, with its records: nothing between
+    // these stores touches emulated memory.
+    const bool recording = trace::Enabled();
+    trace::g_enabled.store(false, std::memory_order_relaxed);
+    g_machine->vmstat().Reset();
+    trace::g_enabled.store(recording, std::memory_order_relaxed);
     return;
   }
-  if (g_machine->reclaim() == nullptr || ForkShare()) {
-    Warn(absl::StrCat("fork: the child leaves the emulator: ", s.message()));
+  if (why == nullptr || ForkShare()) {
+    Warn(absl::StrCat("fork: the child leaves the emulator: ", why != nullptr ? why : s.message()));
   }
-  as->mmap_lock()->ResetAfterFork();
   as->mmap_lock()->WriteLock();
   LeaveEmulator(as);
 }

@@ -162,7 +162,9 @@ SwapDevice::SwapDevice(int fd, uint64_t nr_slots, bool direct_io, std::string de
       description_(std::move(description)),
       queue_depth_(queue_depth),
       nr_rings_(nr_rings),
-      io_(std::move(io)) {
+      io_(std::move(io)),
+      sync_io_(fd) {
+  cur_io_.store(io_.get(), std::memory_order_release);
   SpinLockHolder l(&swap_lock_);
   swap_map_.assign(nr_slots_, 0);
   clusters_.resize(nr_clusters_);
@@ -277,24 +279,99 @@ absl::Status SwapDevice::ForkAttach(int index) {
   }
   me_ = index;
   ever_shared_.store(true, std::memory_order_relaxed);
-  const uint32_t bit = my_bit();
-  {
-    SpinLockHolder l(&swap_lock_);
-    for (uint64_t s = 0; s < nr_slots_; s++) {
-      const uint16_t v = swap_map_[s];
-      if ((v == 0 || v == kSwapMapBad) && (holders_[s].load(std::memory_order_relaxed) & bit)) {
-        holders_[s].fetch_and(~bit, std::memory_order_acq_rel);
-      }
-    }
-  }
   // The parent's rings are shared with the parent (the ring memory is a
-  // shared mapping): the child submits on rings of its own. The old object
-  // is left alone; destroying it would unmap nothing of ours worth it.
+  // shared mapping): the child must not submit on them. The old object is
+  // left alone (its destructor would tear down the parent's rings);
+  // pread/pwrite serve until ChildRings.
   (void)io_.release();
+  cur_io_.store(&sync_io_, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+void SwapDevice::ForkDetach() {
+  swap_lock_.ResetAfterFork();
+  me_ = -1;
+  (void)io_.release();
+  cur_io_.store(&sync_io_, std::memory_order_release);
+}
+
+absl::Status SwapDevice::ChildRings() {
+  if (io_ != nullptr) return absl::OkStatus();
   auto io = CreateUringSwapIo(fd_, queue_depth_, nr_rings_);
   if (!io.ok()) return io.status();
   io_ = std::move(*io);
+  cur_io_.store(io_.get(), std::memory_order_release);
   return absl::OkStatus();
+}
+
+void SwapDevice::RecountBegin() {
+  SpinLockHolder l(&swap_lock_);
+  for (uint64_t s = 0; s < nr_slots_; s++) {
+    if (swap_map_[s] != kSwapMapBad) swap_map_[s] = 0;
+  }
+  recount_unheld_ = 0;
+}
+
+void SwapDevice::RecountRef(uint64_t slot) {
+  EMU_BUG_ON(slot >= nr_slots_);
+  SpinLockHolder l(&swap_lock_);
+  const uint16_t v = swap_map_[slot];
+  if (v == kSwapMapBad) return;
+  EMU_BUG_ON((v & ~kSwapHasCache) + 1 >= kSwapMapMax);
+  swap_map_[slot] = static_cast<uint16_t>(v + 1);
+}
+
+void SwapDevice::RecountCache(uint64_t slot) {
+  EMU_BUG_ON(slot >= nr_slots_);
+  SpinLockHolder l(&swap_lock_);
+  const uint16_t v = swap_map_[slot];
+  if (v == kSwapMapBad) return;
+  swap_map_[slot] = static_cast<uint16_t>(v | kSwapHasCache);
+}
+
+void SwapDevice::RecountEnd() {
+  const uint32_t bit = my_bit();
+  uint64_t unheld = 0;
+  {
+    SpinLockHolder l(&swap_lock_);
+    free_head_ = free_tail_ = kNoCluster;
+    cur_cluster_ = kNoCluster;
+    cur_next_ = 0;
+    for (Cluster& c : clusters_) c = Cluster{};
+    nr_free_ = nr_used_ = 0;
+    for (uint64_t s = 0; s < nr_slots_; s++) {
+      const uint16_t v = swap_map_[s];
+      if (v == kSwapMapBad) continue;
+      const uint32_t held = holders_[s].load(std::memory_order_acquire) & bit;
+      if (v == 0) {
+        clusters_[ClusterOf(s)].nr_free++;
+        nr_free_++;
+        if (held) holders_[s].fetch_and(~bit, std::memory_order_acq_rel);
+      } else {
+        nr_used_++;
+        // ForkReserve set the bit on every slot the parent used; a reference
+        // to any other slot would mean one was allocated during the fork.
+        if (bit != 0 && !held) {
+          unheld++;
+          holders_[s].fetch_or(bit, std::memory_order_acq_rel);
+        }
+      }
+    }
+    for (uint32_t c = 0; c < nr_clusters_; c++) {
+      if (clusters_[c].nr_free == ClusterEnd(c) - ClusterStart(c)) ListAppendLocked(c);
+    }
+  }
+  recount_unheld_ = unheld;
+}
+
+void SwapDevice::LeaveShare() {
+  if (me_ < 0 || (me_ == 0 && !ever_shared_.load(std::memory_order_relaxed))) return;
+  Sharer& s = shared_->sharers[me_];
+  int32_t live = kLive;
+  if (!s.state.compare_exchange_strong(live, kReaping, std::memory_order_acq_rel)) return;
+  ClearBitEverywhere(me_);
+  s.pid.store(0, std::memory_order_relaxed);
+  s.state.store(kFree, std::memory_order_release);
 }
 
 bool SwapDevice::Gone(int i) const {
@@ -360,10 +437,15 @@ int SwapDevice::ReapGone() {
 
 std::unique_ptr<SwapIo> SwapDevice::ReplaceIo(std::unique_ptr<SwapIo> io) {
   EMU_BUG_ON(io == nullptr);
-  return std::exchange(io_, std::move(io));
+  std::unique_ptr<SwapIo> old = std::exchange(io_, std::move(io));
+  cur_io_.store(io_.get(), std::memory_order_release);
+  return old;
 }
 
-std::unique_ptr<SwapIo> SwapDevice::TakeIo() { return std::move(io_); }
+std::unique_ptr<SwapIo> SwapDevice::TakeIo() {
+  cur_io_.store(nullptr, std::memory_order_release);
+  return std::move(io_);
+}
 
 uint64_t SwapDevice::ClusterEnd(uint32_t c) const {
   return std::min<uint64_t>(ClusterStart(c) + kSwapClusterPages, nr_slots_);
@@ -446,6 +528,7 @@ void SwapDevice::NextClusterLocked() {
 uint32_t SwapDevice::AllocRun(uint32_t n, uint64_t* first) {
   EMU_BUG_ON(n > kSwapClusterPages);
   if (n == 0) return 0;
+  if (me_ < 0) return 0;  // a detached child (ForkDetach)
   SpinLockHolder l(&swap_lock_);
   if (nr_free_ == 0) return 0;
   // A slot free in our swap_map is ours only once its holder mask is

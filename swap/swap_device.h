@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "emu/sync.h"
@@ -87,8 +88,9 @@ class SwapDevice {
 
   // The backend in use. async-signal-safe.
   SwapIo& io() {
-    EMU_BUG_ON(io_ == nullptr);
-    return *io_;
+    SwapIo* io = cur_io_.load(std::memory_order_acquire);
+    EMU_BUG_ON(io == nullptr);
+    return *io;
   }
   // Replaces the backend (tests: wrap the current one); returns the old one.
   // Not while I/O is in flight.
@@ -202,12 +204,36 @@ class SwapDevice {
   // index (ForkAttach); if not (fork failed, or the child died first), the
   // reservation and its bits are dropped.
   void ForkDone(int index, bool attached);
-  // In the child, first thing, with no other thread: takes sharer `index`,
-  // clears its bit on slots its own swap_map does not use (released between
-  // ForkReserve and the fork), resets the copied lock, and gives the child
-  // its own I/O rings (the parent's stay the parent's). Not
-  // async-signal-safe.
+  // In the child, first thing, with no other thread (async-signal-safe: it
+  // may run in the child's first fault): takes sharer `index` and resets the
+  // copied lock. I/O goes through synchronous pread/pwrite until
+  // ChildRings; the parent's rings stay the parent's. Its bit stays on every
+  // slot the parent held until the recount (RecountBegin..RecountEnd).
   absl::Status ForkAttach(int index);
+  // Instead of ForkAttach, in a child without a share (none reserved): it
+  // may read the slots its swap PTEs name while the parent waits for it,
+  // allocates none, and changes no holder mask. async-signal-safe.
+  void ForkDetach();
+  // In the child, after ForkAttach or ForkDetach, once the parent's threads'
+  // half-done work is undone: the copied swap_map is rebuilt from the
+  // references that exist: RecountBegin, RecountRef for each swap PTE,
+  // RecountCache for each mapped swap-cache page, RecountEnd. The copy
+  // cannot be trusted as it is: a thread the child does not have may have
+  // dropped a slot's reference in the parent before publishing the PTE that
+  // replaces it (swap-in frees the slot, then maps the page), and the child
+  // keeps that swap PTE. RecountEnd takes the child's bit off every slot it
+  // does not use. async-signal-safe.
+  void RecountBegin();
+  void RecountRef(uint64_t slot);
+  void RecountCache(uint64_t slot);
+  void RecountEnd();
+  // Slots the recount found referenced without the child's bit (a bug).
+  uint64_t recount_unheld() const { return recount_unheld_; }
+  // In the child, once it may allocate: io_uring rings of its own.
+  absl::Status ChildRings();
+  // A child that attached and then leaves the emulator (after reading its
+  // swapped pages back) gives its share up: its bits and its entry.
+  void LeaveShare();
   // Clears the bits of sharers that are gone; returns how many it reaped.
   // O(nr_slots) per reaped sharer, a stat(2) per live one. Not
   // async-signal-safe. Call from a thread (kswapd), not the fault path.
@@ -244,7 +270,8 @@ class SwapDevice {
   };
   absl::Status MapShared();
   std::atomic<uint32_t>& holders(uint64_t slot) const { return holders_[slot]; }
-  uint32_t my_bit() const { return uint32_t{1} << me_; }
+  // 0 in a detached child (ForkDetach): it holds nothing.
+  uint32_t my_bit() const { return me_ < 0 ? 0 : uint32_t{1} << me_; }
   // Takes a free-everywhere slot for this process; false if anyone holds it.
   bool Claim(uint64_t slot) const;
   // Whether sharer i (not this process) has gone away.
@@ -282,8 +309,13 @@ class SwapDevice {
   // allocator then skips the free-cluster list (its clusters may be held
   // elsewhere) and gives up after one round of the clusters.
   std::atomic<bool> ever_shared_{false};
-  // Changed only by ReplaceIo/TakeIo, which the caller serializes against all I/O.
+  // Changed only by ReplaceIo/TakeIo, which the caller serializes against all
+  // I/O, and by a forked child's set-up. cur_io_ is io_, or sync_io_ in a
+  // forked child until ChildRings.
   std::unique_ptr<SwapIo> io_;
+  PsyncSwapIo sync_io_;
+  std::atomic<SwapIo*> cur_io_{nullptr};
+  uint64_t recount_unheld_ = 0;
 
   mutable SpinLock swap_lock_;  // = swap_info_struct->lock
   std::vector<uint16_t> swap_map_ ABSL_GUARDED_BY(swap_lock_);

@@ -2,11 +2,13 @@
 
 #include <liburing.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "emu/status.h"
@@ -32,7 +34,7 @@ struct Ring {
 
 class UringSwapIo final : public SwapIo {
  public:
-  UringSwapIo(int fd, int nr_rings) : fd_(fd), nr_rings_(nr_rings), rings_(new Ring[nr_rings]) {}
+  UringSwapIo(int fd, int nr_rings) : fd_(fd), nr_rings_(nr_rings), rings_(nr_rings) {}
   ~UringSwapIo() override {
     for (int i = 0; i < nr_rings_; i++) {
       if (rings_[i].initialized) io_uring_queue_exit(&rings_[i].ring);
@@ -159,7 +161,7 @@ class UringSwapIo final : public SwapIo {
   const int fd_;  // not owned
   const int nr_rings_;
   int depth_ = 0;  // immutable after Init
-  const std::unique_ptr<Ring[]> rings_;
+  std::vector<Ring, PoolAllocator<Ring>> rings_;  // see SwapIo::operator new
   std::atomic<uint32_t> next_{0};  // where the next Acquire starts looking
 };
 
@@ -243,6 +245,28 @@ void FaultInjectingSwapIo::Do(SwapFaultRule::Op kind, SwapIoOp* ops, int n) {
       op.result = half.result;
     }
     i = j + 1;
+  }
+}
+
+void PsyncSwapIo::Do(bool write, SwapIoOp* ops, int n) {
+  for (int i = 0; i < n; i++) {
+    SwapIoOp& op = ops[i];
+    const int64_t want = static_cast<int64_t>(op.nr_pages) * static_cast<int64_t>(kPageSize);
+    int64_t done = 0;
+    while (done < want) {
+      char* buf = static_cast<char*>(op.buf) + done;
+      const off_t off = static_cast<off_t>(op.slot * kPageSize + static_cast<uint64_t>(done));
+      ssize_t r = write ? pwrite(fd_, buf, static_cast<size_t>(want - done), off)
+                        : pread(fd_, buf, static_cast<size_t>(want - done), off);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) {
+        if (done == 0) done = -errno;
+        break;
+      }
+      if (r == 0) break;
+      done += r;
+    }
+    op.result = done;
   }
 }
 

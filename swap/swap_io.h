@@ -14,6 +14,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "emu/pool.h"
 #include "emu/sync.h"
 
 namespace emu {
@@ -34,6 +35,12 @@ struct SwapIoOp {
 class SwapIo {
  public:
   virtual ~SwapIo() = default;
+  // Backends live in the emulator's own memory (emu/pool.h): one created in
+  // a forked child under the preload would otherwise come from the
+  // program's heap, i.e. emulated memory that reclaim may take away from
+  // under the threads that use it.
+  static void* operator new(size_t bytes) { return PoolAlloc(bytes); }
+  static void operator delete(void* p, size_t bytes) { PoolFree(p, bytes); }
   virtual void Read(SwapIoOp* ops, int n) = 0;
   virtual void Write(SwapIoOp* ops, int n) = 0;
 };
@@ -59,6 +66,20 @@ class SwapIo {
 // Errors: EINVAL for a bad argument, or the errno of io_uring_queue_init
 // (ENOSYS or EPERM where io_uring is disabled, ENOMEM).
 absl::StatusOr<std::unique_ptr<SwapIo>> CreateUringSwapIo(int fd, int queue_depth, int nr_rings);
+
+// Synchronous pread/pwrite on `fd`, one call per op (retried for the rest
+// of a short transfer). Constructing it allocates nothing: a forked child
+// uses it until it has rings of its own (SwapDevice::ForkAttach).
+class PsyncSwapIo final : public SwapIo {
+ public:
+  explicit PsyncSwapIo(int fd) : fd_(fd) {}
+  void Read(SwapIoOp* ops, int n) override { Do(/*write=*/false, ops, n); }
+  void Write(SwapIoOp* ops, int n) override { Do(/*write=*/true, ops, n); }
+
+ private:
+  void Do(bool write, SwapIoOp* ops, int n);
+  const int fd_;
+};
 
 // Test wrapper: which ops fail, and how.
 struct SwapFaultRule {

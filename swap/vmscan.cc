@@ -748,24 +748,25 @@ void Vmscan::KswapdLoop() {
 
 // ---- fork() of the process ----
 
-int Vmscan::ForkPrepare() {
-  if (swap_ == nullptr) return 0;  // nothing to share
-  return swap_->ForkReserve();
+int Vmscan::ForkPrepare(bool share) {
+  fork_token_ = share && swap_ != nullptr ? swap_->ForkReserve() : -1;
+  return fork_token_;
 }
 
 void Vmscan::ForkParent(int token, bool attached) {
   if (swap_ != nullptr && token >= 0) swap_->ForkDone(token, attached);
 }
 
-absl::Status Vmscan::ForkChildAttach(int token) {
-  if (swap_ == nullptr) return absl::OkStatus();
-  return swap_->ForkAttach(token);
-}
-
-void Vmscan::ChildAfterFork() {
+bool Vmscan::ChildEarly() {
   // Only this thread exists; every lock and in-between state of the
   // parent's other threads (kswapd, faults in flight) is rebuilt from the
-  // page tables, which Machine::ChildAfterFork has fixed up already.
+  // page tables, which Machine::ChildEarly has fixed up already. Nothing
+  // here allocates: it may run in the child's first fault.
+  bool attached = false;
+  if (swap_ != nullptr) {
+    attached = fork_token_ >= 0 && swap_->ForkAttach(fork_token_).ok();
+    if (!attached) swap_->ForkDetach();
+  }
   lifetime_.ResetAfterFork();
   lru_lock_.ResetAfterFork();
   kswapd_running_.store(false);
@@ -786,11 +787,12 @@ void Vmscan::ChildAfterFork() {
       const bool active = page.Test(kPgActive);
       page.flags.fetch_and(~(kPgLocked | kPgLru | kPgActive | kPgIsolated));
       page.lru_prev = page.lru_next = 0;
+      // The swap_map is rebuilt below from what stays: the slots of pages
+      // dropped here are simply not counted.
       if (page.Test(kPgWriteback)) {
         // Reclaim was writing it: the slot's bytes may be incomplete. The
-        // page is in memory; its slot goes back.
+        // page is in memory; it leaves the swap cache.
         page.flags.fetch_and(~(kPgWriteback | kPgSwapCache));
-        if (swap_ != nullptr) swap_->ClearCache(page.private_);
         page.private_ = 0;
       }
       bool mapped = false;
@@ -804,7 +806,6 @@ void Vmscan::ChildAfterFork() {
       if (!mapped) {
         // Allocated by a fault, or being freed, in a thread the child does
         // not have.
-        if (page.Test(kPgSwapCache) && swap_ != nullptr) swap_->ClearCache(page.private_);
         page.flags.store(0);
         page.mapcount.store(0);
         page.refcount.store(0);
@@ -816,9 +817,41 @@ void Vmscan::ChildAfterFork() {
       if (!page.Test(kPgMlocked)) LruAddLocked(page, pfn, active);
     }
   }
+  if (swap_ != nullptr) {
+    // The references that exist now become the swap_map.
+    swap_->RecountBegin();
+    machine_->ForEachSpaceUnlocked([&](AddressSpace* as) {
+      as->page_table().ForEachEntry(as->window(), [&](VirtAddr, std::atomic<uint64_t>* e) {
+        Pte pte(Load(e));
+        if (pte.swap() && !pte.present()) {
+          swap_->RecountRef(pte.swap_entry());
+        } else if (pte.present() && !pte.special()) {
+          const Page& page = mem_map_.page(pte.pfn());
+          if (page.Test(kPgSwapCache)) swap_->RecountCache(page.private_);
+        }
+      });
+    });
+    swap_->RecountEnd();
+  }
+  return attached;
+}
+
+absl::Status Vmscan::ChildLate() {
+  if (swap_ != nullptr) {
+    if (swap_->recount_unheld() > 0) {
+      Log(Component::kSwap).warn("fork: the child references {} swap slot(s) it did not hold",
+                                 swap_->recount_unheld());
+    }
+    if (swap_->sharer() >= 0) EMU_RETURN_IF_ERROR(swap_->ChildRings());
+  }
   // The parent's kswapd is not in the child: the std::thread copy names a
   // thread of another process, so it is overwritten, never joined.
   new (&kswapd_) std::thread([this] { KswapdLoop(); });
+  return absl::OkStatus();
+}
+
+void Vmscan::ChildLeaveShare() {
+  if (swap_ != nullptr) swap_->LeaveShare();
 }
 
 // ---- Teardown, checks, stats ----

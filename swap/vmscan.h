@@ -73,10 +73,11 @@ class Vmscan : public PageReclaim {
                              const absl::flat_hash_map<uint64_t, int>& cached) override;
   absl::Status ShrinkTo(uint64_t target_pages) override;
   std::string StatText() override;
-  int ForkPrepare() override;
+  int ForkPrepare(bool share) override;
   void ForkParent(int token, bool attached) override;
-  absl::Status ForkChildAttach(int token) override;
-  void ChildAfterFork() override ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  bool ChildEarly() override ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  absl::Status ChildLate() override;
+  void ChildLeaveShare() override;
   uint64_t limit_pages() const override { return limit_pages_; }
 
   // The swap device, or nullptr with MachineOptions::no_swap (tests wrap its
@@ -157,6 +158,7 @@ class Vmscan : public PageReclaim {
   std::atomic<uint32_t> kswapd_wake_{0};  // futex word: a generation count
   std::atomic<bool> kswapd_running_{false};
   std::atomic<bool> stop_{false};
+  int fork_token_ = -1;        // ForkPrepare's, read by the child
   uint64_t last_reap_ns_ = 0;  // kswapd's: when it last looked for sharers that are gone
 
   std::atomic<uint32_t> swapin_seq_{0};  // futex word: bumped when a swap-in publishes

@@ -55,8 +55,10 @@ COMMANDS
             --preload PATH   libemu-preload.so to use (also EMU_PRELOAD)
             Default fault mode for run: thread (system calls that touch
             never-faulted memory work as natively). A forked child stays
-            on the emulator without a limit; under a limit it reads its
-            swapped pages back and leaves the emulator. The same settings work without emu run as
+            on the emulator, under a limit with its own limit and a share
+            of the parent's swap file (up to 32 processes per swap file;
+            past that, or with EMU_FORK_SHARE=0, it reads its swapped pages
+            back and leaves the emulator). The same settings work without emu run as
             environment variables of the preload: EMU_MEM_LIMIT,
             EMU_SWAP_FILE, EMU_SWAP_DIR, EMU_SWAP_SIZE, EMU_NO_SWAP=1,
             EMU_FAULT_MODE, EMU_FAULT_AROUND, EMU_ZERO_PAGE, EMU_POLICY,

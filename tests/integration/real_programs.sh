@@ -120,8 +120,10 @@ print("forking server", "ok" if ok else "MISMATCH")
 PY
   echo "forking server ok" >"$work/expected"
   emu_check 16M "$work/expected" $py "$work/server.py"
-  # (Its children leave the emulator after reading their swapped pages
-  # back: EMU_FORK_SHARE=1, which keeps them on it, is off by default.)
+  # Its four children stayed on the emulator under their own limit, on
+  # the parent's swap file (each wrote its own statistics).
+  ! grep -q "leaves the emulator" "$work/err" || { cat "$work/err"; fail "a child left the emulator"; }
+  [ "$(grep -c '"pid"' "$work/stats.json")" -ge 5 ] || fail "fewer than 5 processes reported statistics"
   ;;
 jemalloc|tcmalloc|mimalloc)
   # sqlite3 with the allocator preloaded after emu. Memory an allocator maps

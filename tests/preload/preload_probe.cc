@@ -464,6 +464,71 @@ int ForkWhileWriting(size_t total_mb) {
   return failed;
 }
 
+// fork with glibc malloc's own heap mostly swapped out: its free lists run
+// through cold pages, and the child's first allocations (the emulator's
+// set-up in the child among them) walk them. Every live chunk must keep its
+// contents in the child and in the parent, and the child's heap must work.
+int ForkHeap(size_t total_mb) {
+  constexpr size_t kChunk = 496;
+  const size_t n = (total_mb << 20) / (kChunk + 16);
+  std::vector<char*> chunks(n);
+  for (size_t i = 0; i < n; i++) {
+    chunks[i] = static_cast<char*>(malloc(kChunk));
+    if (chunks[i] == nullptr) return Fail("malloc");
+    Fill(chunks[i], kChunk, i);
+  }
+  // Holes in every page: the bins list chunks all over the heap.
+  for (size_t i = 0; i < n; i += 3) {
+    free(chunks[i]);
+    chunks[i] = nullptr;
+  }
+  // Push the heap out: touch as much again elsewhere (a mapping of its own).
+  const size_t other = total_mb << 20;
+  char* q = static_cast<char*>(mmap(nullptr, other, PROT_READ | PROT_WRITE,
+                                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (q == MAP_FAILED) return Fail("mmap");
+  Fill(q, other, 99);
+  auto verify = [&](const char* who) {
+    for (size_t i = 0; i < n; i++) {
+      if (chunks[i] != nullptr && !Check(chunks[i], kChunk, i)) {
+        std::fprintf(stderr, "probe: %s: chunk %zu changed\n", who, i);
+        return false;
+      }
+    }
+    return true;
+  };
+  int failed = 0;
+  for (int k = 0; k < 6 && failed == 0; k++) {
+    pid_t pid = fork();
+    if (pid < 0) return Fail("fork");
+    if (pid == 0) {
+      // Reuse the holes, then check everything.
+      std::vector<char*> mine;
+      for (size_t i = 0; i < n / 3; i++) {
+        char* c = static_cast<char*>(malloc(kChunk - 16 * (i % 8)));
+        if (c == nullptr) _exit(4);
+        std::memset(c, 0x5a, kChunk - 16 * (i % 8));
+        mine.push_back(c);
+      }
+      if (!verify("child")) _exit(3);
+      for (char* c : mine) free(c);
+      _exit(0);
+    }
+    int st;
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      failed = Fail("a child's heap was corrupted");
+    }
+    for (size_t i = 1; i < n; i += 7) {  // the parent goes on using its heap
+      if (chunks[i] != nullptr) {
+        free(chunks[i]);
+        chunks[i] = nullptr;
+      }
+    }
+  }
+  if (failed == 0 && !verify("parent")) failed = Fail("the parent's heap changed");
+  return failed;
+}
+
 // exec from a process running on the emulator.
 int Exec() {
   char* p = static_cast<char*>(malloc(4 << 20));
@@ -494,6 +559,7 @@ int main(int argc, char** argv) {
   if (cmd == "mlockall") return MlockAll();
   if (cmd == "forkwrite") return ForkWhileWriting(mb);
   if (cmd == "exec") return Exec();
+  if (cmd == "forkheap") return ForkHeap(mb);
   if (cmd == "segv") {
     *static_cast<volatile int*>(nullptr) = 1;  // dies by SIGSEGV, as natively
     return 0;
