@@ -253,7 +253,7 @@ std::string Machine::VmStatText() const {
 
 std::vector<AddrRange> Machine::ForeignRanges() const {
   std::vector<AddrRange> out;
-  ForEachSpaceUnlocked([&](AddressSpace* as) {
+  ForEachSpaceUnlocked([&](AddressSpace* as) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     for (const auto& [start, vma] : as->vmas()) {
       if (vma.foreign()) out.push_back(vma.range());
     }
