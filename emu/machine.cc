@@ -283,13 +283,13 @@ std::vector<AddrRange> Machine::ForeignRanges() const {
 
 bool Machine::ForkPrepare() {
   fork_owner_ = static_cast<pid_t>(syscall(SYS_getpid));
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fork_ctl_) != 0) {
-    fork_ctl_[0] = fork_ctl_[1] = -1;
-    return false;
-  }
+  // Without the socket pair the child gets no descriptor and leaves the
+  // emulator (ChildLate fails); the fork itself goes ahead.
+  const bool ok = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fork_ctl_) == 0;
+  if (!ok) fork_ctl_[0] = fork_ctl_[1] = -1;
   host_->ForkExpect();
   fork_pending_.store(true, std::memory_order_release);
-  return true;
+  return ok;
 }
 
 void Machine::ForkParent(int token) {
