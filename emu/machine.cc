@@ -282,6 +282,9 @@ std::vector<AddrRange> Machine::ForeignRanges() const {
 //   SIGSEGV mode: protections survive fork; nothing to pass.
 
 bool Machine::ForkPrepare() {
+  // One fork at a time from here to the end of ForkParent: another thread's
+  // fork would take over the socket pair and the fork event.
+  fork_lock_.Lock();
   fork_owner_ = static_cast<pid_t>(syscall(SYS_getpid));
   // Without the socket pair the child gets no descriptor and leaves the
   // emulator (ChildLate fails); the fork itself goes ahead.
@@ -301,6 +304,7 @@ void Machine::ForkParent(int token) {
     if (reclaim_ != nullptr && token >= 0) reclaim_->ForkParent(token, status == 1 || status == 2);
   };
   if (fork_ctl_[0] < 0) {  // no protocol: assume the child is set up
+    fork_lock_.Unlock();
     done(1);
     return;
   }
@@ -325,6 +329,7 @@ void Machine::ForkParent(int token) {
     while (sendmsg(ctl, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR) {
     }
   }
+  fork_lock_.Unlock();
   // The parent goes on at once: the child's copy of everything is taken,
   // and every swap slot the parent holds keeps the child's bit until the
   // child's recount. A thread of ours waits for the child's verdict (and,
@@ -361,6 +366,7 @@ void Machine::ChildEarlyIfPending() {
   // while this runs (a signal handler's), so the flag goes first.
   if (child_early_started_) return;
   child_early_started_ = true;
+  fork_lock_.ResetAfterFork();
   // The child's records would go into the parent's buffers and file; the
   // preload gives it a file of its own later (trace::RestartAfterFork).
   trace::g_enabled.store(false, std::memory_order_relaxed);

@@ -151,13 +151,14 @@ class Machine {
 
   // fork() of the whole process (the preload; machine.cc says how the child
   // keeps its fault registration). In the parent: ForkPrepare before fork()
-  // (false: no socket pair, the child then cannot be told apart from a
+  // (first thing, before mmap_lock: it serializes forks; false: no socket
+  // pair, the child then cannot be told apart from a
   // failed fork), ForkParent after it with PageReclaim::ForkPrepare's token:
   // hands the child its registration and returns; a thread waits for the
   // child's verdict (ChildDone) and passes it to PageReclaim::ForkParent.
   // The machine must outlive that thread (the preload never destroys it).
-  bool ForkPrepare();
-  void ForkParent(int token);
+  bool ForkPrepare() ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  void ForkParent(int token) ABSL_NO_THREAD_SAFETY_ANALYSIS;
   // In the child, async-signal-safe and without allocating, first thing
   // (the signal handler calls it on the child's first fault; the preload's
   // atfork handler calls it in any case): takes the child's fault
@@ -213,6 +214,7 @@ class Machine {
   std::atomic<int> nr_address_spaces_{0};
   // fork() state (ForkPrepare .. ChildDone). The child's copy of
   // fork_pending_ says that its set-up is still to do.
+  SpinLock fork_lock_;  // ForkPrepare .. ForkParent
   std::atomic<bool> fork_pending_{false};
   pid_t fork_owner_ = 0;
   int fork_ctl_[2] = {-1, -1};  // [0] the parent's end, [1] the child's

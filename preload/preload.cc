@@ -620,6 +620,9 @@ bool g_fork_traced = false;  // whether the child records its faults too
 void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   AddressSpace* as = g_as.load(std::memory_order_acquire);
   if (as == nullptr) return;
+  // Forks one at a time (a thread of an earlier fork may still be handing
+  // its child the registration), before mmap_lock.
+  const bool ctl = g_machine->ForkPrepare();
   // Reclaim passes try-lock mmap_lock, so holding it for write keeps them
   // off this address space (and LockSpace refuses it while forking).
   as->mmap_lock()->WriteLock();
@@ -630,7 +633,7 @@ void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   // Without the socket pair the parent cannot tell whether the child set
   // itself up; it then assumes so (a reservation the child never took stays
   // until this process is gone).
-  if (!g_machine->ForkPrepare()) Warn("fork: no socket pair for the child's set-up");
+  if (!ctl) Warn("fork: no socket pair for the child's set-up");
 }
 
 void ParentAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {

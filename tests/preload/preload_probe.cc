@@ -529,6 +529,38 @@ int ForkHeap(size_t total_mb) {
   return failed;
 }
 
+// Two threads fork at once, each from its own data, while swapping: forks
+// take turns in the emulator, and every child sees its thread's data.
+int ForkThreads(size_t total_mb) {
+  const size_t bytes = (total_mb << 20) / 2;
+  char* d[2];
+  for (int t = 0; t < 2; t++) {
+    d[t] = static_cast<char*>(malloc(bytes));
+    Fill(d[t], bytes, 300 + t);
+  }
+  std::atomic<int> failed{0};
+  auto run = [&](int t) {
+    for (int k = 0; k < 12 && failed.load() == 0; k++) {
+      pid_t pid = fork();
+      if (pid < 0) {
+        failed.store(1);
+        return;
+      }
+      if (pid == 0) _exit(Check(d[t], bytes, 300 + t) && Check(d[1 - t], bytes, 300 + 1 - t) ? 0 : 3);
+      int st;
+      if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        std::fprintf(stderr, "probe: thread %d child %d status %d\n", t, k, st);
+        failed.store(1);
+      }
+    }
+  };
+  std::thread a(run, 0), b(run, 1);
+  a.join();
+  b.join();
+  if (failed.load() != 0) return Fail("a child of concurrent forks");
+  return Check(d[0], bytes, 300) && Check(d[1], bytes, 301) ? 0 : Fail("the parent's data");
+}
+
 // exec from a process running on the emulator.
 int Exec() {
   char* p = static_cast<char*>(malloc(4 << 20));
@@ -560,6 +592,7 @@ int main(int argc, char** argv) {
   if (cmd == "forkwrite") return ForkWhileWriting(mb);
   if (cmd == "exec") return Exec();
   if (cmd == "forkheap") return ForkHeap(mb);
+  if (cmd == "forkthreads") return ForkThreads(mb);
   if (cmd == "segv") {
     *static_cast<volatile int*>(nullptr) = 1;  // dies by SIGSEGV, as natively
     return 0;

@@ -174,6 +174,15 @@ TEST_CASE("Preload: a forked child's heap works when malloc's free lists run thr
   CHECK(Records(r.stats) == (share == "1" ? 7 : 1));
 }
 
+TEST_CASE("Preload: two threads fork at once under a limit", "[preload][fork]") {
+  std::string mode = GENERATE("thread", "sigbus", "sigsegv");
+  Result r = Run(ModeArg(mode) + " --mem-limit 8M --swap-size 256M --no-summary", "forkthreads 16");
+  INFO(mode << "\n" << r.out);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("leaves the emulator") == std::string::npos);
+  CHECK(Records(r.stats) == 25);
+}
+
 TEST_CASE("Preload: many processes share one swap file (a fan at once, then 40 in sequence)",
           "[preload][fork]") {
   std::string mode = GENERATE("thread", "sigbus");
