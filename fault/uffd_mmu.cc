@@ -36,6 +36,19 @@ namespace {
 
 constexpr size_t kZeroSrcBytes = 512 * kPageSize;  // the largest install run
 
+// Calls fn(start, end) for each piece of the arena outside the native
+// mappings a program placed in it (AddressSpace::MapForeign), in order,
+// until fn returns false; returns whether every call returned true.
+template <typename Fn>
+bool ForEachEmulatedPiece(Machine* machine, AddrRange arena, Fn&& fn) {
+  VirtAddr from = arena.start;
+  for (AddrRange r : machine->ForeignRanges()) {
+    if (r.start > from && !fn(from, r.start)) return false;
+    from = std::max(from, r.end);
+  }
+  return from >= arena.end || fn(from, arena.end);
+}
+
 int OpenUffd(int flags, std::string* why) {
   int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
   if (dev >= 0) {
@@ -310,16 +323,11 @@ void UffdMmu::ChildDetach() {
   if (uffd_ < 0) return;
   StopThreads();
   AddrRange arena = machine_->arena();
-  VirtAddr from = arena.start;
-  auto unregister = [&](VirtAddr start, VirtAddr end) {
+  ForEachEmulatedPiece(machine_, arena, [&](VirtAddr start, VirtAddr end) {
     uffdio_range r{start, end - start};
     ioctl(uffd_, UFFDIO_UNREGISTER, &r);
-  };
-  for (AddrRange r : machine_->ForeignRanges()) {
-    if (r.start > from) unregister(from, r.start);
-    from = std::max(from, r.end);
-  }
-  if (from < arena.end) unregister(from, arena.end);
+    return true;
+  });
   close(uffd_);
   uffd_ = -1;
 }
@@ -501,14 +509,7 @@ absl::StatusOr<std::unique_ptr<HostMmu>> CreateUffdMmu(Machine* machine, AddrRan
     reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
     return ioctl(fd, UFFDIO_REGISTER, &reg) == 0;
   };
-  VirtAddr from = arena.start;
-  for (AddrRange r : machine->ForeignRanges()) {
-    if (r.start > from && !register_range(from, r.start)) {
-      return ErrnoError(errno, "UFFDIO_REGISTER of the arena");
-    }
-    from = std::max(from, r.end);
-  }
-  if (from < arena.end && !register_range(from, arena.end)) {
+  if (!ForEachEmulatedPiece(machine, arena, register_range)) {
     return ErrnoError(errno, "UFFDIO_REGISTER of the arena");
   }
   constexpr uint64_t kNeed = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_ZEROPAGE) |
