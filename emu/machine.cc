@@ -12,8 +12,6 @@
 #include <cmath>
 #include <cstring>
 #include <set>
-#include <system_error>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -21,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "emu/log.h"
+#include "emu/pool.h"
 #include "emu/status.h"
 #include "emu/sys.h"
 #include "emu/trace.h"
@@ -281,6 +280,46 @@ std::vector<AddrRange> Machine::ForeignRanges() const {
 //   si_errno), resolved in its handler as in SIGBUS mode.
 //   SIGSEGV mode: protections survive fork; nothing to pass.
 
+namespace {
+
+struct ForkWaiter {
+  Machine* m;
+  int ctl, child_fd, token;
+  bool own_thread;
+};
+
+// The parent's side of a fork once the child has its descriptor: serves the
+// child's faults where the mode needs it, then passes the child's verdict to
+// reclaim.
+void* WaitForChild(void* arg) {
+  const ForkWaiter w = *static_cast<ForkWaiter*>(arg);
+  PoolFree(arg, sizeof(ForkWaiter));
+  if (w.own_thread) {
+    sys::t_emulator_thread = true;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, nullptr);  // the program's signals are not for it
+  }
+  if (w.child_fd >= 0) {
+    w.m->host().ForkServeChild(w.child_fd, w.ctl);
+    close(w.child_fd);
+  }
+  char status = 0;
+  ssize_t n;
+  while ((n = read(w.ctl, &status, 1)) < 0 && errno == EINTR) {
+  }
+  close(w.ctl);
+  // 1: the child stays; 2: it took its share and gave it up itself on
+  // leaving the emulator; 0 (or EOF): fork failed, the child died first, or
+  // it left without a share.
+  if (w.m->reclaim() != nullptr && w.token >= 0) {
+    w.m->reclaim()->ForkParent(w.token, n == 1 && (status == 1 || status == 2));
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 bool Machine::ForkPrepare() {
   // One fork at a time from here to the end of ForkParent: another thread's
   // fork would take over the socket pair and the fork event.
@@ -297,15 +336,9 @@ bool Machine::ForkPrepare() {
 
 void Machine::ForkParent(int token) {
   fork_pending_.store(false, std::memory_order_release);
-  auto done = [this, token](int status) {
-    // 1: the child stays; 2: it took its share and gave it up itself on
-    // leaving the emulator; 0 (or EOF): fork failed, the child died first,
-    // or it left without a share.
-    if (reclaim_ != nullptr && token >= 0) reclaim_->ForkParent(token, status == 1 || status == 2);
-  };
   if (fork_ctl_[0] < 0) {  // no protocol: assume the child is set up
     fork_lock_.Unlock();
-    done(1);
+    if (reclaim_ != nullptr && token >= 0) reclaim_->ForkParent(token, true);
     return;
   }
   close(fork_ctl_[1]);  // EOF from here on means: no child, or it is gone
@@ -334,28 +367,23 @@ void Machine::ForkParent(int token) {
   // and every swap slot the parent holds keeps the child's bit until the
   // child's recount. A thread of ours waits for the child's verdict (and,
   // in handler-thread mode, serves its faults until then).
-  auto wait = [this, ctl, child_fd, done] {
-    if (child_fd >= 0) {
-      host_->ForkServeChild(child_fd, ctl);
-      close(child_fd);
-    }
-    char status = 0;
-    ssize_t n;
-    while ((n = read(ctl, &status, 1)) < 0 && errno == EINTR) {
-    }
-    close(ctl);
-    done(n == 1 ? status : 0);
-  };
-  try {
-    std::thread([wait] {
-      sys::t_emulator_thread = true;
-      sigset_t all;
-      sigfillset(&all);
-      pthread_sigmask(SIG_BLOCK, &all, nullptr);
-      wait();
-    }).detach();
-  } catch (const std::system_error&) {
-    wait();  // no thread: the forking thread waits
+  // The waiter's state lives in the emulator's pool and the thread is a
+  // bare pthread: nothing of it is in the program's heap, which a thread
+  // ending while the process exits must not touch (its faults would go
+  // unrecorded in a trace already flushed).
+  auto* w = static_cast<ForkWaiter*>(PoolAlloc(sizeof(ForkWaiter)));
+  *w = ForkWaiter{this, ctl, child_fd, token, true};
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  // (Not with signals blocked around the call: pthread_create allocates
+  // from the program's heap, and that may fault.)
+  pthread_t t;
+  const bool started = pthread_create(&t, &attr, &WaitForChild, w) == 0;
+  pthread_attr_destroy(&attr);
+  if (!started) {  // no thread: the forking thread waits
+    w->own_thread = false;
+    WaitForChild(w);
   }
 }
 

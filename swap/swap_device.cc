@@ -443,7 +443,8 @@ std::unique_ptr<SwapIo> SwapDevice::ReplaceIo(std::unique_ptr<SwapIo> io) {
 }
 
 std::unique_ptr<SwapIo> SwapDevice::TakeIo() {
-  cur_io_.store(nullptr, std::memory_order_release);
+  // io() goes on naming it until ReplaceIo: the caller keeps it alive (a
+  // wrapper around it), so a thread doing I/O meanwhile never finds none.
   return std::move(io_);
 }
 

@@ -95,8 +95,8 @@ class SwapDevice {
   // Replaces the backend (tests: wrap the current one); returns the old one.
   // Not while I/O is in flight.
   std::unique_ptr<SwapIo> ReplaceIo(std::unique_ptr<SwapIo> io);
-  // Hands out the current backend (for wrapping) and leaves none; ReplaceIo
-  // must follow before the next io(). Not while I/O is in flight.
+  // Hands out the current backend (for wrapping); io() still returns it
+  // until ReplaceIo, which must follow while the caller keeps it alive.
   std::unique_ptr<SwapIo> TakeIo();
 
   // ---- The slot allocator and swap_map. async-signal-safe, thread-safe (one
