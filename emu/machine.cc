@@ -282,6 +282,34 @@ std::vector<AddrRange> Machine::ForeignRanges() const {
 
 namespace {
 
+// One byte carrying one descriptor (SCM_RIGHTS) over a socket: sends *fd,
+// or receives into *fd (left as it is when none came). async-signal-safe.
+void FdMessage(int sock, bool send, int* fd) {
+  char one = 1;
+  iovec iov{&one, 1};
+  alignas(cmsghdr) char buf[CMSG_SPACE(sizeof(int))] = {};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = buf;
+  mh.msg_controllen = sizeof(buf);
+  if (send) {
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), fd, sizeof(int));
+    while (sendmsg(sock, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+    }
+    return;
+  }
+  ssize_t n;
+  while ((n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
+  }
+  cmsghdr* c = n == 1 ? CMSG_FIRSTHDR(&mh) : nullptr;
+  if (c != nullptr && c->cmsg_type == SCM_RIGHTS) std::memcpy(fd, CMSG_DATA(c), sizeof(int));
+}
+
 struct ForkWaiter {
   Machine* m;
   int ctl, child_fd, token;
@@ -346,21 +374,8 @@ void Machine::ForkParent(int token) {
   fork_ctl_[0] = fork_ctl_[1] = -1;
   const int child_fd = host_->ForkTakeChildFd(ctl);
   if (child_fd >= 0) {
-    char one = 1;
-    iovec iov{&one, 1};
-    alignas(cmsghdr) char buf[CMSG_SPACE(sizeof(int))] = {};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = buf;
-    mh.msg_controllen = sizeof(buf);
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &child_fd, sizeof(int));
-    while (sendmsg(ctl, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR) {
-    }
+    int fd = child_fd;
+    FdMessage(ctl, /*send=*/true, &fd);
   }
   fork_lock_.Unlock();
   // The parent goes on at once: the child's copy of everything is taken,
@@ -403,19 +418,7 @@ void Machine::ChildEarlyIfPending() {
     close(fork_ctl_[0]);
     fork_ctl_[0] = -1;
     if (host_->ForkKeepsRegistration() && host_->mode() != FaultMode::kSigsegv) {
-      char one;
-      iovec iov{&one, 1};
-      alignas(cmsghdr) char buf[CMSG_SPACE(sizeof(int))] = {};
-      msghdr mh{};
-      mh.msg_iov = &iov;
-      mh.msg_iovlen = 1;
-      mh.msg_control = buf;
-      mh.msg_controllen = sizeof(buf);
-      ssize_t n;
-      while ((n = recvmsg(fork_ctl_[1], &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
-      }
-      cmsghdr* c = n == 1 ? CMSG_FIRSTHDR(&mh) : nullptr;
-      if (c != nullptr && c->cmsg_type == SCM_RIGHTS) std::memcpy(&fd, CMSG_DATA(c), sizeof(int));
+      FdMessage(fork_ctl_[1], /*send=*/false, &fd);
     }
   }
   child_host_ok_ = host_->ChildAdopt(fd);

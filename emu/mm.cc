@@ -769,19 +769,23 @@ Pte AddressSpace::GetPte(VirtAddr addr) {
   return Pte(e ? e->load(std::memory_order_acquire) : 0);
 }
 
-void AddressSpace::CollectSwapRefs(absl::flat_hash_map<uint64_t, int>* refs,
-                                   absl::flat_hash_map<uint64_t, int>* cached) {
+void AddressSpace::ForEachSwapRef(absl::FunctionRef<void(uint64_t slot, bool cache)> fn) {
   ReadLockHolder l(&mmap_lock_);
   MemMap& mem_map = machine_->mem_map();
   pt_.ForEachEntry(window_, [&](VirtAddr, std::atomic<uint64_t>* e) {
     Pte pte(e->load(std::memory_order_acquire));
     if (pte.swap() && !pte.present()) {
-      (*refs)[pte.swap_entry()]++;
+      fn(pte.swap_entry(), false);
     } else if (pte.present() && !pte.special()) {
       const Page& page = mem_map.page(pte.pfn());
-      if (page.Test(kPgSwapCache)) (*cached)[page.private_]++;
+      if (page.Test(kPgSwapCache)) fn(page.private_, true);
     }
   });
+}
+
+void AddressSpace::CollectSwapRefs(absl::flat_hash_map<uint64_t, int>* refs,
+                                   absl::flat_hash_map<uint64_t, int>* cached) {
+  ForEachSwapRef([&](uint64_t slot, bool cache) { (*(cache ? cached : refs))[slot]++; });
 }
 
 absl::Status AddressSpace::CheckInvariants(bool reclaim_blocked) {

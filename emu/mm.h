@@ -145,6 +145,9 @@ class AddressSpace {
   // Holds reclaim off while it checks, unless the caller already does
   // (`reclaim_blocked`, Machine::CheckInvariants).
   absl::Status CheckInvariants(bool reclaim_blocked = false);
+  // Calls fn(slot, false) for each swap PTE and fn(slot, true) for each
+  // mapped swap-cache page. Allocates nothing (a forked child's set-up).
+  void ForEachSwapRef(absl::FunctionRef<void(uint64_t slot, bool cache)> fn);
   // Adds, for each swap PTE, one reference to its slot in `refs`, and for
   // each mapped swap-cache page one to its slot in `cached`.
   void CollectSwapRefs(absl::flat_hash_map<uint64_t, int>* refs,

@@ -9,7 +9,11 @@
 #ifndef EMU_POOL_H_
 #define EMU_POOL_H_
 
+#include <pthread.h>
+
 #include <cstddef>
+#include <new>
+#include <utility>
 
 namespace emu {
 
@@ -30,6 +34,34 @@ struct PoolAllocator {
   template <typename U>
   bool operator==(const PoolAllocator<U>&) const { return true; }
 };
+
+// Starts a thread running fn() with its start-up state in the pool, never
+// in the program's heap: a forked child's emulator threads start while that
+// heap may be swapped out, and a thread of ours must not fault on it (nor
+// count a fault the child's trace has not started for). Returns 0 or
+// pthread_create's error. The thread is joinable (*t).
+template <typename Fn>
+int StartThread(pthread_t* t, Fn fn) {
+  struct Box {
+    Fn fn;
+    static void* Run(void* p) {
+      Box* b = static_cast<Box*>(p);
+      Fn f = std::move(b->fn);
+      b->~Box();
+      PoolFree(b, sizeof(Box));
+      f();
+      return nullptr;
+    }
+  };
+  void* mem = PoolAlloc(sizeof(Box));
+  Box* b = new (mem) Box{std::move(fn)};
+  int rc = pthread_create(t, nullptr, &Box::Run, b);
+  if (rc != 0) {
+    b->~Box();
+    PoolFree(mem, sizeof(Box));
+  }
+  return rc;
+}
 
 }  // namespace emu
 

@@ -14,12 +14,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "emu/log.h"
 #include "emu/machine.h"
+#include "emu/pool.h"
 #include "emu/status.h"
 #include "fault/handle_fault.h"
 #include "fault/host_backends.h"
@@ -245,7 +245,7 @@ class UffdMmu : public HostMmu {
   std::atomic<int> fork_fd_{-1};
   std::atomic<bool> expecting_{false};
   int stop_fd_ = -1;
-  std::vector<std::thread> threads_;
+  std::vector<pthread_t> threads_;
 };
 
 int UffdMmu::ForkTakeChildFd(int ctl) {
@@ -312,9 +312,9 @@ bool UffdMmu::ChildAdopt(int fd) {
   fork_efd_ = -1;
   fork_fd_.store(-1, std::memory_order_relaxed);
   expecting_.store(false, std::memory_order_relaxed);
-  // The parent's threads are not here: their std::thread objects name
-  // threads of another process, so the vector is forgotten, not destroyed.
-  new (&threads_) std::vector<std::thread>();
+  // The parent's threads are not here: their handles name threads of
+  // another process, so the vector is forgotten, not destroyed.
+  new (&threads_) std::vector<pthread_t>();
   uffd_ = fd;
   return fd >= 0 || !fork_events_;
 }
@@ -335,7 +335,7 @@ void UffdMmu::ChildDetach() {
 void UffdMmu::StartThreads(int n) {
   stop_fd_ = eventfd(0, EFD_CLOEXEC);
   for (int i = 0; i < n; i++) {
-    threads_.emplace_back([this, i, n] {
+    auto handler = [this, i, n] {
       // Handler threads take no process signals.
       sigset_t all;
       sigfillset(&all);
@@ -350,7 +350,9 @@ void UffdMmu::StartThreads(int n) {
         pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
       }
       HandlerLoop();
-    });
+    };
+    pthread_t t;
+    if (StartThread(&t, handler) == 0) threads_.push_back(t);
   }
 }
 
@@ -359,7 +361,7 @@ void UffdMmu::StopThreads() {
   uint64_t one = 1;
   ssize_t ignored = write(stop_fd_, &one, sizeof(one));
   (void)ignored;
-  for (auto& t : threads_) t.join();
+  for (pthread_t t : threads_) pthread_join(t, nullptr);
   threads_.clear();
   close(stop_fd_);
 }
@@ -405,11 +407,9 @@ void UffdMmu::HandlerLoop() {
         si.si_addr = reinterpret_cast<void*>(addr);
         syscall(SYS_rt_tgsigqueueinfo, getpid(), msgs[i].arg.pagefault.feat.ptid, SIGBUS, &si);
       }
-      // Installs do not wake (DONTWAKE): the thread may retry only once the
-      // software PTE is published, so that it never sees its own fault in
-      // flight. A bad access then meets a host PROT_NONE page and gets the
-      // kernel's own SIGSEGV; a spurious fault finds its page.
-      Wake({PageAlignDown(addr), PageAlignDown(addr) + kPageSize});
+      // Recorded before the wake: the woken thread may go straight on to
+      // exit, and its process's trace and counters must already hold this
+      // fault (the latency leaves out the wake call).
       clock_gettime(CLOCK_MONOTONIC, &t1);
       vmstat.Add(VmEvent::k_fault_ns_thread,
                  (t1.tv_sec - t0.tv_sec) * 1000000000ull + t1.tv_nsec - t0.tv_nsec);
@@ -418,6 +418,11 @@ void UffdMmu::HandlerLoop() {
         trace::Record(addr, msgs[i].arg.pagefault.feat.ptid, flags & kFaultWrite, ret, start,
                       t1.tv_sec * 1000000000ull + t1.tv_nsec - start);
       }
+      // Installs do not wake (DONTWAKE): the thread may retry only once the
+      // software PTE is published, so that it never sees its own fault in
+      // flight. A bad access then meets a host PROT_NONE page and gets the
+      // kernel's own SIGSEGV; a spurious fault finds its page.
+      Wake({PageAlignDown(addr), PageAlignDown(addr) + kPageSize});
     }
   }
 }

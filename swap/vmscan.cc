@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "emu/log.h"
 #include "emu/mm.h"
+#include "emu/pool.h"
 #include "emu/status.h"
 #include "emu/sys.h"
 
@@ -81,7 +82,11 @@ absl::StatusOr<std::unique_ptr<Vmscan>> Vmscan::Create(Machine* machine) {
   if (p == MAP_FAILED) return ErrnoError(errno, "swap-in buffers");
   v->buffers_ = static_cast<char*>(p);
   v->free_buffers_.store(v->nr_buffers_ == 64 ? ~uint64_t{0} : (uint64_t{1} << v->nr_buffers_) - 1);
-  v->kswapd_ = std::thread([raw = v.get()] { raw->KswapdLoop(); });
+  Vmscan* raw = v.get();
+  if (int rc = StartThread(&v->kswapd_, [raw] { raw->KswapdLoop(); }); rc != 0) {
+    return ErrnoError(rc, "reclaim: start kswapd");
+  }
+  v->kswapd_started_ = true;
   return v;
 }
 
@@ -101,7 +106,7 @@ Vmscan::~Vmscan() {
   stop_.store(true);
   kswapd_wake_.fetch_add(1);
   FutexWakeAll(&kswapd_wake_);
-  if (kswapd_.joinable()) kswapd_.join();
+  if (kswapd_started_) pthread_join(kswapd_, nullptr);
   if (buffers_ != nullptr) sys::Munmap(buffers_, size_t{static_cast<size_t>(nr_buffers_)} * kMaxRa * kPageSize);
 }
 
@@ -821,13 +826,11 @@ bool Vmscan::ChildEarly() {
     // The references that exist now become the swap_map.
     swap_->RecountBegin();
     machine_->ForEachSpaceUnlocked([&](AddressSpace* as) {
-      as->page_table().ForEachEntry(as->window(), [&](VirtAddr, std::atomic<uint64_t>* e) {
-        Pte pte(Load(e));
-        if (pte.swap() && !pte.present()) {
-          swap_->RecountRef(pte.swap_entry());
-        } else if (pte.present() && !pte.special()) {
-          const Page& page = mem_map_.page(pte.pfn());
-          if (page.Test(kPgSwapCache)) swap_->RecountCache(page.private_);
+      as->ForEachSwapRef([&](uint64_t slot, bool cache) {
+        if (cache) {
+          swap_->RecountCache(slot);
+        } else {
+          swap_->RecountRef(slot);
         }
       });
     });
@@ -844,9 +847,13 @@ absl::Status Vmscan::ChildLate() {
     }
     if (swap_->sharer() >= 0) EMU_RETURN_IF_ERROR(swap_->ChildRings());
   }
-  // The parent's kswapd is not in the child: the std::thread copy names a
-  // thread of another process, so it is overwritten, never joined.
-  new (&kswapd_) std::thread([this] { KswapdLoop(); });
+  // The parent's kswapd is not in the child: its handle names a thread of
+  // another process, so it is overwritten, never joined.
+  kswapd_started_ = false;
+  if (int rc = StartThread(&kswapd_, [this] { KswapdLoop(); }); rc != 0) {
+    return ErrnoError(rc, "fork: the child's kswapd");
+  }
+  kswapd_started_ = true;
   return absl::OkStatus();
 }
 

@@ -22,7 +22,6 @@
 #include <array>
 #include <atomic>
 #include <memory>
-#include <thread>
 
 #include "absl/status/statusor.h"
 #include "emu/machine.h"
@@ -154,7 +153,8 @@ class Vmscan : public PageReclaim {
   List inactive_ ABSL_GUARDED_BY(lru_lock_);
   std::atomic<uint64_t> nr_active_{0}, nr_inactive_{0};  // written under lru_lock_
 
-  std::thread kswapd_;
+  pthread_t kswapd_{};
+  bool kswapd_started_ = false;
   std::atomic<uint32_t> kswapd_wake_{0};  // futex word: a generation count
   std::atomic<bool> kswapd_running_{false};
   std::atomic<bool> stop_{false};
