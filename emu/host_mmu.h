@@ -52,6 +52,18 @@ class HostMmu {
   virtual bool MakeWritable(AddrRange r, Prot vma_prot) = 0;
   // Drops the pages of `r` and makes them not present.
   virtual bool Zap(AddrRange r) = 0;
+  // Maps the frame pool's file pages [off, off + r.len_bytes()) of `fd` at
+  // `r` (emu/frame_pool.h), replacing what the host had there: accessible as
+  // the VMA allows, writable only when `writable`, so that a write to a
+  // shared frame traps (userfaultfd: uffd-wp on the file pages, registered
+  // like the arena; SIGSEGV mode: the protection). The pages are present
+  // in the host afterwards.
+  virtual bool MapPool(AddrRange r, int fd, uint64_t off, Prot vma_prot, bool writable) = 0;
+  // Replaces the pool mapping at `r` by exclusive pages in place holding a
+  // copy of `src` (copy-on-write of a shared frame), writable as the VMA
+  // allows. No other thread sees the range half done: it is PROT_NONE until
+  // the copy is in (a racing access traps and is retried).
+  virtual bool ReplaceWithCopy(AddrRange r, const void* src, Prot vma_prot) = 0;
   // Sets the host protection of a run of pages whose state is uniform.
   virtual bool Protect(AddrRange r, Prot host_prot) = 0;
 

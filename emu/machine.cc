@@ -201,6 +201,17 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> Machine::CreateAddressSpace(uint64
   return ErrnoError(ENOMEM, absl::StrCat("no free run of ", want, " GiB in the arena"));
 }
 
+absl::StatusOr<FramePool*> Machine::EnsureFramePool() {
+  absl::MutexLock l(&lock_);
+  if (frame_pool_owner_ == nullptr) {
+    auto pool = FramePool::Create(arena_, mem_map_->max_pages());
+    if (!pool.ok()) return pool.status();
+    frame_pool_owner_ = std::move(*pool);
+    frame_pool_.store(frame_pool_owner_.get(), std::memory_order_release);
+  }
+  return frame_pool_owner_.get();
+}
+
 void Machine::ReleaseWindow(AddressSpace* as) {
   absl::MutexLock l(&lock_);
   AddrRange w = as->window();
@@ -223,11 +234,23 @@ absl::Status Machine::CheckInvariants() {
   // and the swap_map compared with them are one snapshot.
   if (reclaim_) reclaim_->BlockReclaim();
   absl::Status status = absl::OkStatus();
-  absl::flat_hash_map<uint64_t, int> refs, cached;
+  absl::flat_hash_map<uint64_t, int> refs, cached, pool_maps;
   for (AddressSpace* as : spaces) {
     status = as->CheckInvariants(/*reclaim_blocked=*/true);
     if (!status.ok()) break;
     as->CollectSwapRefs(&refs, &cached);
+    as->CollectPoolMaps(&pool_maps);
+  }
+  // A frame in the pool is mapped by as many PTEs, over all address spaces,
+  // as its mapcount says (Page invariant 6), and each holds a reference.
+  for (const auto& [pfn, n] : pool_maps) {
+    if (!status.ok()) break;
+    const Page& page = mem_map_->page(Pfn{pfn});
+    if (page.mapcount.load() != n || page.refcount.load() < n) {
+      status = ErrnoError(EIO, absl::StrCat("pool frame ", pfn, ": ", n, " PTEs map it, mapcount ",
+                                            page.mapcount.load(), ", refcount ",
+                                            page.refcount.load()));
+    }
   }
   if (status.ok() && reclaim_) status = reclaim_->CheckSwapRefs(refs, cached);
   if (status.ok() && !reclaim_ && !refs.empty()) {
@@ -246,6 +269,8 @@ std::string Machine::VmStatText() const {
   absl::StrAppend(&out, "nr_anon_pages ", mem_map_->nr_used(), "\n");
   absl::StrAppend(&out, "peak_anon_pages ", mem_map_->peak_used(), "\n");
   absl::StrAppend(&out, "nr_address_spaces ", nr_address_spaces_.load(), "\n");
+  FramePool* pool = frame_pool();
+  absl::StrAppend(&out, "nr_pool_frames ", pool ? pool->nr_frames() : 0, "\n");
   if (reclaim_) absl::StrAppend(&out, reclaim_->StatText());
   return out;
 }

@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "emu/fault_handler.h"
+#include "emu/frame_pool.h"
 #include "emu/host_mmu.h"
 #include "emu/mm.h"
 #include "emu/page.h"
@@ -132,12 +133,22 @@ class Machine {
     if (mem_map_->page(pfn).refcount.fetch_sub(1, std::memory_order_acq_rel) == 1) FreePage(pfn);
   }
   void FreePage(Pfn pfn) {
+    Page& page = mem_map_->page(pfn);
+    if (page.Test(kPgPool)) {
+      frame_pool()->Release(page.pool_off);
+      page.flags.fetch_and(~kPgPool, std::memory_order_relaxed);
+    }
     if (reclaim_) {
       reclaim_->FreePage(pfn);
     } else {
       mem_map_->Free(pfn);
     }
   }
+  // The pool of frames seen at more than one address (AddressSpace::Fork),
+  // or nullptr before the first fork. async-signal-safe.
+  FramePool* frame_pool() const { return frame_pool_.load(std::memory_order_acquire); }
+  // Creates the pool on first use. Not async-signal-safe.
+  absl::StatusOr<FramePool*> EnsureFramePool();
   // Every address space's invariants, then the swap_map against the swap
   // PTEs of all of them. Call with no fault or mm call in flight.
   absl::Status CheckInvariants();
@@ -207,6 +218,8 @@ class Machine {
   std::unique_ptr<FaultHandler> fault_handler_;
   std::unique_ptr<PageReclaim> reclaim_;  // after host_: it is destroyed first
   HostMmuFactory host_factory_;           // kept for ChildLate (no fork events)
+  std::unique_ptr<FramePool> frame_pool_owner_;  // set once, under lock_
+  std::atomic<FramePool*> frame_pool_{nullptr};
   VmStat vmstat_;
   absl::Mutex lock_;  // serializes window allocation; never taken in the fault path
   // Written under lock_, read lock-free by the fault path.

@@ -96,7 +96,7 @@ absl::StatusOr<VirtAddr> AddressSpace::GetUnmappedAreaLocked(VirtAddr hint, size
 void AddressSpace::ZapRangeLocked(AddrRange r) {
   MemMap& mem_map = machine_->mem_map();
   int64_t anon = 0, zero = 0, swap = 0;
-  bool any = false;
+  bool any = false, pooled = false;
   // Linux: mm/memory.c zap_pte_range(). A page that reclaim has isolated
   // (its own reference) survives the zap and is freed by reclaim.
   pt_.ForEachEntry(r, [&](VirtAddr a, std::atomic<uint64_t>* e) {
@@ -112,7 +112,9 @@ void AddressSpace::ZapRangeLocked(AddrRange r) {
     if (pte.present() && pte.special()) {
       zero++;
     } else if (pte.present()) {
-      mem_map.page(pte.pfn()).mapcount.fetch_sub(1, std::memory_order_relaxed);
+      Page& page = mem_map.page(pte.pfn());
+      pooled |= page.Test(kPgPool);
+      page.mapcount.fetch_sub(1, std::memory_order_acq_rel);
       machine_->PutPage(pte.pfn());
       anon++;
     } else if (pte.swap()) {
@@ -120,12 +122,29 @@ void AddressSpace::ZapRangeLocked(AddrRange r) {
       swap++;
     }
   });
-  if (any) machine_->host().Zap(r);
+  if (pooled) {
+    UnpoolHostLocked(r);
+  } else if (any) {
+    machine_->host().Zap(r);
+  }
   rss_anon_.fetch_sub(anon, std::memory_order_relaxed);
   nr_zero_ptes_.fetch_sub(zero, std::memory_order_relaxed);
   nr_swap_ptes_.fetch_sub(swap, std::memory_order_relaxed);
   machine_->vmstat().Add(VmEvent::k_zap_pages, anon + zero);
   machine_->vmstat().Add(VmEvent::k_pgfree, anon);
+}
+
+void AddressSpace::UnpoolHostLocked(AddrRange r) {
+  HostMmu& host = machine_->host();
+  host.Reserve(r);  // PROT_NONE: right for none PTEs when the host encodes them
+  if (host.prot_encodes_ptes()) return;
+  for (VirtAddr a = r.start; a < r.end;) {
+    const Vma* v = vmas_.FindVma(a);
+    if (v == nullptr || v->start >= r.end) break;
+    AddrRange piece = v->range().Intersect(r);
+    if (!v->foreign()) host.Protect(piece, VmFlagsToProt(v->vm_flags));
+    a = piece.end;
+  }
 }
 
 void AddressSpace::UnmapLocked(AddrRange r) {
@@ -403,16 +422,20 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, uint32_t vm_flags, Vir
   const bool unreadable = !(prot & PROT_READ);
   if (unreadable) host.Protect(src, PROT_READ);
 
-  // Runs of equal kind are installed with one host call each.
-  enum Kind { kNone, kZero, kAnonRo, kAnonRw };
+  // Runs of equal kind are installed with one host call each. A frame in
+  // the pool is mapped at its new address as it is (it may be shared).
+  enum Kind { kNone, kZero, kAnonRo, kAnonRw, kPoolRo, kPoolRw };
   Kind run_kind = kNone;
   VirtAddr run_src = 0, run_end = 0;
-  bool ok = true;
+  uint64_t run_off = 0;
+  bool ok = true, any_pool = false;
   auto flush = [&] {
     if (run_kind == kNone) return;
     AddrRange to{dst + (run_src - src.start), dst + (run_end - src.start)};
     if (run_kind == kZero) {
       ok &= host.InstallZero(to, prot);
+    } else if (run_kind == kPoolRo || run_kind == kPoolRw) {
+      ok &= host.MapPool(to, machine_->frame_pool()->fd(), run_off, prot, run_kind == kPoolRw);
     } else {
       ok &= host.InstallCopy(to, reinterpret_cast<const void*>(run_src), prot,
                              run_kind == kAnonRw);
@@ -434,18 +457,29 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, uint32_t vm_flags, Vir
       return;
     }
     Kind k = kNone;
+    uint64_t off = 0;
     if (pte.present()) {
       any_present = true;
       k = pte.special() ? kZero : pte.write() ? kAnonRw : kAnonRo;
       if (!pte.special()) {
         Page& page = mem_map.page(pte.pfn());
-        page.index = to >> kPageShift;
+        if (page.Test(kPgPool)) {
+          k = pte.write() ? kPoolRw : kPoolRo;
+          off = page.pool_off;
+          any_pool = true;
+        } else {
+          page.index = to >> kPageShift;
+        }
       }
     }
     constexpr VirtAddr kMaxRunBytes = 512 * kPageSize;  // 2 MiB per host call
-    if (k != run_kind || a != run_end || run_end - run_src >= kMaxRunBytes) flush();
+    const bool pool_gap = (k == kPoolRo || k == kPoolRw) && off != run_off + (a - run_src);
+    if (k != run_kind || a != run_end || run_end - run_src >= kMaxRunBytes || pool_gap) flush();
     if (k != kNone) {
-      if (run_kind == kNone) run_src = a;
+      if (run_kind == kNone) {
+        run_src = a;
+        run_off = off;
+      }
       run_kind = k;
       run_end = a + kPageSize;
     }
@@ -457,11 +491,15 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, uint32_t vm_flags, Vir
     ne->store(pte.raw(), std::memory_order_release);
   });
   flush();
-  if (any_present) host.Zap(src);
+  if (any_pool) {
+    host.Reserve(src);  // no file page may stay mapped at the old address
+  } else if (any_present) {
+    host.Zap(src);
+  }
   if (encodes) SyncHostProtLocked(moved, dst_range);
   vmas_.MergeAround(dst_range);
   if (dontunmap) {
-    if (unreadable || encodes) {
+    if (unreadable || encodes || any_pool) {
       const Vma* old = vmas_.Lookup(src.start);
       SyncHostProtLocked(*old, src);
     }
@@ -523,7 +561,10 @@ absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
       SpinLockHolder ptl(pt_.Ptl(a));
       pte = Pte(e->load(std::memory_order_relaxed));
       if (!pte.present() || pte.special() || pte.locked()) return;
-      if (write && mem_map.page(pte.pfn()).Test(kPgSwapCache)) return;
+      const Page& page = mem_map.page(pte.pfn());
+      if (write && page.Test(kPgSwapCache)) return;
+      // Nor a shared frame (Linux: only an exclusive anonymous page).
+      if (write && page.Test(kPgPool) && page.mapcount.load(std::memory_order_acquire) > 1) return;
       e->store(pte.WithWrite(write).raw(), std::memory_order_release);
     });
     SyncHostProtLocked(vma, vma.range());
@@ -543,8 +584,9 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
     case MADV_DONTNEED:
     case MADV_FREE:
     // Hints Linux accepts on private anonymous memory and that change nothing
-    // the emulator models (huge pages, core dumps, KSM, fork inheritance,
-    // reclaim hints): accepted on mapped ranges, like Linux.
+    // the emulator models (huge pages, core dumps, KSM, reclaim hints):
+    // accepted on mapped ranges, like Linux. The fork-inheritance ones set
+    // VM_DONTCOPY / VM_WIPEONFORK for AddressSpace::Fork().
     case MADV_HUGEPAGE:
     case MADV_NOHUGEPAGE:
     case MADV_DONTDUMP:
@@ -567,7 +609,7 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
   if (len == 0) return absl::OkStatus();
   AddrRange r{addr, end};
   WriteLockHolder l(&mmap_lock_);
-  bool hole = false;
+  bool hole = false, flags_changed = false;
   VirtAddr a = r.start;
   while (a < r.end) {
     const Vma* v = vmas_.FindVma(a);
@@ -584,6 +626,21 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
       a = piece.end;
       continue;
     }
+    if (advice == MADV_DONTFORK || advice == MADV_DOFORK || advice == MADV_WIPEONFORK ||
+        advice == MADV_KEEPONFORK) {
+      // Linux: mm/madvise.c madvise_update_vma().
+      uint32_t set = advice == MADV_DONTFORK     ? kVmDontCopy
+                     : advice == MADV_WIPEONFORK ? kVmWipeOnFork
+                                                 : 0;
+      uint32_t clear = advice == MADV_DOFORK      ? kVmDontCopy
+                       : advice == MADV_KEEPONFORK ? kVmWipeOnFork
+                                                   : 0;
+      auto it = vmas_.SplitAround(piece);
+      it->second.vm_flags = (it->second.vm_flags | set) & ~clear;
+      flags_changed = true;
+      a = piece.end;
+      continue;
+    }
     if (advice == MADV_DONTNEED || advice == MADV_FREE) {
       // Linux: mm/madvise.c madvise_dontneed_free_valid_vma().
       if (v->locked()) return ErrnoError(EINVAL, "madvise: MADV_DONTNEED on a locked range");
@@ -594,6 +651,7 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
     // madvise_willneed -> force_swapin_readahead); nothing is swapped yet.
     a = piece.end;
   }
+  if (flags_changed) vmas_.MergeAround(r);
   if (hole) return ErrnoError(ENOMEM, "madvise: range is not fully mapped");
   return absl::OkStatus();
 }
@@ -783,6 +841,15 @@ void AddressSpace::ForEachSwapRef(absl::FunctionRef<void(uint64_t slot, bool cac
   });
 }
 
+void AddressSpace::CollectPoolMaps(absl::flat_hash_map<uint64_t, int>* maps) {
+  MemMap& mem_map = machine_->mem_map();
+  pt_.ForEachEntry(window_, [&](VirtAddr, std::atomic<uint64_t>* e) {
+    Pte pte(e->load(std::memory_order_acquire));
+    if (!pte.present() || pte.special() || pte.locked()) return;
+    if (mem_map.page(pte.pfn()).Test(kPgPool)) (*maps)[ToU64(pte.pfn())]++;
+  });
+}
+
 void AddressSpace::CollectSwapRefs(absl::flat_hash_map<uint64_t, int>* refs,
                                    absl::flat_hash_map<uint64_t, int>* cached) {
   ForEachSwapRef([&](uint64_t slot, bool cache) { (*(cache ? cached : refs))[slot]++; });
@@ -834,18 +901,28 @@ absl::Status AddressSpace::CheckInvariantsLocked() {
     }
     anon++;
     const Page& page = mem_map.page(pte.pfn());
-    if (!(page.flags.load() & kPgAnon) || page.mapping != this || page.index != a >> kPageShift) {
+    uint32_t flags = page.flags.load();
+    if (!(flags & kPgAnon)) return fail(a, "maps a page that is not anonymous");
+    if (flags & kPgPool) {
+      // Shared or once shared: Machine::CheckInvariants counts its PTEs.
+      if (page.mapcount.load() < 1 || page.refcount.load() < page.mapcount.load()) {
+        return fail(a, "pool frame with mapcount < 1 or refcount < mapcount");
+      }
+      if (pte.write() && page.mapcount.load() != 1) return fail(a, "writable PTE of a shared frame");
+      if (flags & (kPgLru | kPgSwapCache)) return fail(a, "pool frame on the lists or in the swap cache");
+      return;
+    }
+    if (page.mapping != this || page.index != a >> kPageShift) {
       return fail(a, "page's mapping/index do not point back");
     }
     if (page.mapcount.load() != 1 || page.refcount.load() != 1) {
       return fail(a, "exclusive page with mapcount or refcount != 1");
     }
-    uint32_t flags = page.flags.load();
     if ((flags & kPgSwapCache) && pte.write() && !pte.dirty()) {
       return fail(a, "writable clean swap-cache page (a write would be lost)");
     }
     if (flags & (kPgWriteback | kPgLocked)) return fail(a, "page still locked or under writeback");
-    if (machine_->reclaim() != nullptr && !(flags & kPgMlocked) && !(flags & kPgLru)) {
+    if (machine_->reclaim() != nullptr && !(flags & kPgUnevictable) && !(flags & kPgLru)) {
       return fail(a, "evictable page not on the reclaim lists");
     }
   });

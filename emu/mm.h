@@ -34,6 +34,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <sched.h>
 #include <sys/types.h>
 
@@ -48,6 +49,7 @@
 
 namespace emu {
 
+class FramePool;
 class Machine;
 
 // Our own advice values, beyond Linux's, live above 100 (none yet).
@@ -60,9 +62,12 @@ class Machine;
 //  3. A special PTE maps the zero page (pfn 0) and is never writable. (It may
 //     lie in a VM_LOCKED VMA, as in Linux: mlock of a PROT_NONE range fails to
 //     populate it, and a later mprotect(PROT_READ) does not populate.)
-//  4. A present, non-special PTE maps an anonymous Page whose mapping is this
-//     address space and whose index is the page's address >> kPageShift, with
-//     mapcount == refcount == 1 (every page is exclusive so far).
+//  4. A present, non-special PTE maps an anonymous Page. A page in place
+//     (no kPgPool) has this address space as mapping, the page's address >>
+//     kPageShift as index, and mapcount == refcount == 1. A page in the frame
+//     pool (shared by Fork) may be mapped by PTEs of several address spaces;
+//     Machine::CheckInvariants checks its mapcount against all of them. A
+//     writable PTE never maps a page with mapcount > 1.
 //  5. A writable PTE lies in a writable VMA. A writable PTE of a swap-cache
 //     page is dirty (its slot is stale and dropped at the next chance); a
 //     clean swap-cache page is write-protected in the host too, so reclaim
@@ -125,6 +130,18 @@ class AddressSpace {
   absl::Status MlockAll(int flags);
   absl::Status MunlockAll();
 
+  // Linux: kernel/fork.c dup_mm() -> mm/fork.c dup_mmap(): a new address
+  // space, in a window of the same size, that sees this one's memory at the
+  // same offsets. Present pages are shared copy-on-write through the frame
+  // pool (emu/frame_pool.h), zero-page PTEs stay zero-page PTEs, swap PTEs
+  // share their slot. As in Linux, VM_LOCKED and mlockall(MCL_FUTURE) are
+  // not inherited; MADV_DONTFORK ranges are left out and MADV_WIPEONFORK
+  // ranges start empty. Native mappings (MapForeign) are left out. ENOMEM
+  // when the arena has no room for the child's window or the host refuses
+  // a mapping; the child is then gone and this address space unchanged but
+  // for pages that moved into the pool.
+  absl::StatusOr<std::unique_ptr<AddressSpace>> Fork();
+
   // Makes [addr, addr+len) present now, writable when `write` (Linux:
   // mm/gup.c fault_in_writeable()/fault_in_readable(), populate_vma_page_range()).
   // Call it before handing memory to a system call in the SIGBUS and SIGSEGV
@@ -152,6 +169,9 @@ class AddressSpace {
   // each mapped swap-cache page one to its slot in `cached`.
   void CollectSwapRefs(absl::flat_hash_map<uint64_t, int>* refs,
                        absl::flat_hash_map<uint64_t, int>* cached);
+  // Adds, for each present PTE that maps a frame in the pool, one to that
+  // pfn's entry in `maps`.
+  void CollectPoolMaps(absl::flat_hash_map<uint64_t, int>* maps);
 
   // A fork in progress (the preload): the forking thread holds mmap_lock for
   // write from its atfork prepare handler to its parent handler, and glibc's
@@ -197,6 +217,16 @@ class AddressSpace {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   // Clears the PTEs of `r`, frees their pages, drops them from the host.
   void ZapRangeLocked(AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  // Puts the arena's reservation back over `r`, where pool frames were
+  // mapped (a file page left mapped would be found again by the host
+  // without a fault), with the protection of the VMAs still there.
+  void UnpoolHostLocked(AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  // Fork's halves (emu/fork.cc): every VMA, then one VMA's PTEs.
+  absl::Status DupMmapLocked(AddressSpace& child, FramePool& pool)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_, child.mmap_lock_);
+  absl::Status CopyPteRangeLocked(AddressSpace& child, const Vma& v, VirtAddr delta,
+                                  FramePool& pool)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_, child.mmap_lock_);
   // Unmaps `r` entirely: zap, remove VMAs, host protection PROT_NONE.
   void UnmapLocked(AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   // Brings host protection of `r` (inside one VMA) in line with the VMA and PTEs.

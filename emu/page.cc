@@ -83,11 +83,13 @@ void MemMap::Free(Pfn pfn) {
   EMU_BUG_ON(n == 0 || n >= max_pages_);
   Page& p = pages_[n];
   EMU_BUG_ON(p.mapcount.load(std::memory_order_relaxed) != 0);
+  EMU_BUG_ON(p.flags.load(std::memory_order_relaxed) & kPgPool);  // Machine::FreePage releases it
   p.flags.store(0, std::memory_order_relaxed);
   p.refcount.store(0, std::memory_order_relaxed);
   p.mapping = nullptr;
   p.index = 0;
   p.private_ = 0;
+  p.pool_off = 0;
   p.lru_prev = p.lru_next = 0;
   nr_used_.fetch_sub(1, std::memory_order_relaxed);
   SpinLockHolder l(&lock_);

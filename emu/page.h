@@ -33,6 +33,10 @@ inline constexpr uint32_t kPgWriteback = 1u << 7;   // PG_writeback: being writt
 inline constexpr uint32_t kPgLru = 1u << 8;         // PG_lru: on one of the reclaim lists
 inline constexpr uint32_t kPgActive = 1u << 9;      // PG_active: on the active list
 inline constexpr uint32_t kPgIsolated = 1u << 10;   // taken off the lists by reclaim (= isolated)
+inline constexpr uint32_t kPgPool = 1u << 11;       // the frame lives in the FramePool at pool_off
+// Pages reclaim leaves alone (= the unevictable list): mlocked, and frames in
+// the pool until reclaim can unmap every PTE of a shared frame (rmap).
+inline constexpr uint32_t kPgUnevictable = kPgMlocked | kPgPool;
 
 // Invariants:
 //  1. A free page has flags == 0, refcount == 0, mapcount == 0, mapping == 0.
@@ -42,6 +46,12 @@ inline constexpr uint32_t kPgIsolated = 1u << 10;   // taken off the lists by re
 //  4. kPgSwapCache <=> private_ names a swap slot whose swap_map entry has
 //     the cache flag (swap/swap_device.h); kPgWriteback implies kPgSwapCache.
 //  5. kPgLru <=> the page is linked on a reclaim list through lru_prev/next.
+//  6. kPgPool <=> the frame's bytes are in the machine's FramePool at
+//     pool_off (emu/frame_pool.h), and every PTE that maps it maps that
+//     file page in the host. Such a page may be mapped by several PTEs
+//     (after AddressSpace::Fork), then mapcount counts them all and
+//     mapping/index name the address space and address it was placed at.
+//     Without kPgPool the page lives in place and has at most one PTE.
 // mapping/index are written by the owner of the page's PTE under that PTE's
 // ptl (or under mmap_lock held for write), and read under it. private_ and
 // kPgSwapCache/kPgWriteback change only under the page lock (kPgLocked, see
@@ -59,6 +69,7 @@ struct Page {
   AddressSpace* mapping = nullptr;
   uint64_t index = 0;
   uint64_t private_ = 0;  // = page_private(): the swap slot while kPgSwapCache
+  uint64_t pool_off = 0;  // where the frame lives in the FramePool, while kPgPool
 
   // = trylock_page(): takes PG_locked if free. async-signal-safe.
   bool TryLock() {
@@ -75,7 +86,7 @@ struct Page {
     return false;
   }
 };
-static_assert(sizeof(Page) == 48);
+static_assert(sizeof(Page) == 56);
 
 // The machine's mem_map: an array of Page descriptors indexed by Pfn, and the
 // allocator of frames. The array is reserved with MAP_NORESERVE and touched

@@ -40,10 +40,19 @@ class PageReclaim {
   // A swap PTE was cleared (munmap, MADV_DONTNEED): drops its reference to
   // the slot (Linux: mm/swapfile.c free_swap_and_cache()).
   virtual void SwapFree(uint64_t entry) = 0;
-  // A page became mlocked (kPgMlocked set) or munlocked: it leaves or
-  // rejoins the reclaim lists.
+  // A page became unevictable (mlocked, or about to move into the frame
+  // pool: kPgUnevictable) or munlocked: it leaves or rejoins the reclaim
+  // lists (it stays off while any kPgUnevictable flag remains).
   virtual void Mlocked(Pfn pfn) = 0;
   virtual void Munlocked(Pfn pfn) = 0;
+  // AddressSpace::Fork(), with reclaim blocked: one more swap PTE names
+  // `entry` (Linux: swap_duplicate()). False when its count is at the
+  // maximum (no count continuation here): the fork fails with ENOMEM.
+  virtual bool SwapDuplicate(uint64_t entry) = 0;
+  // AddressSpace::Fork(), with reclaim blocked: a page about to be shared
+  // stops being the copy of its swap slot (Linux: delete_from_swap_cache());
+  // its PTE must be dirty from now on. No-op for a page not in the cache.
+  virtual void DropSwapCache(Pfn pfn) = 0;
 
   // Linux: mm/memory.c do_swap_page(). The fault at `addr` (page aligned) in
   // `vma` of `as` found the swap PTE `orig` at `pte`. The caller holds

@@ -31,6 +31,7 @@ std::string_view FaultResolutionName(FaultResolution r) {
     case FaultResolution::kRetry: return "retry";
     case FaultResolution::kSigsegv: return "sigsegv";
     case FaultResolution::kSigbus: return "sigbus";
+    case FaultResolution::kCow: return "cow";
     default: return "unknown";
   }
 }

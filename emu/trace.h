@@ -29,6 +29,7 @@ enum class FaultResolution : uint8_t {
   kRetry,      // state changed under the fault: the access is retried
   kSigsegv,    // no VMA or a forbidden access
   kSigbus,     // out of memory, a failed swap read, a host refusal
+  kCow,        // write to a shared page: copy on write
   kCount,
 };
 std::string_view FaultResolutionName(FaultResolution r);

@@ -21,6 +21,8 @@ inline constexpr uint32_t kVmShared = 1u << 3;
 inline constexpr uint32_t kVmMayShare = 1u << 7;
 inline constexpr uint32_t kVmGrowsDown = 1u << 8;
 inline constexpr uint32_t kVmLocked = 1u << 13;
+inline constexpr uint32_t kVmDontCopy = 1u << 17;    // MADV_DONTFORK: not in a forked child
+inline constexpr uint32_t kVmWipeOnFork = 1u << 25;  // MADV_WIPEONFORK: empty in a forked child
 inline constexpr uint32_t kVmNoReserve = 1u << 21;
 // Not Linux's: a native mapping (a file, shared memory) the program placed
 // with MAP_FIXED inside the window (the preload). The emulator never faults

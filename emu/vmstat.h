@@ -49,7 +49,10 @@ namespace emu {
   X(swap_free_on_reuse, "swap slots freed by a write to a swap-cache page (try_to_free_swap)") \
   X(swap_write_errors, "failed swap writes (slot retired, page kept)")               \
   X(swap_read_errors, "failed swap reads (SIGBUS to the faulting thread)")            \
-  X(oom, "faults that found no frame even after reclaim")
+  X(oom, "faults that found no frame even after reclaim")                             \
+  X(fork, "address spaces forked (AddressSpace::Fork)")                               \
+  X(fork_shared_pages, "present pages a fork shared between parent and child")        \
+  X(cow_page, "copy-on-write copies of a shared page (a write fault)")
 
 enum class VmEvent : int {
 #define EMU_VM_EVENT_ENUM(name, doc) k_##name,

@@ -529,6 +529,7 @@ unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
   }
   // The PTE is claimed: the page can be neither unmapped nor freed now.
   Page& p = machine_->mem_map().page(pte.pfn());
+  if (p.Test(kPgPool)) return WpPoolPage(vmf, orig);
   EMU_BUG_ON(p.mapcount.load(std::memory_order_relaxed) != 1);
   if (p.Test(kPgSwapCache)) {
     // Every slot has one user until emulated fork shares them (a later
@@ -544,6 +545,60 @@ unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
   if (!ok) return kFaultSigbus;
   machine_->vmstat().Add(VmEvent::k_pgreuse);
   NoteResolution(FaultResolution::kReuse);
+  return kFaultOk;
+}
+
+unsigned AnonFaultHandler::WpPoolPage(VmFault& vmf, uint64_t orig) {
+  Pte pte(orig);
+  HostMmu& host = machine_->host();
+  MemMap& mem_map = machine_->mem_map();
+  PageTable& pt = vmf.as->page_table();
+  const Prot prot = VmFlagsToProt(vmf.vma->vm_flags);
+  AddrRange range{vmf.address, vmf.address + kPageSize};
+  auto publish = [&](uint64_t v) {
+    SpinLockHolder l(pt.Ptl(vmf.address));
+    vmf.pte->store(v, std::memory_order_release);
+  };
+  Page& page = mem_map.page(pte.pfn());
+  // Seed 002: reuse when this is the only mapping, decided by mapcount
+  // alone. A frame's mapcount only grows by a fork of an address space that
+  // maps it, and this one cannot fork while its fault holds mmap_lock.
+  if (page.mapcount.load(std::memory_order_acquire) == 1) {
+    bool ok = host.MakeWritable(range, prot);
+    publish(ok ? pte.WithWrite(true).WithDirty().WithYoung(true).raw() : orig);
+    if (!ok) return kFaultSigbus;
+    machine_->vmstat().Add(VmEvent::k_pgreuse);
+    NoteResolution(FaultResolution::kReuse);
+    return kFaultOk;
+  }
+  // Linux: mm/memory.c wp_page_copy(): this PTE gets an exclusive copy,
+  // which lives in place again (reclaimable); the frame stays with the
+  // others.
+  Pfn pfn;
+  if (machine_->AllocFrames(vmf.as, &pfn, 1, 1) != 1) {
+    publish(orig);
+    return kFaultOom;
+  }
+  FramePool* pool = machine_->frame_pool();
+  if (!host.ReplaceWithCopy(range, pool->view(page.pool_off), prot)) {
+    int err = errno;
+    machine_->FreePage(pfn);
+    // Put the shared frame back where it was, write-protected.
+    bool back = host.MapPool(range, pool->fd(), page.pool_off, prot, /*writable=*/false);
+    publish(orig);
+    return back && err == ENOMEM ? kFaultHostLimit : kFaultSigbus;
+  }
+  Page& copy = mem_map.page(pfn);
+  AddNewAnonRmap(copy, vmf.as, *vmf.vma, vmf.address);
+  publish(Pte::Anon(pfn, /*write=*/true, /*dirty=*/true).raw());
+  LruAddRun(machine_, &pfn, 1);
+  // Linux: folio_remove_rmap_pte() + folio_put() of the old frame, after
+  // this address stopped mapping it.
+  page.mapcount.fetch_sub(1, std::memory_order_acq_rel);
+  machine_->PutPage(pte.pfn());
+  machine_->vmstat().Add(VmEvent::k_cow_page);
+  machine_->vmstat().Add(VmEvent::k_pgalloc);
+  NoteResolution(FaultResolution::kCow);
   return kFaultOk;
 }
 

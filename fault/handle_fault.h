@@ -50,6 +50,10 @@ class AnonFaultHandler : public FaultHandler {
   // Linux: mm/memory.c do_wp_page(): write to a present, write-protected PTE.
   // Copy from the zero page, or reuse an exclusive page.
   unsigned DoWpPage(VmFault& vmf, uint64_t orig);
+  // do_wp_page() on a frame in the pool (shared by AddressSpace::Fork), its
+  // PTE claimed: reuse it when this PTE is its only mapping, else copy it
+  // to an exclusive page in place (Linux: wp_page_copy()).
+  unsigned WpPoolPage(VmFault& vmf, uint64_t orig);
   // Replaces a zero-page PTE with a real zeroed page now (mlock, populate with
   // kFaultNoZero: GUP_FLAGS_IGNORE_ZERO).
   unsigned BreakZeroPage(VmFault& vmf, uint64_t orig);

@@ -13,6 +13,7 @@
 #include "emu/machine.h"
 #include "emu/status.h"
 #include "emu/trace.h"
+#include "fault/handle_fault.h"
 
 #ifndef SEGV_PKUERR
 #define SEGV_PKUERR 4
@@ -125,7 +126,18 @@ void Dispatch(int sig, siginfo_t* info, void* ctx) {
       ret = kFaultSigsegv;
     } else {
       ReadLockHolder l(as->mmap_lock());
-      if (as->vmas().Lookup(addr) == nullptr) ret = kFaultSigsegv;
+      const Vma* v = as->vmas().Lookup(addr);
+      const bool write = static_cast<ucontext_t*>(ctx)->uc_mcontext.gregs[REG_ERR] & kPfWrite;
+      if (v == nullptr) {
+        ret = kFaultSigsegv;
+      } else if (sig == SIGSEGV && !v->foreign() &&
+                 (write ? v->writable() : (v->vm_flags & kVmProtMask) != 0) &&
+                 !ExecuteOnly(*v, write ? kFaultWrite : 0)) {
+        // The VMA allows the access: the host is between two mappings of
+        // this page (a copy-on-write copy goes in while the page is
+        // PROT_NONE, HostMmu::ReplaceWithCopy). Retry it.
+        ret = kFaultRetry;
+      }
     }
   } else if (as == nullptr) {
     ret = kFaultSigsegv;

@@ -72,6 +72,16 @@ class SigsegvMmu : public HostMmu {
            sys::Madvise(p, r.len_bytes(), MADV_DONTNEED) == 0;
   }
   bool Reserve(AddrRange r) override { return MapReservation(r); }
+  bool MapPool(AddrRange r, int fd, uint64_t off, Prot vma_prot, bool writable) override {
+    Prot prot = vma_prot;
+    if (!writable && (prot & PROT_WRITE)) prot = (prot & ~PROT_WRITE) | PROT_READ;
+    machine_->vmstat().Add(VmEvent::k_host_install_calls);
+    return sys::Mmap(reinterpret_cast<void*>(r.start), r.len_bytes(), prot, MAP_SHARED | MAP_FIXED,
+                     fd, static_cast<off_t>(off)) != MAP_FAILED;
+  }
+  bool ReplaceWithCopy(AddrRange r, const void* src, Prot vma_prot) override {
+    return MapReservation(r) && InstallCopy(r, src, vma_prot, /*writable=*/true);
+  }
   bool Protect(AddrRange r, Prot host_prot) override {
     machine_->vmstat().Add(VmEvent::k_host_install_calls);
     return sys::Mprotect(reinterpret_cast<void*>(r.start), r.len_bytes(), host_prot) == 0;

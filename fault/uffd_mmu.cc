@@ -181,13 +181,39 @@ class UffdMmu : public HostMmu {
     return sys::Madvise(reinterpret_cast<void*>(r.start), r.len_bytes(), MADV_DONTNEED) == 0;
   }
 
+  bool MapPool(AddrRange r, int fd, uint64_t off, Prot vma_prot, bool writable) override {
+    // Mapped readable and populated first, so that every page is present
+    // in the host; then registered like the arena, write-protected, and
+    // given the VMA's protection.
+    void* a = reinterpret_cast<void*>(r.start);
+    const Prot first = (vma_prot & PROT_READ) ? vma_prot : vma_prot | PROT_READ;
+    if (sys::Mmap(a, r.len_bytes(), first, MAP_SHARED | MAP_FIXED | MAP_POPULATE, fd,
+                  static_cast<off_t>(off)) == MAP_FAILED) {
+      return false;
+    }
+    machine_->vmstat().Add(VmEvent::k_host_install_calls);
+    if (!Register(r)) return false;
+    if (!writable && !WriteProtect(r, vma_prot)) return false;
+    return first == vma_prot || Protect(r, vma_prot);
+  }
+
+  bool ReplaceWithCopy(AddrRange r, const void* src, Prot vma_prot) override {
+    // PROT_NONE while the copy goes in: a racing access traps (SIGSEGV,
+    // retried by the signal handler) instead of mapping a page of its own.
+    if (!MapReservation(r) || !Register(r)) return false;
+    if (!InstallCopy(r, src, vma_prot, /*writable=*/true)) return false;
+    return Protect(r, vma_prot);
+  }
+
   bool Protect(AddrRange r, Prot host_prot) override {
     return sys::Mprotect(reinterpret_cast<void*>(r.start), r.len_bytes(), host_prot) == 0;
   }
 
   bool Reserve(AddrRange r) override {
     // A new mapping carries no registration: register it as the arena was.
-    if (!MapReservation(r)) return false;
+    return MapReservation(r) && Register(r);
+  }
+  bool Register(AddrRange r) {
     uffdio_register reg{};
     reg.range = {r.start, r.len_bytes()};
     reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;

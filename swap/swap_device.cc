@@ -571,7 +571,7 @@ bool SwapDevice::Duplicate(uint64_t slot) {
   const uint16_t v = swap_map_[slot];
   if (v == 0 || v == kSwapMapBad) return false;
   // Differs: no swap count continuation (add_swap_count_continuation()).
-  EMU_BUG_ON((v & ~kSwapHasCache) >= kSwapMapMax);
+  if ((v & ~kSwapHasCache) >= kSwapMapMax) return false;
   swap_map_[slot] = static_cast<uint16_t>(v + 1);
   return true;
 }
@@ -608,7 +608,7 @@ bool SwapDevice::SetCache(uint64_t slot) {
   EMU_BUG_ON(slot >= nr_slots_);
   SpinLockHolder l(&swap_lock_);
   const uint16_t v = swap_map_[slot];
-  if (v == 0 || v == kSwapMapBad) return false;
+  if (v == 0 || v == kSwapMapBad || (v & kSwapHasCache)) return false;
   swap_map_[slot] = static_cast<uint16_t>(v | kSwapHasCache);
   return true;
 }

@@ -118,7 +118,8 @@ class SwapDevice {
   // distinction; runs may be shorter than asked for even with free slots left.
   uint32_t AllocRun(uint32_t n, uint64_t* first);
 
-  // One more PTE reference. Returns false if the slot is free or bad.
+  // One more PTE reference. Returns false if the slot is free or bad, or
+  // its count is at kSwapMapMax.
   // Linux: mm/swapfile.c swap_duplicate().
   bool Duplicate(uint64_t slot);
 
@@ -134,9 +135,9 @@ class SwapDevice {
   void ClearCache(uint64_t slot);
 
   // Sets kSwapHasCache on a slot that is in use (a page read back keeps its
-  // slot). Returns false if the slot is free or bad.
-  // Differs from swapcache_prepare(): setting a flag that is already set
-  // returns true (it is not -EEXIST); serialize swap-in of one slot elsewhere.
+  // slot). Returns false if the slot is free or bad, or already has a
+  // swap-cache page (= swapcache_prepare()'s -EEXIST: after a fork, another
+  // address space read the slot back first).
   bool SetCache(uint64_t slot);
 
   // PTE references (the count without the cache flag); 0 for free or bad slots.

@@ -266,8 +266,14 @@ unsigned Vmscan::DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
     if (exclusive_write && i == f) {
       swap_->Free(entries[i]);
       now = Pte::Anon(pfns[i], true, true, true);
+    } else if (!swap_->SetCache(entries[i])) {
+      // After AddressSpace::Fork() another address space read this slot
+      // back first and its page holds the swap cache. Differs: Linux would
+      // map that page here too; a page in place has one address, so this
+      // one is a private copy, dirty (no slot behind it).
+      swap_->Free(entries[i]);
+      now = Pte::Anon(pfns[i], false, true, /*young=*/i == f);
     } else {
-      swap_->SetCache(entries[i]);
       page.private_ = entries[i];
       page.flags.fetch_or(kPgSwapCache, std::memory_order_relaxed);
       swap_->Free(entries[i]);

@@ -164,7 +164,7 @@ void Vmscan::LruAddLocked(Page& page, Pfn pfn, bool active) {
 void Vmscan::LruAdd(Pfn pfn) {
   Page& page = mem_map_.page(pfn);
   SpinLockHolder l(&lru_lock_);
-  if (page.Test(kPgMlocked | kPgLru)) return;
+  if (page.Test(kPgUnevictable | kPgLru)) return;
   // Linux (>= 5.9): new anonymous pages start on the inactive list.
   LruAddLocked(page, pfn, false);
 }
@@ -175,10 +175,25 @@ void Vmscan::Mlocked(Pfn pfn) {
   LruDelLocked(page, pfn);
 }
 
+bool Vmscan::SwapDuplicate(uint64_t entry) { return swap_->Duplicate(entry); }
+
+void Vmscan::DropSwapCache(Pfn pfn) {
+  Page& page = mem_map_.page(pfn);
+  if (!page.Test(kPgSwapCache)) return;
+  // Reclaim is blocked: nobody else holds the page lock or writes it back.
+  EMU_BUG_ON(!page.TryLock());
+  EMU_BUG_ON(page.Test(kPgWriteback));
+  // Linux: delete_from_swap_cache().
+  page.flags.fetch_and(~kPgSwapCache, std::memory_order_relaxed);
+  swap_->ClearCache(page.private_);
+  page.private_ = 0;
+  page.Unlock();
+}
+
 void Vmscan::Munlocked(Pfn pfn) {
   Page& page = mem_map_.page(pfn);
   SpinLockHolder l(&lru_lock_);
-  if (page.Test(kPgLru | kPgIsolated | kPgMlocked)) return;
+  if (page.Test(kPgLru | kPgIsolated | kPgUnevictable)) return;
   if (page.refcount.load(std::memory_order_relaxed) == 0) return;
   LruAddLocked(page, pfn, false);
 }
@@ -201,7 +216,7 @@ void Vmscan::Putback(Pfn pfn, bool active) {
   {
     SpinLockHolder l(&lru_lock_);
     page.flags.fetch_and(~kPgIsolated, std::memory_order_relaxed);
-    if (!page.Test(kPgMlocked) && page.mapcount.load(std::memory_order_relaxed) > 0) {
+    if (!page.Test(kPgUnevictable) && page.mapcount.load(std::memory_order_relaxed) > 0) {
       LruAddLocked(page, pfn, active);
     }
   }
@@ -322,7 +337,7 @@ void Vmscan::RefillInactive(AddressSpace* held, int nr) {
     {
       SpinLockHolder l(&lru_lock_);
       page.flags.fetch_and(~kPgIsolated, std::memory_order_relaxed);
-      if (!page.Test(kPgMlocked | kPgLru) && page.mapcount.load(std::memory_order_relaxed) > 0) {
+      if (!page.Test(kPgUnevictable | kPgLru) && page.mapcount.load(std::memory_order_relaxed) > 0) {
         LruAddLocked(page, items[i].pfn, false);
       }
     }
@@ -819,7 +834,7 @@ bool Vmscan::ChildEarly() {
       }
       if (page.mapcount.load() <= 0) page.mapcount.store(1);
       page.refcount.store(page.mapcount.load());
-      if (!page.Test(kPgMlocked)) LruAddLocked(page, pfn, active);
+      if (!page.Test(kPgUnevictable)) LruAddLocked(page, pfn, active);
     }
   }
   if (swap_ != nullptr) {

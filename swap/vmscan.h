@@ -60,6 +60,8 @@ class Vmscan : public PageReclaim {
   bool ReadSlot(uint64_t entry, void* page) override;
   void Mlocked(Pfn pfn) override;
   void Munlocked(Pfn pfn) override;
+  bool SwapDuplicate(uint64_t entry) override;
+  void DropSwapCache(Pfn pfn) override;
   unsigned DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
                       std::atomic<uint64_t>* pte, uint64_t orig, unsigned flags) override;
   bool ReuseSwapPage(Pfn pfn) override;

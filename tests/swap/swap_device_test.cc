@@ -156,7 +156,7 @@ TEST_CASE(
   REQUIRE_FALSE(d->HasCache(first));
   REQUIRE(d->SetCache(first));
   REQUIRE(d->HasCache(first));
-  REQUIRE(d->SetCache(first));  // already set: still true (not swapcache_prepare's -EEXIST)
+  REQUIRE_FALSE(d->SetCache(first));  // already set: false (swapcache_prepare's -EEXIST)
   int seen = 0;
   d->ForEachUsed([&](uint64_t slot, int count, bool cache) {
     seen++;

@@ -1,0 +1,228 @@
+// AddressSpace::Fork(): an emulated fork inside one machine (= mm/fork.c
+// dup_mmap() with mm/memory.c copy_page_range()). The child's window is a
+// different part of the arena, so the child sees the parent's memory at the
+// same offset within its window.
+//
+// How pages are shared (design direction 4, emu/frame_pool.h): a present
+// page that lives in place moves into the frame pool (its bytes are copied
+// into the pool's file, and the parent's address maps the file page), and
+// the child's address maps the same file page. Both PTEs are write-protected;
+// the first write in either is a copy-on-write fault (fault/handle_fault.cc).
+// Zero-page PTEs stay zero-page PTEs in both; swap PTEs are duplicated, and
+// the slot's count goes up (= swap_duplicate()).
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "emu/machine.h"
+#include "emu/mm.h"
+#include "emu/status.h"
+
+namespace emu {
+
+absl::StatusOr<std::unique_ptr<AddressSpace>> AddressSpace::Fork() {
+  absl::StatusOr<FramePool*> pool = machine_->EnsureFramePool();
+  if (!pool.ok()) return pool.status();
+  absl::StatusOr<std::unique_ptr<AddressSpace>> child =
+      machine_->CreateAddressSpace(window_.len_bytes());
+  if (!child.ok()) return child.status();
+  // Reclaim stays off while pages change hands (lifetime_ before mmap_lock,
+  // emu/mm.h): no page is isolated, locked or under writeback meanwhile.
+  PageReclaim* reclaim = machine_->reclaim();
+  if (reclaim != nullptr) reclaim->BlockReclaim();
+  absl::Status status;
+  {
+    WriteLockHolder l(&mmap_lock_);
+    WriteLockHolder lc((*child)->mmap_lock());
+    status = DupMmapLocked(**child, **pool);
+  }
+  if (reclaim != nullptr) reclaim->UnblockReclaim();
+  if (!status.ok()) return status;  // the child's destructor drops what it got
+  machine_->vmstat().Add(VmEvent::k_fork);
+  return child;
+}
+
+absl::Status AddressSpace::DupMmapLocked(AddressSpace& child, FramePool& pool) {
+  // Linux: mlockall(MCL_FUTURE) and mlock are not inherited.
+  child.def_flags_ = 0;
+  child.def_populate_ = false;
+  const VirtAddr delta = child.window_.start - window_.start;
+  for (const auto& [start, v] : vmas_) {
+    mmap_lock_.AssertHeld();
+    // A native mapping belongs to this window's addresses only; MADV_DONTFORK
+    // keeps a range out of the child (Linux: VM_DONTCOPY).
+    if (v.foreign() || (v.vm_flags & kVmDontCopy)) continue;
+    Vma cv{v.start + delta, v.end + delta, v.vm_flags & ~kVmLocked};
+    child.vmas_.Insert(cv);
+    child.SyncHostProtLocked(cv, cv.range());
+    // MADV_WIPEONFORK: the child's copy starts empty.
+    if (v.vm_flags & kVmWipeOnFork) continue;
+    EMU_RETURN_IF_ERROR(CopyPteRangeLocked(child, v, delta, pool));
+  }
+  child.vmas_.MergeAround(child.window_);
+  return absl::OkStatus();
+}
+
+absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v, VirtAddr delta,
+                                              FramePool& pool) {
+  HostMmu& host = machine_->host();
+  MemMap& mem_map = machine_->mem_map();
+  PageReclaim* reclaim = machine_->reclaim();
+  const Prot prot = VmFlagsToProt(v.vm_flags);
+  // A run of pages handled by one host call each side: zero pages, or pool
+  // frames at consecutive offsets (`fill`: their bytes still live in place
+  // in this address space and go into the pool first).
+  enum Kind { kNone, kZero, kPool };
+  struct Run {
+    Kind kind = kNone;
+    VirtAddr start = 0, end = 0;
+    uint64_t off = 0;
+    bool fill = false;
+    std::vector<Pfn> pfns;
+  } run;
+  absl::Status status;
+  auto publish_child = [&](VirtAddr a, Pte pte) {
+    std::atomic<uint64_t>* ce = child.pt_.Walk(a + delta, /*alloc=*/true);
+    if (ce == nullptr) return false;
+    SpinLockHolder l(child.pt_.Ptl(a + delta));
+    ce->store(pte.raw(), std::memory_order_release);
+    return true;
+  };
+  auto flush = [&] {
+    if (run.kind == kNone || !status.ok()) {
+      run.kind = kNone;
+      return;
+    }
+    AddrRange r{run.start, run.end};
+    AddrRange cr{run.start + delta, run.end + delta};
+    if (run.kind == kZero) {
+      if (!host.InstallZero(cr, prot)) {
+        status = ErrnoError(errno, "fork: the host refused the child's zero pages");
+      } else {
+        for (VirtAddr a = r.start; a < r.end; a += kPageSize) {
+          if (!publish_child(a, Pte::ZeroPage())) status = ErrnoError(ENOMEM, "fork: page table");
+        }
+        child.nr_zero_ptes_.fetch_add(r.nr_pages(), std::memory_order_relaxed);
+      }
+      run.kind = kNone;
+      return;
+    }
+    // The parent's side first. Its pages are write-protected before their
+    // bytes are copied, so that a thread writing meanwhile traps and waits
+    // for mmap_lock instead of writing to a page already copied.
+    if (!host.WriteProtect(r, prot)) {
+      status = ErrnoError(errno, "fork: the host refused to write-protect the parent");
+    } else if (run.fill && !pool.Fill(run.off, reinterpret_cast<const void*>(r.start),
+                                      r.len_bytes())) {
+      status = ErrnoError(errno, "fork: copying pages into the frame pool");
+    } else if (run.fill && !host.MapPool(r, pool.fd(), run.off, prot, /*writable=*/false)) {
+      status = ErrnoError(errno, "fork: the host refused to map the parent's pool frames");
+    }
+    if (!status.ok()) {
+      // Frames placed for this run but never filled and mapped go back.
+      for (size_t i = 0; run.fill && i < run.pfns.size(); i++) {
+        pool.Release(run.off + i * kPageSize);
+      }
+      run.kind = kNone;
+      return;
+    }
+    for (size_t i = 0; i < run.pfns.size(); i++) {
+      VirtAddr a = r.start + i * kPageSize;
+      Page& page = mem_map.page(run.pfns[i]);
+      std::atomic<uint64_t>* e = pt_.Walk(a, false);
+      SpinLockHolder l(pt_.Ptl(a));
+      Pte pte(e->load(std::memory_order_relaxed));
+      if (run.fill) {
+        page.pool_off = run.off + i * kPageSize;
+        page.flags.fetch_or(kPgPool, std::memory_order_release);
+      }
+      e->store(pte.WithWrite(false).raw(), std::memory_order_release);
+    }
+    // Then the child's.
+    if (!host.MapPool(cr, pool.fd(), run.off, prot, /*writable=*/false)) {
+      status = ErrnoError(errno, "fork: the host refused to map the child's pool frames");
+      run.kind = kNone;
+      return;
+    }
+    for (size_t i = 0; i < run.pfns.size(); i++) {
+      VirtAddr a = r.start + i * kPageSize;
+      Page& page = mem_map.page(run.pfns[i]);
+      Pte pte(pt_.Walk(a, false)->load(std::memory_order_acquire));
+      // Linux: copy_present_pte() -> folio_dup_file_rmap / page_dup_rmap.
+      page.refcount.fetch_add(1, std::memory_order_relaxed);
+      page.mapcount.fetch_add(1, std::memory_order_relaxed);
+      if (!publish_child(a, pte)) status = ErrnoError(ENOMEM, "fork: page table");
+      child.rss_anon_.fetch_add(1, std::memory_order_relaxed);
+    }
+    machine_->vmstat().Add(VmEvent::k_fork_shared_pages, run.pfns.size());
+    run.kind = kNone;
+  };
+
+  pt_.ForEachEntry(v.range(), [&](VirtAddr a, std::atomic<uint64_t>* e) {
+    if (!status.ok()) return;
+    Pte pte(e->load(std::memory_order_acquire));
+    if (pte.none()) {
+      flush();
+      return;
+    }
+    EMU_BUG_ON(pte.locked());  // excluded by mmap_lock held for write
+    if (!pte.present()) {
+      flush();
+      // Linux: copy_nonpresent_pte() -> swap_duplicate().
+      if (!reclaim->SwapDuplicate(pte.swap_entry())) {
+        status = ErrnoError(ENOMEM, "fork: a swap slot's count is at its maximum");
+        return;
+      }
+      if (!publish_child(a, pte)) {
+        reclaim->SwapFree(pte.swap_entry());
+        status = ErrnoError(ENOMEM, "fork: page table");
+        return;
+      }
+      child.nr_swap_ptes_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (pte.special()) {
+      if (run.kind != kZero || run.end != a) {
+        flush();
+        run.kind = kZero;
+        run.start = a;
+        run.pfns.clear();
+      }
+      run.end = a + kPageSize;
+      return;
+    }
+    Pfn pfn = pte.pfn();
+    Page& page = mem_map.page(pfn);
+    const bool fill = !page.Test(kPgPool);
+    uint64_t off;
+    if (fill) {
+      // The page leaves its place: it stops being reclaimable (until
+      // reclaim can unmap every PTE of a shared frame) and stops being
+      // the copy of a swap slot (the child's writes must not go there).
+      if (reclaim != nullptr) {
+        reclaim->DropSwapCache(pfn);
+        reclaim->Mlocked(pfn);  // off the reclaim lists: kPgPool follows
+      }
+      off = pool.Place(pfn, a);
+    } else {
+      off = page.pool_off;
+    }
+    if (run.kind != kPool || run.end != a || run.fill != fill ||
+        run.off + (run.end - run.start) != off) {
+      flush();
+      run.kind = kPool;
+      run.start = run.end = a;
+      run.off = off;
+      run.fill = fill;
+      run.pfns.clear();
+    }
+    run.end = a + kPageSize;
+    run.pfns.push_back(pfn);
+  });
+  flush();
+  return status;
+}
+
+}  // namespace emu

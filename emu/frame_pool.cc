@@ -1,0 +1,94 @@
+#include "emu/frame_pool.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+#include "emu/status.h"
+#include "emu/sync.h"
+#include "emu/sys.h"
+
+namespace emu {
+
+absl::StatusOr<std::unique_ptr<FramePool>> FramePool::Create(AddrRange arena, uint64_t max_pages) {
+  int fd = static_cast<int>(syscall(SYS_memfd_create, "emu-frames", MFD_CLOEXEC));
+  if (fd < 0) return ErrnoError(errno, "memfd_create for the frame pool");
+  // Identity offsets cover the arena; spill offsets follow, one per pfn.
+  const uint64_t size = arena.len_bytes() + max_pages * kPageSize;
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    int err = errno;
+    close(fd);
+    return ErrnoError(err, absl::StrCat("size the frame pool to ", size, " bytes"));
+  }
+  size_t bits_bytes = PageAlignUp((arena.nr_pages() + 63) / 64 * sizeof(uint64_t));
+  void* bits = sys::Mmap(nullptr, bits_bytes, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (bits == MAP_FAILED) {
+    int err = errno;
+    close(fd);
+    return ErrnoError(err, "reserve the frame pool's identity bitmap");
+  }
+  void* view = sys::Mmap(nullptr, size, PROT_READ, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  if (view == MAP_FAILED) {
+    int err = errno;
+    sys::Munmap(bits, bits_bytes);
+    close(fd);
+    return ErrnoError(err, "map the frame pool's view");
+  }
+  return std::unique_ptr<FramePool>(
+      new FramePool(arena, max_pages, fd, static_cast<std::atomic<uint64_t>*>(bits), bits_bytes,
+                    static_cast<const char*>(view), size));
+}
+
+FramePool::~FramePool() {
+  sys::Munmap(const_cast<char*>(view_), size_);
+  sys::Munmap(identity_, bits_bytes_);
+  close(fd_);
+}
+
+uint64_t FramePool::Place(Pfn pfn, VirtAddr addr) {
+  nr_frames_.fetch_add(1, std::memory_order_relaxed);
+  if (arena_.Contains(addr)) {
+    uint64_t i = (addr - arena_.start) >> kPageShift;
+    uint64_t bit = uint64_t{1} << (i % 64);
+    if (!(identity_[i / 64].fetch_or(bit, std::memory_order_acq_rel) & bit)) {
+      return addr - arena_.start;
+    }
+  }
+  EMU_BUG_ON(ToU64(pfn) >= max_pages_);
+  return arena_.len_bytes() + ToU64(pfn) * kPageSize;
+}
+
+bool FramePool::Fill(uint64_t off, const void* src, size_t len) {
+  const char* p = static_cast<const char*>(src);
+  while (len > 0) {
+    ssize_t n = pwrite(fd_, p, len, static_cast<off_t>(off));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (n == 0) errno = EIO;
+      return false;
+    }
+    p += n;
+    off += static_cast<uint64_t>(n);
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+void FramePool::Release(uint64_t off) {
+  // Punching the page out frees its memory; nothing maps it any more.
+  fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
+            static_cast<off_t>(kPageSize));
+  nr_frames_.fetch_sub(1, std::memory_order_relaxed);
+  if (off < arena_.len_bytes()) {
+    uint64_t i = off >> kPageShift;
+    identity_[i / 64].fetch_and(~(uint64_t{1} << (i % 64)), std::memory_order_acq_rel);
+  }
+}
+
+}  // namespace emu
