@@ -23,6 +23,9 @@
 namespace emu {
 
 absl::StatusOr<std::unique_ptr<AddressSpace>> AddressSpace::Fork() {
+  if (machine_->rmap() == nullptr) {
+    return ErrnoError(EINVAL, "fork: the machine has no reverse-map method");
+  }
   absl::StatusOr<FramePool*> pool = machine_->EnsureFramePool();
   if (!pool.ok()) return pool.status();
   absl::StatusOr<std::unique_ptr<AddressSpace>> child =
@@ -45,6 +48,7 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> AddressSpace::Fork() {
 }
 
 absl::Status AddressSpace::DupMmapLocked(AddressSpace& child, FramePool& pool) {
+  EMU_RETURN_IF_ERROR(machine_->rmap()->Fork(*this, child));
   // Linux: mlockall(MCL_FUTURE) and mlock are not inherited.
   child.def_flags_ = 0;
   child.def_populate_ = false;
@@ -54,7 +58,7 @@ absl::Status AddressSpace::DupMmapLocked(AddressSpace& child, FramePool& pool) {
     // A native mapping belongs to this window's addresses only; MADV_DONTFORK
     // keeps a range out of the child (Linux: VM_DONTCOPY).
     if (v.foreign() || (v.vm_flags & kVmDontCopy)) continue;
-    Vma cv{v.start + delta, v.end + delta, v.vm_flags & ~kVmLocked};
+    Vma cv{v.start + delta, v.end + delta, v.vm_flags & ~kVmLocked, v.pgoff, v.anon_vma};
     child.vmas_.Insert(cv);
     child.SyncHostProtLocked(cv, cv.range());
     // MADV_WIPEONFORK: the child's copy starts empty.
@@ -206,6 +210,7 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
         reclaim->Mlocked(pfn);  // off the reclaim lists: kPgPool follows
       }
       off = pool.Place(pfn, a);
+      machine_->rmap()->AnchorPage(page, *this, v, a);
     } else {
       off = page.pool_off;
     }

@@ -99,6 +99,9 @@ absl::Status MachineOptions::Validate() const {
     return ErrnoError(EINVAL, absl::StrCat("swap queue depth ", swap_queue_depth,
                                            ": want 1 to 4096"));
   }
+  if (rmap != "anon_vma" && rmap != "anonmm") {
+    return ErrnoError(EINVAL, absl::StrCat("rmap method '", rmap, "': want anon_vma or anonmm"));
+  }
   if (reclaim_policy != "lru" && reclaim_policy != "fifo") {
     return ErrnoError(EINVAL, absl::StrCat("reclaim policy '", reclaim_policy,
                                            "': want lru or fifo"));
@@ -128,7 +131,8 @@ Machine::Machine(const MachineOptions& options, AddrRange arena)
 
 absl::StatusOr<std::unique_ptr<Machine>> Machine::CreateWith(
     const MachineOptions& options, const HostMmuFactory& host_factory,
-    const FaultHandlerFactory& handler_factory, const ReclaimFactory& reclaim_factory) {
+    const FaultHandlerFactory& handler_factory, const ReclaimFactory& reclaim_factory,
+    const RmapFactory& rmap_factory) {
   EMU_RETURN_IF_ERROR(options.Validate());
   // Reserve arena + one granule, then trim to a granule-aligned arena.
   size_t reserve = options.arena_bytes + kGranule;
@@ -159,6 +163,11 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::CreateWith(
   }
   m->host_ = std::move(*host);
   m->host_factory_ = host_factory;
+  if (rmap_factory) {
+    auto rmap = rmap_factory(m.get());
+    if (!rmap.ok()) return rmap.status();
+    m->rmap_ = std::move(*rmap);
+  }
   if (options.mem_limit != 0) {
     if (!reclaim_factory) {
       return ErrnoError(EINVAL, "a memory limit needs the swap layer (use emu::CreateMachine)");

@@ -25,6 +25,7 @@
 #include "emu/mm.h"
 #include "emu/page.h"
 #include "emu/reclaim.h"
+#include "emu/rmap.h"
 #include "emu/vmstat.h"
 
 namespace emu {
@@ -63,6 +64,9 @@ struct MachineOptions {
   // Reclaim policy: "lru" (active/inactive lists, references from faults and
   // write-protect sampling, as Linux) or "fifo" (one list, no references).
   std::string reclaim_policy = "lru";
+  // The reverse map of frames shared by AddressSpace::Fork (emu/rmap.h):
+  // "anon_vma" or "anonmm".
+  std::string rmap = "anon_vma";
 
   // Checks ranges; returns EINVAL with a message naming the bad option.
   absl::Status Validate() const;
@@ -88,12 +92,13 @@ class Machine {
   using FaultHandlerFactory = std::function<std::unique_ptr<FaultHandler>(Machine*)>;
   using ReclaimFactory =
       std::function<absl::StatusOr<std::unique_ptr<PageReclaim>>(Machine*)>;
+  using RmapFactory = std::function<absl::StatusOr<std::unique_ptr<RmapMethod>>(Machine*)>;
   // Used by emu::CreateMachine(); prefer that. `reclaim_factory` is called
   // when options.mem_limit is set.
   static absl::StatusOr<std::unique_ptr<Machine>> CreateWith(
       const MachineOptions& options, const HostMmuFactory& host_factory,
       const FaultHandlerFactory& handler_factory,
-      const ReclaimFactory& reclaim_factory = nullptr);
+      const ReclaimFactory& reclaim_factory = nullptr, const RmapFactory& rmap_factory = nullptr);
   ~Machine();
   Machine(const Machine&) = delete;
   Machine& operator=(const Machine&) = delete;
@@ -117,6 +122,9 @@ class Machine {
   MemMap& mem_map() { return *mem_map_; }
   // The memory limit's reclaim and swap, or nullptr without a limit.
   PageReclaim* reclaim() { return reclaim_.get(); }
+  // The reverse-map method (MachineOptions::rmap), or nullptr when the
+  // machine was made without one (AddressSpace::Fork is then EINVAL).
+  RmapMethod* rmap() { return rmap_.get(); }
 
   // Frames for the fault path and the model: up to `n` into `out`, at least
   // `min` if memory can be found (see PageReclaim::AllocFrames). Returns how
@@ -217,6 +225,7 @@ class Machine {
   std::unique_ptr<HostMmu> host_;
   std::unique_ptr<FaultHandler> fault_handler_;
   std::unique_ptr<PageReclaim> reclaim_;  // after host_: it is destroyed first
+  std::unique_ptr<RmapMethod> rmap_;
   HostMmuFactory host_factory_;           // kept for ChildLate (no fork events)
   std::unique_ptr<FramePool> frame_pool_owner_;  // set once, under lock_
   std::atomic<FramePool*> frame_pool_{nullptr};

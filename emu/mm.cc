@@ -54,6 +54,7 @@ AddressSpace::~AddressSpace() {
     UnmapLocked(window_);
   }
   if (PageReclaim* reclaim = machine_->reclaim()) reclaim->ForgetAddressSpace(this);
+  if (RmapMethod* rmap = machine_->rmap()) rmap->Exit(*this);
   machine_->ReleaseWindow(this);
 }
 
@@ -246,7 +247,7 @@ absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot
       EMU_ASSIGN_OR_RETURN(VirtAddr start, GetUnmappedAreaLocked(addr, rounded));
       range = {start, start + rounded};
     }
-    Vma vma{range.start, range.end, vm_flags};
+    Vma vma = Vma::New(range.start, range.end, vm_flags);
     vmas_.Insert(vma);
     SyncHostProtLocked(vma, range);
     vmas_.MergeAround(range);
@@ -277,7 +278,7 @@ absl::Status AddressSpace::MapForeign(VirtAddr addr, size_t len, bool noreplace,
     machine_->host().Reserve(range);
     return ErrnoError(err, "mmap: native mapping inside the window");
   }
-  vmas_.Insert(Vma{range.start, range.end, kVmForeign});
+  vmas_.Insert(Vma::New(range.start, range.end, kVmForeign));
   vmas_.MergeAround(range);
   Log(Component::kEmu).debug("mmap {} native, inside the window", range);
   return absl::OkStatus();
@@ -374,13 +375,17 @@ absl::StatusOr<VirtAddr> AddressSpace::Mremap(VirtAddr old_addr, size_t old_len,
     return ErrnoError(EAGAIN, "mremap: locked memory beyond the memory limit");
   }
   const uint32_t vm_flags = vma->vm_flags;
+  // The page offset of old_addr and the anon_vma: a moved range keeps them.
+  const uint64_t old_pgoff = vma->pgoff + ((old_addr - vma->start) >> kPageShift);
+  AnonVma* const anon_vma = vma->anon_vma;
   if (!fixed && !dontunmap) {
     // Grow in place when the range after the VMA is free (Linux: vma_expandable()).
     VirtAddr grow_end;
     if (old_end == vma->end && !__builtin_add_overflow(old_addr, new_len, &grow_end) &&
         grow_end <= window_.end && !vmas_.AnyOverlap({old_end, grow_end})) {
       AddrRange delta{old_end, grow_end};
-      Vma grown{delta.start, delta.end, vm_flags};
+      Vma grown{delta.start, delta.end, vm_flags,
+                old_pgoff + ((old_end - old_addr) >> kPageShift), anon_vma};
       vmas_.Insert(grown);
       SyncHostProtLocked(grown, delta);
       vmas_.MergeAround(delta);
@@ -395,7 +400,8 @@ absl::StatusOr<VirtAddr> AddressSpace::Mremap(VirtAddr old_addr, size_t old_len,
   if (!fixed) {
     EMU_ASSIGN_OR_RETURN(new_addr, GetUnmappedAreaLocked(0, new_len));
   }
-  EMU_RETURN_IF_ERROR(MoveRangeLocked({old_addr, old_end}, vm_flags, new_addr, new_len, dontunmap));
+  EMU_RETURN_IF_ERROR(MoveRangeLocked({old_addr, old_end}, Vma{old_addr, old_end, vm_flags, old_pgoff, anon_vma},
+                                      new_addr, new_len, dontunmap));
   l.Release();
   if ((vm_flags & kVmLocked) && new_len > old_len) {
     (void)Populate({new_addr + old_len, new_addr + new_len}, /*nozero=*/true,
@@ -404,8 +410,9 @@ absl::StatusOr<VirtAddr> AddressSpace::Mremap(VirtAddr old_addr, size_t old_len,
   return new_addr;
 }
 
-absl::Status AddressSpace::MoveRangeLocked(AddrRange src, uint32_t vm_flags, VirtAddr dst,
+absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, VirtAddr dst,
                                            size_t dst_len, bool dontunmap) {
+  const uint32_t vm_flags = src_vma.vm_flags;
   // Linux: move_vma() -> move_page_tables(). mmap_lock held for write keeps
   // faults and reclaim's PTE edits out; a page that reclaim holds isolated
   // keeps its reference and finds its PTE gone from the address it knew,
@@ -414,7 +421,30 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, uint32_t vm_flags, Vir
   MemMap& mem_map = machine_->mem_map();
   const Prot prot = VmFlagsToProt(vm_flags);
   AddrRange dst_range{dst, dst + dst_len};
-  Vma moved{dst_range.start, dst_range.end, vm_flags};
+  // anonmm finds a shared frame at one offset in every window: a moved one
+  // gets its own copy here (Linus's early COW, seed 000). Its frames are
+  // taken before anything moves, so that running out fails the call cleanly.
+  RmapMethod* rmap = machine_->rmap();
+  const bool early_cow = rmap != nullptr && rmap->EarlyCowOnMove();
+  std::vector<Pfn> cow_frames;
+  if (early_cow) {
+    size_t need = 0;
+    pt_.ForEachEntry(src, [&](VirtAddr, std::atomic<uint64_t>* e) {
+      Pte pte(e->load(std::memory_order_relaxed));
+      if (!pte.present() || pte.special()) return;
+      const Page& page = mem_map.page(pte.pfn());
+      if (page.Test(kPgPool) && page.mapcount.load(std::memory_order_acquire) > 1) need++;
+    });
+    cow_frames.resize(need);
+    size_t got = 0;
+    while (got < need && machine_->AllocFrames(nullptr, &cow_frames[got], 1, 1) == 1) got++;
+    if (got < need) {
+      for (size_t i = 0; i < got; i++) machine_->FreePage(cow_frames[i]);
+      return ErrnoError(ENOMEM, "mremap: no frames to copy shared pages (anonmm early COW)");
+    }
+  }
+  // Linux: copy_vma(): the new VMA keeps the page offsets and the anon_vma.
+  Vma moved{dst_range.start, dst_range.end, vm_flags, src_vma.pgoff, src_vma.anon_vma};
   vmas_.Insert(moved);
   const bool encodes = host.prot_encodes_ptes();
   if (!encodes) SyncHostProtLocked(moved, dst_range);
@@ -463,10 +493,31 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, uint32_t vm_flags, Vir
       k = pte.special() ? kZero : pte.write() ? kAnonRw : kAnonRo;
       if (!pte.special()) {
         Page& page = mem_map.page(pte.pfn());
-        if (page.Test(kPgPool)) {
+        if (page.Test(kPgPool) && early_cow && page.mapcount.load(std::memory_order_acquire) > 1) {
+          // The copy goes in now, on its own.
+          flush();
+          Pfn copy = cow_frames.back();
+          cow_frames.pop_back();
+          const bool writable = vm_flags & kVmWrite;
+          ok &= host.InstallCopy({to, to + kPageSize}, reinterpret_cast<const void*>(a), prot,
+                                 writable);
+          Page& np = mem_map.page(copy);
+          np.mapping = this;
+          np.index = to >> kPageShift;
+          np.mapcount.store(1, std::memory_order_relaxed);
+          if (vm_flags & kVmLocked) np.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+          if (PageReclaim* reclaim = machine_->reclaim()) reclaim->LruAdd(copy);
+          page.mapcount.fetch_sub(1, std::memory_order_acq_rel);
+          machine_->PutPage(pte.pfn());
+          any_pool = true;  // the old address mapped a file page
+          pte = Pte::Anon(copy, writable, /*dirty=*/true);
+          k = kNone;  // installed already: no run
+          machine_->vmstat().Add(VmEvent::k_cow_page);
+        } else if (page.Test(kPgPool)) {
           k = pte.write() ? kPoolRw : kPoolRo;
           off = page.pool_off;
           any_pool = true;
+          if (early_cow) rmap->AnchorPage(page, *this, moved, to);  // mapped here only
         } else {
           page.index = to >> kPageShift;
         }

@@ -196,6 +196,8 @@ class AddressSpace {
   // ---- For the fault layer (fault/) and reclaim (swap/) ----
   RwSem* mmap_lock() ABSL_LOCK_RETURNED(mmap_lock_) { return &mmap_lock_; }
   const VmaTree& vmas() const ABSL_SHARED_LOCKS_REQUIRED(mmap_lock_) { return vmas_; }
+  // For RmapMethod::Fork (anon_vma_prepare sets Vma::anon_vma).
+  VmaTree& MutableVmasForRmap() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_) { return vmas_; }
   PageTable& page_table() { return pt_; }
   // Accounting of PTEs the fault path installs. async-signal-safe.
   void AddRssAnon(int64_t n) { rss_anon_.fetch_add(n, std::memory_order_relaxed); }
@@ -236,9 +238,10 @@ class AddressSpace {
   template <typename Fn>
   absl::Status ApplyToVmasLocked(AddrRange r, Fn&& change)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
-  // Moves the pages of `src` (inside VMA `vm_flags`) to a new VMA at
-  // `dst` of `dst_len` bytes (>= src length); see Mremap.
-  absl::Status MoveRangeLocked(AddrRange src, uint32_t vm_flags, VirtAddr dst, size_t dst_len,
+  // Moves the pages of `src` (inside a VMA: `src_vma` describes that part,
+  // its flags, page offset and anon_vma) to a new VMA at `dst` of `dst_len`
+  // bytes (>= src length); see Mremap.
+  absl::Status MoveRangeLocked(AddrRange src, const Vma& src_vma, VirtAddr dst, size_t dst_len,
                                bool dontunmap) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   // Sets or clears kVmLocked over r.
   absl::Status SetLockedLocked(AddrRange r, bool lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);

@@ -90,6 +90,7 @@ void MemMap::Free(Pfn pfn) {
   p.index = 0;
   p.private_ = 0;
   p.pool_off = 0;
+  p.anchor = nullptr;
   p.lru_prev = p.lru_next = 0;
   nr_used_.fetch_sub(1, std::memory_order_relaxed);
   SpinLockHolder l(&lock_);

@@ -50,7 +50,7 @@ inline constexpr uint32_t kPgUnevictable = kPgMlocked | kPgPool;
 //     pool_off (emu/frame_pool.h), and every PTE that maps it maps that
 //     file page in the host. Such a page may be mapped by several PTEs
 //     (after AddressSpace::Fork), then mapcount counts them all and
-//     mapping/index name the address space and address it was placed at.
+//     anchor/index locate them through the machine's RmapMethod.
 //     Without kPgPool the page lives in place and has at most one PTE.
 // mapping/index are written by the owner of the page's PTE under that PTE's
 // ptl (or under mmap_lock held for write), and read under it. private_ and
@@ -70,6 +70,9 @@ struct Page {
   uint64_t index = 0;
   uint64_t private_ = 0;  // = page_private(): the swap slot while kPgSwapCache
   uint64_t pool_off = 0;  // where the frame lives in the FramePool, while kPgPool
+  // While kPgPool: the rmap anchor (an anon_vma or an anonmm, emu/rmap.h);
+  // `index` is then the method's index, and `mapping` is unused.
+  void* anchor = nullptr;
 
   // = trylock_page(): takes PG_locked if free. async-signal-safe.
   bool TryLock() {
@@ -86,7 +89,7 @@ struct Page {
     return false;
   }
 };
-static_assert(sizeof(Page) == 56);
+static_assert(sizeof(Page) == 64);
 
 // The machine's mem_map: an array of Page descriptors indexed by Pfn, and the
 // allocator of frames. The array is reserved with MAP_NORESERVE and touched

@@ -52,6 +52,7 @@ VmaTree::Map::iterator VmaTree::SplitAround(AddrRange r) {
     if (v.start < cut && cut < v.end) {  // Linux: mm/vma.c split_vma()
       Vma tail = v;
       tail.start = cut;
+      tail.pgoff = v.pgoff + ((cut - v.start) >> kPageShift);
       v.end = cut;
       map_.emplace_hint(it, cut, tail);
     }
@@ -74,6 +75,7 @@ void VmaTree::MergeAround(AddrRange r) {
     if (next == map_.end()) break;
     if (it->second.CanMergeWith(next->second)) {
       it->second.end = next->second.end;
+      if (it->second.anon_vma == nullptr) it->second.anon_vma = next->second.anon_vma;
       map_.erase(next);
       continue;
     }

@@ -35,10 +35,26 @@ inline constexpr uint32_t kVmProtMask = kVmRead | kVmWrite | kVmExec;
 uint32_t ProtToVmFlags(Prot prot);
 Prot VmFlagsToProt(uint32_t vm_flags);
 
+// An anon_vma (rmap/anon_vma.h): the VMAs whose pages it anchors. Opaque here.
+struct AnonVma;
+
 struct Vma {
   VirtAddr start = 0;
   VirtAddr end = 0;
   uint32_t vm_flags = 0;
+  // = vm_pgoff: the page offset of `start`. A new anonymous mapping gets
+  // start >> kPageShift; a split keeps the offsets of its pages, a moved
+  // range (mremap) and a forked child's copy keep the original ones, so
+  // that a page's rmap index (vm_pgoff + its page in the VMA) stays valid.
+  uint64_t pgoff = 0;
+  // = anon_vma: set when the VMA's pages are first shared (AddressSpace::
+  // Fork with the anon_vma rmap method); shared by the forked copies.
+  AnonVma* anon_vma = nullptr;
+
+  // A VMA with the offsets a new mapping of `start` gets.
+  static Vma New(VirtAddr start, VirtAddr end, uint32_t vm_flags) {
+    return Vma{start, end, vm_flags, start >> kPageShift, nullptr};
+  }
 
   AddrRange range() const { return {start, end}; }
   bool readable() const { return vm_flags & kVmRead; }
@@ -48,10 +64,13 @@ struct Vma {
   // Linux: mm/memory.c use_zero_page() (seed 004): private, not VM_LOCKED,
   // anonymous (no fault handler).
   bool use_zero_page() const { return !(vm_flags & (kVmLocked | kVmShared | kVmMayShare)); }
-  // Two adjacent VMAs merge when their flags are equal (later also their
-  // anon_vma / file and offset).
+  // Two adjacent VMAs merge when their flags are equal, their page offsets
+  // continue each other and their anon_vmas are compatible (Linux:
+  // is_mergeable_anon_vma(): equal, or one has none yet).
   bool CanMergeWith(const Vma& next) const {
-    return end == next.start && vm_flags == next.vm_flags;
+    return end == next.start && vm_flags == next.vm_flags &&
+           pgoff + ((end - start) >> kPageShift) == next.pgoff &&
+           (anon_vma == next.anon_vma || anon_vma == nullptr || next.anon_vma == nullptr);
   }
 };
 

@@ -2,6 +2,7 @@
 
 #include "fault/handle_fault.h"
 #include "fault/host_backends.h"
+#include "rmap/rmap.h"
 #include "swap/vmscan.h"
 
 namespace emu {
@@ -22,7 +23,8 @@ absl::StatusOr<std::unique_ptr<Machine>> CreateMachine(const MachineOptions& opt
     if (!v.ok()) return v.status();
     return std::unique_ptr<PageReclaim>(std::move(*v));
   };
-  return Machine::CreateWith(options, factory, handler, reclaim);
+  auto rmap = [](Machine* m) { return CreateRmapMethod(m->options().rmap); };
+  return Machine::CreateWith(options, factory, handler, reclaim, rmap);
 }
 
 }  // namespace emu

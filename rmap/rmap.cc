@@ -1,0 +1,150 @@
+#include "rmap/rmap.h"
+
+#include <cerrno>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "emu/mm.h"
+#include "emu/status.h"
+
+namespace emu {
+
+std::unique_ptr<RmapMethod> NewAnonVmaRmap();
+std::unique_ptr<RmapMethod> NewAnonMmRmap();
+
+absl::StatusOr<std::unique_ptr<RmapMethod>> CreateRmapMethod(std::string_view name) {
+  if (name == "anon_vma") return NewAnonVmaRmap();
+  if (name == "anonmm") return NewAnonMmRmap();
+  return ErrnoError(EINVAL, absl::StrCat("rmap method '", std::string(name), "': want anon_vma or anonmm"));
+}
+
+RmapWalkStats RmapWalk(Machine& m, Pfn pfn,
+                       absl::FunctionRef<bool(AddressSpace&, const Vma&, VirtAddr,
+                                              std::atomic<uint64_t>*)>
+                           fn) {
+  RmapWalkStats stats;
+  RmapMethod* method = m.rmap();
+  const Page& page = m.mem_map().page(pfn);
+  if (method == nullptr || !page.Test(kPgPool) || page.anchor == nullptr) return stats;
+  bool go = true;
+  method->ForEachSpace(page, [&](AddressSpace& as) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    // Linux: rmap_walk_anon() with try-locks (folio_lock_anon_vma_read's
+    // rwc->try_lock): reclaim never waits for an address space here.
+    if (!as.mmap_lock()->TryReadLock()) {
+      stats.busy++;
+      return true;
+    }
+    method->AddressesIn(page, as, [&](const Vma& vma, VirtAddr addr) {
+      if (!go) return;
+      std::atomic<uint64_t>* e = as.page_table().Walk(addr, false);
+      if (e == nullptr) return;
+      Pte pte(e->load(std::memory_order_acquire));
+      // Linux: page_vma_mapped_walk(): this PTE maps this page.
+      if (!pte.present() || pte.special() || pte.pfn() != pfn) return;
+      stats.found++;
+      go = fn(as, vma, addr, e);
+    });
+    as.mmap_lock()->ReadUnlock();
+    return go;
+  });
+  return stats;
+}
+
+int PageReferenced(Machine& m, Pfn pfn, RmapWalkStats* stats) {
+  int referenced = 0;
+  RmapWalkStats s = RmapWalk(m, pfn, [&](AddressSpace& as, const Vma&, VirtAddr addr,
+                                         std::atomic<uint64_t>* e) {
+    // Linux: folio_referenced_one() -> ptep_clear_flush_young_notify().
+    SpinLockHolder l(as.page_table().Ptl(addr));
+    Pte pte(e->load(std::memory_order_relaxed));
+    if (pte.present() && !pte.locked() && pte.pfn() == pfn && pte.young()) {
+      e->store(pte.WithYoung(false).raw(), std::memory_order_release);
+      referenced++;
+    }
+    return true;
+  });
+  if (stats != nullptr) *stats = s;
+  return referenced;
+}
+
+UnmapResult TryToUnmap(Machine& m, Pfn pfn,
+                       absl::FunctionRef<Pte(AddressSpace&, VirtAddr)> replacement) {
+  Page& page = m.mem_map().page(pfn);
+  HostMmu& host = m.host();
+  bool locked_vma = false;
+  RmapWalkStats s = RmapWalk(m, pfn, [&](AddressSpace& as, const Vma& vma, VirtAddr addr,
+                                         std::atomic<uint64_t>* e) {
+    // Linux: try_to_unmap_one(): an mlocked VMA keeps the page.
+    if (vma.locked()) {
+      locked_vma = true;
+      return false;
+    }
+    PageTable& pt = as.page_table();
+    Pte pte;
+    {
+      SpinLockHolder l(pt.Ptl(addr));
+      pte = Pte(e->load(std::memory_order_relaxed));
+      if (!pte.present() || pte.locked() || pte.pfn() != pfn) return true;
+      e->store(pte.WithLocked().raw(), std::memory_order_relaxed);  // claimed: faults retry
+    }
+    // The host drops its mapping of the file page: the arena's reservation
+    // comes back, with the VMA's protection unless the host encodes PTEs.
+    AddrRange r{addr, addr + kPageSize};
+    bool ok = host.Reserve(r) &&
+              (host.prot_encodes_ptes() || host.Protect(r, VmFlagsToProt(vma.vm_flags)));
+    if (!ok) {
+      // Put the mapping back as it was (read-only: the page is shared).
+      host.MapPool(r, m.frame_pool()->fd(), page.pool_off, VmFlagsToProt(vma.vm_flags),
+                   pte.write());
+      SpinLockHolder l(pt.Ptl(addr));
+      e->store(pte.raw(), std::memory_order_release);
+      return true;
+    }
+    Pte now = replacement(as, addr);
+    {
+      SpinLockHolder l(pt.Ptl(addr));
+      e->store(now.raw(), std::memory_order_release);
+    }
+    as.AddRssAnon(-1);
+    if (now.swap()) as.AddSwapPtes(1);
+    page.mapcount.fetch_sub(1, std::memory_order_acq_rel);
+    m.PutPage(pfn);
+    return true;
+  });
+  if (locked_vma) return UnmapResult::kFail;
+  if (page.mapcount.load(std::memory_order_acquire) == 0) return UnmapResult::kSuccess;
+  (void)s;
+  return UnmapResult::kAgain;
+}
+
+absl::Status CheckRmap(Machine& m) {
+  using Where = std::pair<AddressSpace*, VirtAddr>;
+  absl::flat_hash_map<uint64_t, std::set<Where>> ptes;
+  m.ForEachSpaceUnlocked([&](AddressSpace* as) {
+    as->page_table().ForEachEntry(as->window(), [&](VirtAddr a, std::atomic<uint64_t>* e) {
+      Pte pte(e->load(std::memory_order_acquire));
+      if (!pte.present() || pte.special()) return;
+      if (m.mem_map().page(pte.pfn()).Test(kPgPool)) ptes[ToU64(pte.pfn())].insert({as, a});
+    });
+  });
+  for (const auto& [pfn, want] : ptes) {
+    std::set<Where> got;
+    RmapWalkStats s = RmapWalk(m, Pfn{pfn}, [&](AddressSpace& as, const Vma&, VirtAddr a,
+                                                std::atomic<uint64_t>*) {
+      if (!got.insert({&as, a}).second) got.insert({nullptr, a});  // a duplicate shows
+      return true;
+    });
+    if (s.busy != 0) return ErrnoError(EBUSY, "rmap check: an address space is busy");
+    if (got != want) {
+      return ErrnoError(EIO, absl::StrCat("rmap of pfn ", pfn, ": ", want.size(),
+                                          " PTEs map it, the walk found ", got.size(),
+                                          got.size() == want.size() ? " (other ones)" : ""));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace emu
