@@ -139,10 +139,11 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
       SpinLockHolder l(pt_.Ptl(a));
       Pte pte(e->load(std::memory_order_relaxed));
       if (run.fill) {
+        page.mapping = nullptr;  // the rmap anchor locates it from now on
         page.pool_off = run.off + i * kPageSize;
         page.flags.fetch_or(kPgPool, std::memory_order_release);
       }
-      e->store(pte.WithWrite(false).raw(), std::memory_order_release);
+      e->store((run.fill ? pte.WithDirty() : pte).WithWrite(false).raw(), std::memory_order_release);
     }
     // Then the child's.
     if (!host.MapPool(cr, pool.fd(), run.off, prot, /*writable=*/false)) {
@@ -202,13 +203,10 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
     const bool fill = !page.Test(kPgPool);
     uint64_t off;
     if (fill) {
-      // The page leaves its place: it stops being reclaimable (until
-      // reclaim can unmap every PTE of a shared frame) and stops being
-      // the copy of a swap slot (the child's writes must not go there).
-      if (reclaim != nullptr) {
-        reclaim->DropSwapCache(pfn);
-        reclaim->Mlocked(pfn);  // off the reclaim lists: kPgPool follows
-      }
+      // The page leaves its place and stops being the copy of its swap
+      // slot (the PTEs become dirty). It stays on the reclaim lists:
+      // reclaim finds its mappings through the reverse map.
+      if (reclaim != nullptr) EMU_BUG_ON(!reclaim->DropSwapCache(pfn));  // reclaim is blocked
       off = pool.Place(pfn, a);
       machine_->rmap()->AnchorPage(page, *this, v, a);
     } else {

@@ -255,6 +255,7 @@ absl::Status Machine::CheckInvariants() {
   for (const auto& [pfn, n] : pool_maps) {
     if (!status.ok()) break;
     const Page& page = mem_map_->page(Pfn{pfn});
+    if (page.Test(kPgSwapCache)) cached[page.private_]++;
     if (page.mapcount.load() != n || page.refcount.load() < n) {
       status = ErrnoError(EIO, absl::StrCat("pool frame ", pfn, ": ", n, " PTEs map it, mapcount ",
                                             page.mapcount.load(), ", refcount ",

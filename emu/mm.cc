@@ -887,7 +887,9 @@ void AddressSpace::ForEachSwapRef(absl::FunctionRef<void(uint64_t slot, bool cac
       fn(pte.swap_entry(), false);
     } else if (pte.present() && !pte.special()) {
       const Page& page = mem_map.page(pte.pfn());
-      if (page.Test(kPgSwapCache)) fn(page.private_, true);
+      // A frame in the pool may have several PTEs: Machine::CheckInvariants
+      // counts its swap cache once.
+      if (page.Test(kPgSwapCache) && !page.Test(kPgPool)) fn(page.private_, true);
     }
   });
 }
@@ -960,7 +962,12 @@ absl::Status AddressSpace::CheckInvariantsLocked() {
         return fail(a, "pool frame with mapcount < 1 or refcount < mapcount");
       }
       if (pte.write() && page.mapcount.load() != 1) return fail(a, "writable PTE of a shared frame");
-      if (flags & (kPgLru | kPgSwapCache)) return fail(a, "pool frame on the lists or in the swap cache");
+      if ((flags & kPgSwapCache) && pte.write() && !pte.dirty()) {
+        return fail(a, "writable clean PTE of a pool frame in the swap cache");
+      }
+      if (machine_->reclaim() != nullptr && !(flags & kPgUnevictable) && !(flags & kPgLru)) {
+        return fail(a, "evictable pool frame not on the reclaim lists");
+      }
       return;
     }
     if (page.mapping != this || page.index != a >> kPageShift) {

@@ -163,7 +163,8 @@ class AddressSpace {
   // (`reclaim_blocked`, Machine::CheckInvariants).
   absl::Status CheckInvariants(bool reclaim_blocked = false);
   // Calls fn(slot, false) for each swap PTE and fn(slot, true) for each
-  // mapped swap-cache page. Allocates nothing (a forked child's set-up).
+  // mapped swap-cache page in place (not frames in the pool, which may have
+  // several PTEs). Allocates nothing (a forked child's set-up).
   void ForEachSwapRef(absl::FunctionRef<void(uint64_t slot, bool cache)> fn);
   // Adds, for each swap PTE, one reference to its slot in `refs`, and for
   // each mapped swap-cache page one to its slot in `cached`.

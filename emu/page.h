@@ -34,9 +34,8 @@ inline constexpr uint32_t kPgLru = 1u << 8;         // PG_lru: on one of the rec
 inline constexpr uint32_t kPgActive = 1u << 9;      // PG_active: on the active list
 inline constexpr uint32_t kPgIsolated = 1u << 10;   // taken off the lists by reclaim (= isolated)
 inline constexpr uint32_t kPgPool = 1u << 11;       // the frame lives in the FramePool at pool_off
-// Pages reclaim leaves alone (= the unevictable list): mlocked, and frames in
-// the pool until reclaim can unmap every PTE of a shared frame (rmap).
-inline constexpr uint32_t kPgUnevictable = kPgMlocked | kPgPool;
+// Pages reclaim leaves alone (= the unevictable list).
+inline constexpr uint32_t kPgUnevictable = kPgMlocked;
 
 // Invariants:
 //  1. A free page has flags == 0, refcount == 0, mapcount == 0, mapping == 0.
@@ -71,7 +70,7 @@ struct Page {
   uint64_t private_ = 0;  // = page_private(): the swap slot while kPgSwapCache
   uint64_t pool_off = 0;  // where the frame lives in the FramePool, while kPgPool
   // While kPgPool: the rmap anchor (an anon_vma or an anonmm, emu/rmap.h);
-  // `index` is then the method's index, and `mapping` is unused.
+  // `index` is then the method's index, and `mapping` is null.
   void* anchor = nullptr;
 
   // = trylock_page(): takes PG_locked if free. async-signal-safe.

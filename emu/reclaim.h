@@ -49,10 +49,14 @@ class PageReclaim {
   // `entry` (Linux: swap_duplicate()). False when its count is at the
   // maximum (no count continuation here): the fork fails with ENOMEM.
   virtual bool SwapDuplicate(uint64_t entry) = 0;
-  // AddressSpace::Fork(), with reclaim blocked: a page about to be shared
-  // stops being the copy of its swap slot (Linux: delete_from_swap_cache());
-  // its PTE must be dirty from now on. No-op for a page not in the cache.
-  virtual void DropSwapCache(Pfn pfn) = 0;
+  // A page stops being the copy of its swap slot (Linux:
+  // delete_from_swap_cache()): AddressSpace::Fork() with reclaim blocked
+  // (a page about to be shared), or a write fault on a page whose slot has
+  // other users (swap PTEs of a forked address space, which keep the slot's
+  // copy). Its PTE must be dirty from then on. False, changing nothing,
+  // when the page lock is taken or the page is under writeback (the fault
+  // retries). True for a page not in the cache.
+  virtual bool DropSwapCache(Pfn pfn) = 0;
 
   // Linux: mm/memory.c do_swap_page(). The fault at `addr` (page aligned) in
   // `vma` of `as` found the swap PTE `orig` at `pte`. The caller holds

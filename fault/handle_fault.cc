@@ -531,10 +531,16 @@ unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
   Page& p = machine_->mem_map().page(pte.pfn());
   if (p.Test(kPgPool)) return WpPoolPage(vmf, orig);
   EMU_BUG_ON(p.mapcount.load(std::memory_order_relaxed) != 1);
-  if (p.Test(kPgSwapCache)) {
-    // Every slot has one user until emulated fork shares them (a later
-    // issue brings the copy for the shared case).
-    EMU_BUG_ON(!machine_->reclaim()->ReuseSwapPage(pte.pfn()));
+  if (p.Test(kPgSwapCache) && !machine_->reclaim()->ReuseSwapPage(pte.pfn())) {
+    // The slot has other users (swap PTEs of a forked address space): they
+    // keep the slot's copy, and this page, clean until now, leaves the swap
+    // cache and is this PTE's own (the copy Linux would make here exists
+    // already, on the swap device).
+    if (!machine_->reclaim()->DropSwapCache(pte.pfn())) {
+      SpinLockHolder l(pt.Ptl(vmf.address));
+      vmf.pte->store(orig, std::memory_order_release);
+      return kFaultRetry;  // reclaim holds the page lock for a moment
+    }
   }
   bool ok = host.MakeWritable(page, prot);
   {
@@ -561,9 +567,12 @@ unsigned AnonFaultHandler::WpPoolPage(VmFault& vmf, uint64_t orig) {
   };
   Page& page = mem_map.page(pte.pfn());
   // Seed 002: reuse when this is the only mapping, decided by mapcount
-  // alone. A frame's mapcount only grows by a fork of an address space that
-  // maps it, and this one cannot fork while its fault holds mmap_lock.
-  if (page.mapcount.load(std::memory_order_acquire) == 1) {
+  // alone (plus, for a frame in the swap cache, the slot's other users:
+  // can_reuse_swap_page). A frame's mapcount only grows by a fork of an
+  // address space that maps it, and this one cannot fork while its fault
+  // holds mmap_lock.
+  if (page.mapcount.load(std::memory_order_acquire) == 1 &&
+      (!page.Test(kPgSwapCache) || machine_->reclaim()->ReuseSwapPage(pte.pfn()))) {
     bool ok = host.MakeWritable(range, prot);
     publish(ok ? pte.WithWrite(true).WithDirty().WithYoung(true).raw() : orig);
     if (!ok) return kFaultSigbus;

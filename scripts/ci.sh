@@ -43,8 +43,8 @@ clang_tsa() {
 step "build clang -Wthread-safety" clang_tsa
 echo "=== tsan (concurrency tests)"
 if cmake --preset tsan -DEMU_BUILD_BENCH=OFF >/dev/null &&
-   cmake --build build/tsan --target stress_test model_test demand_paging_test reclaim_test swap_device_test; then
-  for t in stress_test model_test demand_paging_test reclaim_test swap_device_test; do
+   cmake --build build/tsan --target stress_test model_test demand_paging_test reclaim_test swap_device_test fork_test; then
+  for t in stress_test model_test demand_paging_test reclaim_test swap_device_test fork_test; do
     TSAN_OPTIONS=halt_on_error=1 build/tsan/tests/$t || failed+=("tsan $t")
   done
 else
@@ -52,6 +52,8 @@ else
 fi
 step "benchmark smoke run" build/debug/bench/fault_latency_bench --quick
 step "swap benchmark smoke run" build/debug/bench/swap_bench --quick
+step "fork/COW benchmark smoke run" build/debug/bench/fork_cow_bench --quick
+step "rmap benchmark smoke run" build/debug/bench/rmap_bench --quick
 step "programs benchmark smoke run" bench/programs_bench.sh --quick --emu build/debug/emu/cli/emu
 step "demo" build/debug/emu/cli/emu demo --size 32M
 step "emu run (the main job, smaller)" build/debug/emu/cli/emu run --mem-limit 16M -- \

@@ -177,17 +177,22 @@ void Vmscan::Mlocked(Pfn pfn) {
 
 bool Vmscan::SwapDuplicate(uint64_t entry) { return swap_->Duplicate(entry); }
 
-void Vmscan::DropSwapCache(Pfn pfn) {
+bool Vmscan::DropSwapCache(Pfn pfn) {
   Page& page = mem_map_.page(pfn);
-  if (!page.Test(kPgSwapCache)) return;
-  // Reclaim is blocked: nobody else holds the page lock or writes it back.
-  EMU_BUG_ON(!page.TryLock());
-  EMU_BUG_ON(page.Test(kPgWriteback));
-  // Linux: delete_from_swap_cache().
-  page.flags.fetch_and(~kPgSwapCache, std::memory_order_relaxed);
-  swap_->ClearCache(page.private_);
-  page.private_ = 0;
+  if (!page.Test(kPgSwapCache)) return true;
+  if (!page.TryLock()) return false;
+  if (page.Test(kPgWriteback)) {
+    page.Unlock();
+    return false;
+  }
+  if (page.Test(kPgSwapCache)) {
+    // Linux: delete_from_swap_cache().
+    page.flags.fetch_and(~kPgSwapCache, std::memory_order_relaxed);
+    swap_->ClearCache(page.private_);
+    page.private_ = 0;
+  }
   page.Unlock();
+  return true;
 }
 
 void Vmscan::Munlocked(Pfn pfn) {
@@ -267,6 +272,9 @@ void Vmscan::RefillInactive(AddressSpace* held, int nr) {
       LruDelLocked(page, pfn);
       if (!page.GetUnlessZero()) continue;  // being freed: FreePage is not on a list now
       page.flags.fetch_or(kPgIsolated, std::memory_order_relaxed);
+      // A frame in the pool has no single PTE (mapping is null): it moves
+      // to the inactive list as it is; its young bits are read through the
+      // reverse map when it reaches the inactive tail.
       items[n++] = Item{pfn, page.mapping, page.index << kPageShift};
     }
   }
@@ -380,7 +388,16 @@ int Vmscan::Shrink(AddressSpace* held, int nr) {
     if (n == 0) break;
     scanned_total += n;
     machine_->vmstat().Add(VmEvent::k_pgscan, n);
-    freed += ShrinkList(held, v, n);
+    // Frames in the pool go through the reverse map, one by one.
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+      if (mem_map_.page(v[i].pfn).Test(kPgPool)) {
+        freed += ShrinkPoolPage(v[i].pfn);
+      } else {
+        v[kept++] = v[i];
+      }
+    }
+    if (kept > 0) freed += ShrinkList(held, v, kept);
   }
   return freed;
 }

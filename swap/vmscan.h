@@ -61,7 +61,7 @@ class Vmscan : public PageReclaim {
   void Mlocked(Pfn pfn) override;
   void Munlocked(Pfn pfn) override;
   bool SwapDuplicate(uint64_t entry) override;
-  void DropSwapCache(Pfn pfn) override;
+  bool DropSwapCache(Pfn pfn) override;
   unsigned DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
                       std::atomic<uint64_t>* pte, uint64_t orig, unsigned flags) override;
   bool ReuseSwapPage(Pfn pfn) override;
@@ -108,6 +108,9 @@ class Vmscan : public PageReclaim {
     uint32_t len = 0, used = 0;
   };
   int ShrinkList(AddressSpace* held, Victim* v, int n);
+  // One isolated frame in the pool, through the reverse map (shrink_shared.cc);
+  // returns the frames freed (0 or 1).
+  int ShrinkPoolPage(Pfn pfn);
   void DecidePages(AddressSpace* held, Victim* v, int n, SlotRun* run);
   void DecideOne(Victim& x, AddressSpace& as, SlotRun* run);
   void UndoWrite(Victim& x, PageTable& pt);

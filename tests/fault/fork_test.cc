@@ -191,9 +191,16 @@ TEST_CASE("Fork: swapped-out pages become shared swap entries", "[fork][swap]") 
   char* c = In(*child, parent, p);
   CHECK(child->nr_swap_ptes() == swapped);
   RequireMachineInvariants(m);  // the swap_map counts both PTEs of each slot
-  // Both read everything back; then each writes and the other does not see it.
-  CHECK(FirstBad(c, kPages, 5) == -1);
+  // The parent reads its pages back (they keep their slots as swap cache)
+  // and writes half of them while the child's swap PTEs still name those
+  // slots: the child reads the old data from the device.
   CHECK(FirstBad(p, kPages, 5) == -1);
+  RequireMachineInvariants(m);
+  Fill(p, kPages / 2, 50);
+  CHECK(FirstBad(c, kPages, 5) == -1);
+  CHECK(FirstBad(p, kPages / 2, 50) == -1);
+  CHECK(FirstBad(p, kPages / 2, 5, kPages / 2) == -1);
+  Fill(p, kPages / 2, 5);
   RequireMachineInvariants(m);
   REQUIRE(m.reclaim()->ShrinkTo(kPages / 4).ok());
   Fill(c, kPages, 6);
@@ -202,6 +209,41 @@ TEST_CASE("Fork: swapped-out pages become shared swap entries", "[fork][swap]") 
   RequireMachineInvariants(m);
   child.reset();
   CHECK(FirstBad(p, kPages, 5) == -1);
+  RequireMachineInvariants(m);
+}
+
+TEST_CASE("Fork: reclaim swaps shared frames out through the reverse map", "[fork][swap]") {
+  FaultMode mode = EMU_ALL_MODES();
+  std::string method = GENERATE(std::string("anon_vma"), std::string("anonmm"));
+  MachineOptions o;
+  o.mem_limit = uint64_t{8} << 20;
+  o.swap_bytes = uint64_t{64} << 20;
+  o.rmap = method;
+  auto env = MakeEnv(mode, o);
+  AddressSpace& parent = *env->as;
+  Machine& m = *env->machine;
+  constexpr size_t kPages = 512;
+  char* p = MapAnon(parent, kPages * kPageSize);
+  Fill(p, kPages, 21);
+  auto child = ForkOf(parent);
+  char* c = In(*child, parent, p);
+  auto grandchild = ForkOf(*child);
+  char* g = In(*grandchild, parent, p);
+  REQUIRE(m.frame_pool()->nr_frames() == kPages);
+  const uint64_t out0 = m.vmstat().Get(VmEvent::k_pswpout);
+  // Twice: the first pass ages the frames (they start referenced).
+  (void)m.reclaim()->ShrinkTo(0);
+  (void)m.reclaim()->ShrinkTo(0);
+  CHECK(m.frame_pool()->nr_frames() == 0);
+  CHECK(m.vmstat().Get(VmEvent::k_pswpout) - out0 == kPages);  // once per frame, not per PTE
+  CHECK(parent.nr_swap_ptes() == kPages);
+  CHECK(grandchild->nr_swap_ptes() == kPages);
+  RequireMachineInvariants(m);  // each slot counts three swap PTEs
+  Fill(c, kPages / 2, 22);
+  CHECK(FirstBad(p, kPages, 21) == -1);
+  CHECK(FirstBad(g, kPages, 21) == -1);
+  CHECK(FirstBad(c, kPages / 2, 22) == -1);
+  CHECK(FirstBad(c, kPages / 2, 21, kPages / 2) == -1);
   RequireMachineInvariants(m);
 }
 

@@ -1,0 +1,105 @@
+// Reclaim of frames in the pool (shared by AddressSpace::Fork): Linux's
+// shrink_folio_list() for a folio mapped by several address spaces, through
+// the reverse map (rmap/rmap.h): folio_referenced() over every mapping,
+// add_to_swap() and pageout() of the frame's bytes from the pool, then
+// try_to_unmap() turning every PTE into a swap PTE with one reference to the
+// slot each. One page at a time, synchronously: such frames are few next to
+// the pages in place, which go through ShrinkList's batches.
+#include "emu/mm.h"
+#include "rmap/rmap.h"
+#include "swap/vmscan.h"
+
+namespace emu {
+
+int Vmscan::ShrinkPoolPage(Pfn pfn) {
+  Page& page = mem_map_.page(pfn);
+  VmStat& vmstat = machine_->vmstat();
+  if (page.mapcount.load(std::memory_order_acquire) == 0) {
+    Release(pfn);  // unmapped meanwhile: our reference frees it
+    return 1;
+  }
+  if (swap_ == nullptr) {
+    Putback(pfn, false);
+    vmstat.Add(VmEvent::k_pgrotated);
+    return 0;
+  }
+  // Referenced through any mapping: activate (Linux: folio_check_references).
+  RmapWalkStats stats;
+  if (PageReferenced(*machine_, pfn, &stats) > 0 && policy_ == ReclaimPolicy::kLru) {
+    Putback(pfn, true);
+    vmstat.Add(VmEvent::k_pgactivate);
+    return 0;
+  }
+  // A frame in the pool is write-protected wherever it is mapped more than
+  // once; the one writable mapping of a frame mapped once is write-protected
+  // now, so that the bytes written below are the frame's until it goes (a
+  // write meanwhile makes the PTE writable again, and try_to_unmap leaves a
+  // writable PTE alone).
+  HostMmu& host = machine_->host();
+  bool protect_failed = false;
+  RmapWalk(*machine_, pfn, [&](AddressSpace& as, const Vma& vma, VirtAddr addr,
+                               std::atomic<uint64_t>* e) {
+    PageTable& pt = as.page_table();
+    {
+      SpinLockHolder l(pt.Ptl(addr));
+      Pte pte(e->load(std::memory_order_relaxed));
+      if (!pte.present() || pte.locked() || pte.pfn() != pfn || !pte.write()) return true;
+      e->store(pte.WithWrite(false).raw(), std::memory_order_release);
+    }
+    if (!host.WriteProtect({addr, addr + kPageSize}, VmFlagsToProt(vma.vm_flags))) {
+      protect_failed = true;
+    }
+    return true;
+  });
+  uint64_t slot;
+  if (protect_failed || swap_->AllocRun(1, &slot) != 1) {
+    Putback(pfn, false);
+    vmstat.Add(VmEvent::k_pgrotated);
+    return 0;
+  }
+  if (page.Test(kPgSwapCache)) {
+    // A slot from an earlier pass that unmapped only some mappings: the
+    // swap PTEs it made keep it; the frame takes the new one.
+    swap_->ClearCache(page.private_);
+  }
+  page.private_ = slot;
+  page.flags.fetch_or(kPgSwapCache, std::memory_order_relaxed);
+  SwapIoOp op{slot, 1, const_cast<void*>(machine_->frame_pool()->view(page.pool_off)), 0};
+  swap_->io().Write(&op, 1);
+  if (op.result != static_cast<int64_t>(kPageSize)) {
+    page.flags.fetch_and(~kPgSwapCache, std::memory_order_relaxed);
+    page.private_ = 0;
+    swap_->ClearCache(slot);
+    swap_->Retire(slot);
+    vmstat.Add(VmEvent::k_swap_write_errors);
+    Putback(pfn, false);
+    return 0;
+  }
+  vmstat.Add(VmEvent::k_pswpout);
+  UnmapResult r = TryToUnmap(*machine_, pfn, [&](AddressSpace&, VirtAddr) {
+    swap_->Duplicate(slot);  // one reference per swap PTE (swap_duplicate)
+    return Pte::SwapEntry(slot);
+  });
+  if (r == UnmapResult::kSuccess) {
+    // The last mapping went: the frame leaves the swap cache and is freed
+    // when reclaim's reference goes.
+    page.flags.fetch_and(~kPgSwapCache, std::memory_order_relaxed);
+    page.private_ = 0;
+    swap_->ClearCache(slot);
+    Release(pfn);
+    vmstat.Add(VmEvent::k_pgsteal);
+    return 1;
+  }
+  // Some mappings remain (busy, written again, or mlocked): the frame keeps
+  // the slot as its swap cache, so the swap PTEs made and the frame agree.
+  if (r == UnmapResult::kFail) {
+    page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+    Release(pfn);
+  } else {
+    Putback(pfn, false);
+    vmstat.Add(VmEvent::k_pgrotated);
+  }
+  return 0;
+}
+
+}  // namespace emu
