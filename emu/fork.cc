@@ -69,6 +69,34 @@ absl::Status AddressSpace::DupMmapLocked(AddressSpace& child, FramePool& pool) {
   return absl::OkStatus();
 }
 
+bool AddressSpace::CopyPinnedPageLocked(AddressSpace& child, const Vma& v, VirtAddr a,
+                                        VirtAddr delta, Pte pte) {
+  Pfn copy;
+  if (machine_->AllocFrames(nullptr, &copy, 1, 1) != 1) return false;
+  const VirtAddr to = a + delta;
+  const bool writable = v.writable();
+  if (!machine_->host().InstallCopy({to, to + kPageSize}, reinterpret_cast<const void*>(a),
+                                    VmFlagsToProt(v.vm_flags), writable)) {
+    machine_->FreePage(copy);
+    return false;
+  }
+  Page& np = machine_->mem_map().page(copy);
+  np.mapping = &child;
+  np.index = to >> kPageShift;
+  np.mapcount.store(1, std::memory_order_relaxed);
+  if (PageReclaim* reclaim = machine_->reclaim()) reclaim->LruAdd(copy);
+  std::atomic<uint64_t>* ce = child.pt_.Walk(to, /*alloc=*/true);
+  if (ce == nullptr) return false;
+  {
+    SpinLockHolder l(child.pt_.Ptl(to));
+    ce->store(Pte::Anon(copy, writable, /*dirty=*/true, pte.young()).raw(),
+              std::memory_order_release);
+  }
+  child.rss_anon_.fetch_add(1, std::memory_order_relaxed);
+  machine_->vmstat().Add(VmEvent::k_pgalloc);
+  return true;
+}
+
 absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v, VirtAddr delta,
                                               FramePool& pool) {
   HostMmu& host = machine_->host();
@@ -200,6 +228,15 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
     }
     Pfn pfn = pte.pfn();
     Page& page = mem_map.page(pfn);
+    if (page.MaybePinned()) {
+      // Linux: copy_present_page(): a pinned page stays the parent's, and
+      // the child gets its copy now (seed 002: a pin keeps its page).
+      flush();
+      if (!CopyPinnedPageLocked(child, v, a, delta, pte)) {
+        status = ErrnoError(ENOMEM, "fork: no frame to copy a pinned page");
+      }
+      return;
+    }
     const bool fill = !page.Test(kPgPool);
     uint64_t off;
     if (fill) {

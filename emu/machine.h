@@ -157,6 +157,14 @@ class Machine {
   FramePool* frame_pool() const { return frame_pool_.load(std::memory_order_acquire); }
   // Creates the pool on first use. Not async-signal-safe.
   absl::StatusOr<FramePool*> EnsureFramePool();
+  // The bytes of frame `pfn` (a pinned page's holder reads them here): at
+  // its address for a page in place, in the pool's read-only view for a
+  // frame in the pool. The caller keeps the page from going (a pin).
+  const void* FrameData(Pfn pfn) {
+    const Page& page = mem_map_->page(pfn);
+    if (page.Test(kPgPool)) return frame_pool()->view(page.pool_off);
+    return reinterpret_cast<const void*>(page.index << kPageShift);
+  }
   // Every address space's invariants, then the swap_map against the swap
   // PTEs of all of them. Call with no fault or mm call in flight.
   absl::Status CheckInvariants();

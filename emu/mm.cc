@@ -114,6 +114,7 @@ void AddressSpace::ZapRangeLocked(AddrRange r) {
       zero++;
     } else if (pte.present()) {
       Page& page = mem_map.page(pte.pfn());
+      if (page.MaybePinned() && !page.Test(kPgPool)) KeepPinnedBytesLocked(page, pte.pfn(), a);
       pooled |= page.Test(kPgPool);
       page.mapcount.fetch_sub(1, std::memory_order_acq_rel);
       machine_->PutPage(pte.pfn());
@@ -133,6 +134,23 @@ void AddressSpace::ZapRangeLocked(AddrRange r) {
   nr_swap_ptes_.fetch_sub(swap, std::memory_order_relaxed);
   machine_->vmstat().Add(VmEvent::k_zap_pages, anon + zero);
   machine_->vmstat().Add(VmEvent::k_pgfree, anon);
+}
+
+void AddressSpace::KeepPinnedBytesLocked(Page& page, Pfn pfn, VirtAddr a) {
+  // Linux: a pinned page outlives its mapping. A page in place would lose
+  // its bytes with the host's mapping: they move into the pool first, where
+  // the pin's holder finds them (Machine::FrameData).
+  absl::StatusOr<FramePool*> pool = machine_->EnsureFramePool();
+  if (!pool.ok()) return;
+  const uint64_t off = (*pool)->Place(pfn, a);
+  if (!(*pool)->Fill(off, reinterpret_cast<const void*>(a), kPageSize)) {
+    (*pool)->Release(off);
+    return;
+  }
+  page.mapping = nullptr;
+  page.anchor = nullptr;
+  page.pool_off = off;
+  page.flags.fetch_or(kPgPool, std::memory_order_release);
 }
 
 void AddressSpace::UnpoolHostLocked(AddrRange r) {
@@ -973,8 +991,8 @@ absl::Status AddressSpace::CheckInvariantsLocked() {
     if (page.mapping != this || page.index != a >> kPageShift) {
       return fail(a, "page's mapping/index do not point back");
     }
-    if (page.mapcount.load() != 1 || page.refcount.load() != 1) {
-      return fail(a, "exclusive page with mapcount or refcount != 1");
+    if (page.mapcount.load() != 1 || page.refcount.load() % kPinBias != 1) {
+      return fail(a, "exclusive page with mapcount != 1 or refcount != 1 (+ pins)");
     }
     if ((flags & kPgSwapCache) && pte.write() && !pte.dirty()) {
       return fail(a, "writable clean swap-cache page (a write would be lost)");

@@ -50,9 +50,15 @@
 namespace emu {
 
 class FramePool;
+struct Page;
 class Machine;
 
 // Our own advice values, beyond Linux's, live above 100 (none yet).
+
+// PinUserPages flags (Linux's FOLL_* for pin_user_pages).
+inline constexpr unsigned kGupWrite = 1u << 0;   // FOLL_WRITE: the pin writes to the pages
+inline constexpr unsigned kGupForce = 1u << 1;   // FOLL_FORCE: even through a read-only mapping
+inline constexpr unsigned kGupNoZero = 1u << 2;  // FOLL_NOZERO (seed 004): no page for a zero-page PTE
 
 // Invariants (CheckInvariants, with no fault or mm call in flight):
 //  1. The VMA tree's invariants hold and every VMA lies inside window().
@@ -142,6 +148,21 @@ class AddressSpace {
   // for pages that moved into the pool.
   absl::StatusOr<std::unique_ptr<AddressSpace>> Fork();
 
+  // Linux: mm/gup.c pin_user_pages(): pins the `nr` pages from `addr` into
+  // `pages` and returns how many (fewer when a later page fails; the error
+  // when the first does: EFAULT for a hole or a forbidden access, ENOMEM).
+  // A pinned page is exclusive to this address space first (a shared frame
+  // is copied, as Linux unshares an anonymous page before a FOLL_PIN), then
+  // keeps its identity: reclaim leaves it mapped, fork gives the child a
+  // copy at once, and a later write fault reuses it. kGupWrite breaks COW
+  // and makes the PTE writable; with kGupForce the write may go through a
+  // read-only private mapping (COW broken, PTE stays read-only). A zero-page
+  // PTE gives kZeroPfn, unpinned (the shared zero page has no count); with
+  // kGupNoZero that means "no page", and without kGupWrite it is not
+  // faulted in. Each pinned pfn must go back through UnpinUserPages.
+  absl::StatusOr<size_t> PinUserPages(VirtAddr addr, size_t nr, unsigned gup_flags, Pfn* pages);
+  void UnpinUserPages(const Pfn* pages, size_t nr);
+
   // Makes [addr, addr+len) present now, writable when `write` (Linux:
   // mm/gup.c fault_in_writeable()/fault_in_readable(), populate_vma_page_range()).
   // Call it before handing memory to a system call in the SIGBUS and SIGSEGV
@@ -224,12 +245,19 @@ class AddressSpace {
   // mapped (a file page left mapped would be found again by the host
   // without a fault), with the protection of the VMAs still there.
   void UnpoolHostLocked(AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  // A pinned page in place loses its mapping at `a`: its bytes move into
+  // the pool first.
+  void KeepPinnedBytesLocked(Page& page, Pfn pfn, VirtAddr a)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   // Fork's halves (emu/fork.cc): every VMA, then one VMA's PTEs.
   absl::Status DupMmapLocked(AddressSpace& child, FramePool& pool)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_, child.mmap_lock_);
   absl::Status CopyPteRangeLocked(AddressSpace& child, const Vma& v, VirtAddr delta,
                                   FramePool& pool)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_, child.mmap_lock_);
+  // The child's own copy of the pinned page `pte` maps at `a` (in VMA `v`).
+  bool CopyPinnedPageLocked(AddressSpace& child, const Vma& v, VirtAddr a, VirtAddr delta,
+                            Pte pte) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_, child.mmap_lock_);
   // Unmaps `r` entirely: zap, remove VMAs, host protection PROT_NONE.
   void UnmapLocked(AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   // Brings host protection of `r` (inside one VMA) in line with the VMA and PTEs.

@@ -37,6 +37,12 @@ inline constexpr uint32_t kPgPool = 1u << 11;       // the frame lives in the Fr
 // Pages reclaim leaves alone (= the unevictable list).
 inline constexpr uint32_t kPgUnevictable = kPgMlocked;
 
+// A pin (pin_user_pages, AddressSpace::PinUserPages) adds kPinBias to the
+// refcount, as Linux's GUP_PIN_COUNTING_BIAS does: a page whose refcount
+// reaches it may be pinned, and reclaim, fork and the write fault keep its
+// identity (Linux: folio_maybe_dma_pinned()).
+inline constexpr int32_t kPinBias = 1024;
+
 // Invariants:
 //  1. A free page has flags == 0, refcount == 0, mapcount == 0, mapping == 0.
 //  2. An allocated anonymous page has kPgAnon, refcount >= 1 and
@@ -79,6 +85,7 @@ struct Page {
   }
   void Unlock() { flags.fetch_and(~kPgLocked, std::memory_order_release); }
   bool Test(uint32_t f) const { return flags.load(std::memory_order_acquire) & f; }
+  bool MaybePinned() const { return refcount.load(std::memory_order_acquire) >= kPinBias; }
   // = get_page_unless_zero(). async-signal-safe.
   bool GetUnlessZero() {
     int32_t c = refcount.load(std::memory_order_relaxed);

@@ -52,7 +52,8 @@ namespace emu {
   X(oom, "faults that found no frame even after reclaim")                             \
   X(fork, "address spaces forked (AddressSpace::Fork)")                               \
   X(fork_shared_pages, "present pages a fork shared between parent and child")        \
-  X(cow_page, "copy-on-write copies of a shared page (a write fault)")
+  X(cow_page, "copy-on-write copies of a shared page (a write fault)")                \
+  X(pin_pages, "pages pinned (PinUserPages)")
 
 enum class VmEvent : int {
 #define EMU_VM_EVENT_ENUM(name, doc) k_##name,

@@ -122,7 +122,8 @@ unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsign
     if (vmf.vma != nullptr && vmf.vma->foreign()) vmf.vma = nullptr;  // the kernel's fault
     if (vmf.vma == nullptr) {
       ret = kFaultSigsegv;
-    } else if (vmf.write() ? !vmf.vma->writable() : !(vmf.vma->vm_flags & kVmProtMask)) {
+    } else if (!(flags & kFaultForce) &&
+               (vmf.write() ? !vmf.vma->writable() : !(vmf.vma->vm_flags & kVmProtMask))) {
       ret = kFaultAccErr;  // Linux: mm/memory.c access_error() (x86)
       if (ExecuteOnly(*vmf.vma, flags)) ret |= kFaultPkuErr;
     } else if (ExecuteOnly(*vmf.vma, flags)) {
@@ -542,10 +543,13 @@ unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
       return kFaultRetry;  // reclaim holds the page lock for a moment
     }
   }
-  bool ok = host.MakeWritable(page, prot);
+  // A forced write (FOLL_FORCE) into a read-only VMA: the page is ours
+  // now, and its PTE stays read-only.
+  const bool writable = vmf.vma->writable();
+  bool ok = !writable || host.MakeWritable(page, prot);
   {
     SpinLockHolder l(pt.Ptl(vmf.address));
-    vmf.pte->store(ok ? pte.WithWrite(true).WithDirty().WithYoung(true).raw() : orig,
+    vmf.pte->store(ok ? pte.WithWrite(writable).WithDirty().WithYoung(true).raw() : orig,
                    std::memory_order_release);
   }
   if (!ok) return kFaultSigbus;
@@ -571,10 +575,11 @@ unsigned AnonFaultHandler::WpPoolPage(VmFault& vmf, uint64_t orig) {
   // can_reuse_swap_page). A frame's mapcount only grows by a fork of an
   // address space that maps it, and this one cannot fork while its fault
   // holds mmap_lock.
+  const bool writable = vmf.vma->writable();  // not with a forced write
   if (page.mapcount.load(std::memory_order_acquire) == 1 &&
       (!page.Test(kPgSwapCache) || machine_->reclaim()->ReuseSwapPage(pte.pfn()))) {
-    bool ok = host.MakeWritable(range, prot);
-    publish(ok ? pte.WithWrite(true).WithDirty().WithYoung(true).raw() : orig);
+    bool ok = !writable || host.MakeWritable(range, prot);
+    publish(ok ? pte.WithWrite(writable).WithDirty().WithYoung(true).raw() : orig);
     if (!ok) return kFaultSigbus;
     machine_->vmstat().Add(VmEvent::k_pgreuse);
     NoteResolution(FaultResolution::kReuse);
@@ -599,7 +604,7 @@ unsigned AnonFaultHandler::WpPoolPage(VmFault& vmf, uint64_t orig) {
   }
   Page& copy = mem_map.page(pfn);
   AddNewAnonRmap(copy, vmf.as, *vmf.vma, vmf.address);
-  publish(Pte::Anon(pfn, /*write=*/true, /*dirty=*/true).raw());
+  publish(Pte::Anon(pfn, writable, /*dirty=*/true).raw());
   LruAddRun(machine_, &pfn, 1);
   // Linux: folio_remove_rmap_pte() + folio_put() of the old frame, after
   // this address stopped mapping it.

@@ -18,6 +18,11 @@ int Vmscan::ShrinkPoolPage(Pfn pfn) {
     Release(pfn);  // unmapped meanwhile: our reference frees it
     return 1;
   }
+  if (page.MaybePinned()) {
+    Putback(pfn, true);  // pinned: it stays where it is
+    vmstat.Add(VmEvent::k_pgactivate);
+    return 0;
+  }
   if (swap_ == nullptr) {
     Putback(pfn, false);
     vmstat.Add(VmEvent::k_pgrotated);

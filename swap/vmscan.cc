@@ -497,6 +497,12 @@ void Vmscan::DecideOne(Victim& x, AddressSpace& as, SlotRun* run) {
     Release(x.pfn);  // unmapped meanwhile: our reference frees it
     return;
   }
+  if (page.MaybePinned()) {
+    // Linux: a pinned anonymous page cannot be unmapped (try_to_unmap_one
+    // fails folio_try_share_anon_rmap_pte): keep it, activated.
+    x.verdict = Victim::kActivate;
+    return;
+  }
   if (vma->locked()) {
     // Linux: try_to_unmap() meets VM_LOCKED and mlocks the page.
     page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
