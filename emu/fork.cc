@@ -49,6 +49,7 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> AddressSpace::Fork() {
 
 absl::Status AddressSpace::DupMmapLocked(AddressSpace& child, FramePool& pool) {
   EMU_RETURN_IF_ERROR(machine_->rmap()->Fork(*this, child));
+  machine_->ResyncPoolVmas();
   // Linux: mlockall(MCL_FUTURE) and mlock are not inherited.
   child.def_flags_ = 0;
   child.def_populate_ = false;
@@ -69,7 +70,7 @@ absl::Status AddressSpace::DupMmapLocked(AddressSpace& child, FramePool& pool) {
   return absl::OkStatus();
 }
 
-bool AddressSpace::CopyPinnedPageLocked(AddressSpace& child, const Vma& v, VirtAddr a,
+bool AddressSpace::CopyPageForChildLocked(AddressSpace& child, const Vma& v, VirtAddr a,
                                         VirtAddr delta, Pte pte) {
   Pfn copy;
   if (machine_->AllocFrames(nullptr, &copy, 1, 1) != 1) return false;
@@ -94,6 +95,7 @@ bool AddressSpace::CopyPinnedPageLocked(AddressSpace& child, const Vma& v, VirtA
   }
   child.rss_anon_.fetch_add(1, std::memory_order_relaxed);
   machine_->vmstat().Add(VmEvent::k_pgalloc);
+  machine_->vmstat().Add(VmEvent::k_fork_copied_pages);
   return true;
 }
 
@@ -152,6 +154,7 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
     } else if (run.fill && !host.MapPool(r, pool.fd(), run.off, prot, /*writable=*/false)) {
       status = ErrnoError(errno, "fork: the host refused to map the parent's pool frames");
     }
+    if (run.fill) machine_->AddPoolVmas(2);
     if (!status.ok()) {
       // Frames placed for this run but never filled and mapped go back.
       for (size_t i = 0; run.fill && i < run.pfns.size(); i++) {
@@ -174,6 +177,7 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
       e->store((run.fill ? pte.WithDirty() : pte).WithWrite(false).raw(), std::memory_order_release);
     }
     // Then the child's.
+    machine_->AddPoolVmas(2);
     if (!host.MapPool(cr, pool.fd(), run.off, prot, /*writable=*/false)) {
       status = ErrnoError(errno, "fork: the host refused to map the child's pool frames");
       run.kind = kNone;
@@ -194,6 +198,8 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
   };
 
   pt_.ForEachEntry(v.range(), [&](VirtAddr a, std::atomic<uint64_t>* e) {
+    mmap_lock_.AssertWriteHeld();
+    child.mmap_lock_.AssertWriteHeld();
     if (!status.ok()) return;
     Pte pte(e->load(std::memory_order_acquire));
     if (pte.none()) {
@@ -228,12 +234,13 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
     }
     Pfn pfn = pte.pfn();
     Page& page = mem_map.page(pfn);
-    if (page.MaybePinned()) {
+    if (page.MaybePinned() || machine_->OverPoolVmaBudget()) {
       // Linux: copy_present_page(): a pinned page stays the parent's, and
-      // the child gets its copy now (seed 002: a pin keeps its page).
+      // the child gets its copy now (seed 002: a pin keeps its page). Past
+      // the host VMA budget every page is copied so, adding no mapping.
       flush();
-      if (!CopyPinnedPageLocked(child, v, a, delta, pte)) {
-        status = ErrnoError(ENOMEM, "fork: no frame to copy a pinned page");
+      if (!CopyPageForChildLocked(child, v, a, delta, pte)) {
+        status = ErrnoError(ENOMEM, "fork: no frame to copy a page for the child");
       }
       return;
     }

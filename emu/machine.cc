@@ -1,5 +1,6 @@
 #include "emu/machine.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -99,6 +100,7 @@ absl::Status MachineOptions::Validate() const {
     return ErrnoError(EINVAL, absl::StrCat("swap queue depth ", swap_queue_depth,
                                            ": want 1 to 4096"));
   }
+  if (pool_vma_budget < 0) return ErrnoError(EINVAL, "pool_vma_budget: want >= 0");
   if (rmap != "anon_vma" && rmap != "anonmm") {
     return ErrnoError(EINVAL, absl::StrCat("rmap method '", rmap, "': want anon_vma or anonmm"));
   }
@@ -210,6 +212,22 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> Machine::CreateAddressSpace(uint64
   return ErrnoError(ENOMEM, absl::StrCat("no free run of ", want, " GiB in the arena"));
 }
 
+int64_t Machine::CountHostVmas() {
+  int fd = static_cast<int>(sys::RawSyscall6(SYS_openat, AT_FDCWD,
+                                             reinterpret_cast<long>("/proc/self/maps"),
+                                             O_RDONLY | O_CLOEXEC, 0, 0, 0));
+  if (fd < 0) return -1;
+  int64_t lines = 0;
+  char buf[4096];
+  for (;;) {
+    long n = sys::RawSyscall6(SYS_read, fd, reinterpret_cast<long>(buf), sizeof(buf), 0, 0, 0);
+    if (n <= 0) break;
+    for (long i = 0; i < n; i++) lines += buf[i] == '\n';
+  }
+  sys::RawSyscall6(SYS_close, fd, 0, 0, 0, 0, 0);
+  return lines;
+}
+
 absl::StatusOr<FramePool*> Machine::EnsureFramePool() {
   absl::MutexLock l(&lock_);
   if (frame_pool_owner_ == nullptr) {
@@ -281,6 +299,7 @@ std::string Machine::VmStatText() const {
   absl::StrAppend(&out, "nr_address_spaces ", nr_address_spaces_.load(), "\n");
   FramePool* pool = frame_pool();
   absl::StrAppend(&out, "nr_pool_frames ", pool ? pool->nr_frames() : 0, "\n");
+  absl::StrAppend(&out, "nr_host_vmas ", CountHostVmas(), "\n");
   if (reclaim_) absl::StrAppend(&out, reclaim_->StatText());
   return out;
 }

@@ -67,6 +67,12 @@ struct MachineOptions {
   // The reverse map of frames shared by AddressSpace::Fork (emu/rmap.h):
   // "anon_vma" or "anonmm".
   std::string rmap = "anon_vma";
+  // Host VMAs (the whole process's, /proc/self/maps) past which shared
+  // frames stop adding host mappings: a fork copies pages for the child
+  // instead of sharing them, and a copy-on-write fault unshares its whole
+  // 2 MiB block, whose copies merge into one host VMA. Well under
+  // vm.max_map_count (65530 by default).
+  int64_t pool_vma_budget = 24000;
 
   // Checks ranges; returns EINVAL with a message naming the bad option.
   absl::Status Validate() const;
@@ -260,8 +266,27 @@ class Machine {
   static constexpr int64_t kHostVmaBudget = 24000;  // vm.max_map_count is 65530 by default
   std::atomic<int64_t>& host_vma_estimate() { return host_vma_estimate_; }
 
+  // The process's host VMAs (lines of /proc/self/maps), or -1 when it cannot
+  // be read. async-signal-safe (open, read, close).
+  static int64_t CountHostVmas();
+  // Shared frames' mappings (design direction 4): an estimate of the
+  // process's host VMAs, measured at each fork and whenever it passes
+  // MachineOptions::pool_vma_budget, raised by 2 for each pool mapping or
+  // copy-on-write copy in between. async-signal-safe.
+  void AddPoolVmas(int64_t n) { pool_vma_estimate_.fetch_add(n, std::memory_order_relaxed); }
+  void ResyncPoolVmas() {
+    int64_t n = CountHostVmas();
+    if (n >= 0) pool_vma_estimate_.store(n, std::memory_order_relaxed);
+  }
+  bool OverPoolVmaBudget() {
+    if (pool_vma_estimate_.load(std::memory_order_relaxed) <= options_.pool_vma_budget) return false;
+    ResyncPoolVmas();
+    return pool_vma_estimate_.load(std::memory_order_relaxed) > options_.pool_vma_budget;
+  }
+
  private:
   std::atomic<int64_t> host_vma_estimate_{0};
+  std::atomic<int64_t> pool_vma_estimate_{0};
 };
 
 }  // namespace emu

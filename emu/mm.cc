@@ -101,6 +101,7 @@ void AddressSpace::ZapRangeLocked(AddrRange r) {
   // Linux: mm/memory.c zap_pte_range(). A page that reclaim has isolated
   // (its own reference) survives the zap and is freed by reclaim.
   pt_.ForEachEntry(r, [&](VirtAddr a, std::atomic<uint64_t>* e) {
+    mmap_lock_.AssertWriteHeld();
     if (e->load(std::memory_order_relaxed) == 0) return;
     any = true;
     Pte pte;
@@ -484,6 +485,7 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, Vi
       ok &= host.InstallZero(to, prot);
     } else if (run_kind == kPoolRo || run_kind == kPoolRw) {
       ok &= host.MapPool(to, machine_->frame_pool()->fd(), run_off, prot, run_kind == kPoolRw);
+      machine_->AddPoolVmas(2);
     } else {
       ok &= host.InstallCopy(to, reinterpret_cast<const void*>(run_src), prot,
                              run_kind == kAnonRw);

@@ -255,8 +255,9 @@ class AddressSpace {
   absl::Status CopyPteRangeLocked(AddressSpace& child, const Vma& v, VirtAddr delta,
                                   FramePool& pool)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_, child.mmap_lock_);
-  // The child's own copy of the pinned page `pte` maps at `a` (in VMA `v`).
-  bool CopyPinnedPageLocked(AddressSpace& child, const Vma& v, VirtAddr a, VirtAddr delta,
+  // The child's own copy of the page `pte` maps at `a` (in VMA `v`): a
+  // pinned page, or any page past the host VMA budget.
+  bool CopyPageForChildLocked(AddressSpace& child, const Vma& v, VirtAddr a, VirtAddr delta,
                             Pte pte) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_, child.mmap_lock_);
   // Unmaps `r` entirely: zap, remove VMAs, host protection PROT_NONE.
   void UnmapLocked(AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);

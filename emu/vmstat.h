@@ -53,7 +53,9 @@ namespace emu {
   X(fork, "address spaces forked (AddressSpace::Fork)")                               \
   X(fork_shared_pages, "present pages a fork shared between parent and child")        \
   X(cow_page, "copy-on-write copies of a shared page (a write fault)")                \
-  X(pin_pages, "pages pinned (PinUserPages)")
+  X(pin_pages, "pages pinned (PinUserPages)")                                          \
+  X(fork_copied_pages, "pages a fork copied for the child instead of sharing (pinned, or over the host VMA budget)") \
+  X(pool_unshare_blocks, "2 MiB blocks whose shared frames a write fault copied at once (host VMA budget)")
 
 enum class VmEvent : int {
 #define EMU_VM_EVENT_ENUM(name, doc) k_##name,

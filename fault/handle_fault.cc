@@ -587,9 +587,29 @@ unsigned AnonFaultHandler::WpPoolPage(VmFault& vmf, uint64_t orig) {
   }
   // Linux: mm/memory.c wp_page_copy(): this PTE gets an exclusive copy,
   // which lives in place again (reclaimable); the frame stays with the
-  // others.
+  // others. Past the host VMA budget, the whole block's shared frames are
+  // copied now, so that the copies merge into one host mapping.
+  if (machine_->OverPoolVmaBudget()) UnsharePoolBlock(vmf);
+  unsigned ret = CopyPoolPage(*vmf.as, *vmf.vma, vmf.address, vmf.pte, orig);
+  if (ret == kFaultOk) NoteResolution(FaultResolution::kCow);
+  return ret;
+}
+
+unsigned AnonFaultHandler::CopyPoolPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
+                                        std::atomic<uint64_t>* e, uint64_t orig) {
+  Pte pte(orig);
+  HostMmu& host = machine_->host();
+  MemMap& mem_map = machine_->mem_map();
+  PageTable& pt = as.page_table();
+  const Prot prot = VmFlagsToProt(vma.vm_flags);
+  AddrRange range{addr, addr + kPageSize};
+  auto publish = [&](uint64_t v) {
+    SpinLockHolder l(pt.Ptl(addr));
+    e->store(v, std::memory_order_release);
+  };
+  Page& page = mem_map.page(pte.pfn());
   Pfn pfn;
-  if (machine_->AllocFrames(vmf.as, &pfn, 1, 1) != 1) {
+  if (machine_->AllocFrames(&as, &pfn, 1, 1) != 1) {
     publish(orig);
     return kFaultOom;
   }
@@ -602,9 +622,10 @@ unsigned AnonFaultHandler::WpPoolPage(VmFault& vmf, uint64_t orig) {
     publish(orig);
     return back && err == ENOMEM ? kFaultHostLimit : kFaultSigbus;
   }
+  machine_->AddPoolVmas(2);
   Page& copy = mem_map.page(pfn);
-  AddNewAnonRmap(copy, vmf.as, *vmf.vma, vmf.address);
-  publish(Pte::Anon(pfn, writable, /*dirty=*/true).raw());
+  AddNewAnonRmap(copy, &as, vma, addr);
+  publish(Pte::Anon(pfn, vma.writable(), /*dirty=*/true).raw());
   LruAddRun(machine_, &pfn, 1);
   // Linux: folio_remove_rmap_pte() + folio_put() of the old frame, after
   // this address stopped mapping it.
@@ -612,8 +633,39 @@ unsigned AnonFaultHandler::WpPoolPage(VmFault& vmf, uint64_t orig) {
   machine_->PutPage(pte.pfn());
   machine_->vmstat().Add(VmEvent::k_cow_page);
   machine_->vmstat().Add(VmEvent::k_pgalloc);
-  NoteResolution(FaultResolution::kCow);
   return kFaultOk;
+}
+
+void AnonFaultHandler::UnsharePoolBlock(VmFault& vmf) {
+  // The faulting PTE is claimed by the caller; the others in its leaf table
+  // and VMA that map frames in the pool (not pinned ones: they keep their
+  // identity) are claimed and copied one by one. Each copy merges with the
+  // copy before it into one host VMA.
+  MemMap& mem_map = machine_->mem_map();
+  PageTable& pt = vmf.as->page_table();
+  VirtAddr leaf = vmf.address & ~(PageTable::kLeafSpan - 1);
+  AddrRange block = AddrRange{leaf, leaf + PageTable::kLeafSpan}.Intersect(vmf.vma->range());
+  std::atomic<uint64_t>* base = vmf.pte - ((vmf.address - block.start) >> kPageShift);
+  int copied = 0;
+  for (VirtAddr a = block.start; a < block.end; a += kPageSize) {
+    if (a == vmf.address) continue;
+    std::atomic<uint64_t>* e = base + ((a - block.start) >> kPageShift);
+    uint64_t orig;
+    {
+      SpinLockHolder l(pt.Ptl(a));
+      Pte pte(Load(e));
+      if (!pte.present() || pte.special() || pte.locked()) continue;
+      const Page& page = mem_map.page(pte.pfn());
+      if (!page.Test(kPgPool) || page.MaybePinned() || page.Test(kPgSwapCache)) continue;
+      orig = pte.raw();
+      e->store(pte.WithLocked().raw(), std::memory_order_relaxed);
+    }
+    if (CopyPoolPage(*vmf.as, *vmf.vma, a, e, orig) != kFaultOk) break;
+    copied++;
+  }
+  machine_->vmstat().Add(VmEvent::k_pool_unshare_blocks);
+  machine_->ResyncPoolVmas();
+  (void)copied;
 }
 
 unsigned AnonFaultHandler::BreakZeroPage(VmFault& vmf, uint64_t orig) {

@@ -54,6 +54,13 @@ class AnonFaultHandler : public FaultHandler {
   // PTE claimed: reuse it when this PTE is its only mapping, else copy it
   // to an exclusive page in place (Linux: wp_page_copy()).
   unsigned WpPoolPage(VmFault& vmf, uint64_t orig);
+  // Replaces the claimed PTE `e` (holding `orig`, a frame in the pool) at
+  // `addr` of `vma` by an exclusive copy in place, and publishes it.
+  unsigned CopyPoolPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
+                        std::atomic<uint64_t>* e, uint64_t orig);
+  // Past the host VMA budget: copies every other shared frame of the
+  // faulting page's 2 MiB block in this VMA (the faulting one follows).
+  void UnsharePoolBlock(VmFault& vmf);
   // Replaces a zero-page PTE with a real zeroed page now (mlock, populate with
   // kFaultNoZero: GUP_FLAGS_IGNORE_ZERO).
   unsigned BreakZeroPage(VmFault& vmf, uint64_t orig);

@@ -247,6 +247,59 @@ TEST_CASE("Fork: reclaim swaps shared frames out through the reverse map", "[for
   RequireMachineInvariants(m);
 }
 
+TEST_CASE("Fork: past the host VMA budget a fork copies, and a write unshares its whole block",
+          "[fork]") {
+  FaultMode mode = EMU_ALL_MODES();
+  MachineOptions o;
+  o.pool_vma_budget = 0;  // every host VMA is over it
+  auto env = MakeEnv(mode, o);
+  AddressSpace& parent = *env->as;
+  Machine& m = *env->machine;
+  constexpr size_t kPages = 64;
+  char* p = MapAnon(parent, kPages * kPageSize);
+  Fill(p, kPages, 40);
+  auto child = ForkOf(parent);
+  CHECK(m.vmstat().Get(VmEvent::k_fork_copied_pages) == kPages);
+  CHECK(m.vmstat().Get(VmEvent::k_fork_shared_pages) == 0);
+  CHECK(m.frame_pool()->nr_frames() == 0);
+  char* c = In(*child, parent, p);
+  CHECK(FirstBad(c, kPages, 40) == -1);
+  Fill(c, kPages, 41);
+  CHECK(FirstBad(p, kPages, 40) == -1);
+  RequireMachineInvariants(m);
+}
+
+TEST_CASE("Fork: scattered copy-on-write faults stay within the host VMA budget", "[fork]") {
+  FaultMode mode = EMU_ALL_MODES();
+  MachineOptions o;
+  // Room for the fork's own mappings and a few dozen copies, not for one
+  // host VMA per scattered copy.
+  o.pool_vma_budget = Machine::CountHostVmas() + 120;
+  auto env = MakeEnv(mode, o);
+  AddressSpace& parent = *env->as;
+  Machine& m = *env->machine;
+  constexpr size_t kPages = 4096;  // 16 MiB: eight 2 MiB blocks
+  char* p = MapAnon(parent, kPages * kPageSize);
+  Fill(p, kPages, 50);
+  auto child = ForkOf(parent);
+  char* c = In(*child, parent, p);
+  REQUIRE(m.vmstat().Get(VmEvent::k_fork_shared_pages) == kPages);
+  const int64_t before = Machine::CountHostVmas();
+  // Every fourth page of the child: one host VMA split per copy without
+  // the budget (about 2000 more host VMAs).
+  for (size_t i = 0; i < kPages; i += 4) reinterpret_cast<uint64_t*>(c + i * kPageSize)[0] = 7;
+  CHECK(m.vmstat().Get(VmEvent::k_pool_unshare_blocks) > 0);
+  CHECK(Machine::CountHostVmas() < before + 400);
+  CHECK(Machine::CountHostVmas() <= o.pool_vma_budget + 130);
+  for (size_t i = 0; i < kPages; i++) {
+    uint64_t w = reinterpret_cast<uint64_t*>(c + i * kPageSize)[0];
+    INFO("page " << i);
+    REQUIRE(w == (i % 4 == 0 ? 7 : Word(i, 50)));
+  }
+  CHECK(FirstBad(p, kPages, 50) == -1);
+  RequireMachineInvariants(m);
+}
+
 TEST_CASE("Fork: mremap and partial munmap after a fork keep both sides apart", "[fork]") {
   FaultMode mode = EMU_ALL_MODES();
   auto env = MakeEnv(mode);
