@@ -49,10 +49,14 @@ class RmapMethod {
   // Whether mremap must give a moved shared frame its own copy (anonmm's
   // early COW) rather than move the mapping as it is.
   virtual bool EarlyCowOnMove() const = 0;
-  // Calls fn(as) for every address space in which `page` may be mapped; the
-  // method's own lock is held meanwhile (fn may try-lock mmap_lock, never
-  // block on it). Stops when fn returns false.
-  virtual void ForEachSpace(const Page& page, absl::FunctionRef<bool(AddressSpace&)> fn) = 0;
+  // Copies into out[0..max) the address spaces in which `page` may be
+  // mapped, from the `from`-th on, and returns how many it copied (0: no
+  // more). Under the method's own lock, released before it returns, so that
+  // the caller holds no SpinLock across the system calls it makes for each
+  // (house rule). The caller keeps the address spaces alive (reclaim holds
+  // its pass; an address space going away waits for passes to end).
+  // Allocates nothing.
+  virtual size_t Spaces(const Page& page, size_t from, AddressSpace** out, size_t max) = 0;
   // With `as`'s mmap_lock held: calls fn(vma, addr) for every address of
   // `as` at which `page` may be mapped (the caller checks the PTE).
   virtual void AddressesIn(const Page& page, AddressSpace& as,

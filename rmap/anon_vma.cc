@@ -89,12 +89,12 @@ class AnonVmaRmap : public RmapMethod {
 
   bool EarlyCowOnMove() const override { return false; }
 
-  void ForEachSpace(const Page& page, absl::FunctionRef<bool(AddressSpace&)> fn) override {
+  size_t Spaces(const Page& page, size_t from, AddressSpace** out, size_t max) override {
     auto* av = static_cast<AnonVma*>(page.anchor);
     SpinLockHolder l(&av->lock);
-    for (AddressSpace* as : av->spaces) {
-      if (!fn(*as)) return;
-    }
+    size_t n = 0;
+    for (size_t i = from; i < av->spaces.size() && n < max; i++) out[n++] = av->spaces[i];
+    return n;
   }
 
   void AddressesIn(const Page& page, AddressSpace& as,

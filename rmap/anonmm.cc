@@ -71,12 +71,12 @@ class AnonMmRmap : public RmapMethod {
 
   bool EarlyCowOnMove() const override { return true; }
 
-  void ForEachSpace(const Page& page, absl::FunctionRef<bool(AddressSpace&)> fn) override {
+  size_t Spaces(const Page& page, size_t from, AddressSpace** out, size_t max) override {
     auto* f = static_cast<AnonMm*>(page.anchor);
     SpinLockHolder l(&f->lock);
-    for (AddressSpace* as : f->members) {
-      if (!fn(*as)) return;
-    }
+    size_t n = 0;
+    for (size_t i = from; i < f->members.size() && n < max; i++) out[n++] = f->members[i];
+    return n;
   }
 
   void AddressesIn(const Page& page, AddressSpace& as,

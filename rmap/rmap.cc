@@ -24,32 +24,47 @@ absl::StatusOr<std::unique_ptr<RmapMethod>> CreateRmapMethod(std::string_view na
 RmapWalkStats RmapWalk(Machine& m, Pfn pfn,
                        absl::FunctionRef<bool(AddressSpace&, const Vma&, VirtAddr,
                                               std::atomic<uint64_t>*)>
-                           fn) {
+                           fn) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   RmapWalkStats stats;
   RmapMethod* method = m.rmap();
-  const Page& page = m.mem_map().page(pfn);
+  Page& page = m.mem_map().page(pfn);
   if (method == nullptr || !page.Test(kPgPool) || page.anchor == nullptr) return stats;
+  // The walk's own reference: fn may drop the last mapping's (try_to_unmap),
+  // and the page, its anchor and its index must stay until the walk ends.
+  if (!page.GetUnlessZero()) return stats;
   bool go = true;
-  method->ForEachSpace(page, [&](AddressSpace& as) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    // Linux: rmap_walk_anon() with try-locks (folio_lock_anon_vma_read's
-    // rwc->try_lock): reclaim never waits for an address space here.
-    if (!as.mmap_lock()->TryReadLock()) {
-      stats.busy++;
-      return true;
+  // The candidates a batch at a time, with no rmap lock held while each is
+  // visited (fn may make system calls). A member that leaves between two
+  // batches may make the walk skip another one: the caller sees fewer
+  // mappings (try_to_unmap: kAgain), never a stale one.
+  constexpr size_t kBatch = 32;
+  AddressSpace* spaces[kBatch];
+  for (size_t from = 0; go;) {
+    size_t n = method->Spaces(page, from, spaces, kBatch);
+    if (n == 0) break;
+    from += n;
+    for (size_t i = 0; i < n && go; i++) {
+      AddressSpace& as = *spaces[i];
+      // Linux: rmap_walk_anon() with try-locks (folio_lock_anon_vma_read's
+      // rwc->try_lock): reclaim never waits for an address space here.
+      if (!as.mmap_lock()->TryReadLock()) {
+        stats.busy++;
+        continue;
+      }
+      method->AddressesIn(page, as, [&](const Vma& vma, VirtAddr addr) {
+        if (!go) return;
+        std::atomic<uint64_t>* e = as.page_table().Walk(addr, false);
+        if (e == nullptr) return;
+        Pte pte(e->load(std::memory_order_acquire));
+        // Linux: page_vma_mapped_walk(): this PTE maps this page.
+        if (!pte.present() || pte.special() || pte.pfn() != pfn) return;
+        stats.found++;
+        go = fn(as, vma, addr, e);
+      });
+      as.mmap_lock()->ReadUnlock();
     }
-    method->AddressesIn(page, as, [&](const Vma& vma, VirtAddr addr) {
-      if (!go) return;
-      std::atomic<uint64_t>* e = as.page_table().Walk(addr, false);
-      if (e == nullptr) return;
-      Pte pte(e->load(std::memory_order_acquire));
-      // Linux: page_vma_mapped_walk(): this PTE maps this page.
-      if (!pte.present() || pte.special() || pte.pfn() != pfn) return;
-      stats.found++;
-      go = fn(as, vma, addr, e);
-    });
-    as.mmap_lock()->ReadUnlock();
-    return go;
-  });
+  }
+  m.PutPage(pfn);
   return stats;
 }
 

@@ -25,7 +25,7 @@ struct RmapWalkStats {
 };
 
 // Linux: mm/rmap.c rmap_walk(). Calls fn(as, vma, addr, pte) for every PTE
-// that maps `pfn` (a frame in the pool; the caller holds a reference), with
+// that maps `pfn` (a frame in the pool; the walk holds a reference of its own), with
 // that address space's mmap_lock held for read (try-locked: a contended one
 // is skipped and counted as busy) and no ptl: fn re-checks the PTE under
 // its ptl before it changes it. fn returns false to stop the walk.
