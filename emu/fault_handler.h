@@ -17,6 +17,7 @@ inline constexpr unsigned kFaultWrite = 1u << 0;    // FAULT_FLAG_WRITE
 inline constexpr unsigned kFaultNoZero = 1u << 1;   // do not map the zero page (GUP_FLAGS_IGNORE_ZERO, seed 004)
 inline constexpr unsigned kFaultPopulate = 1u << 2;  // from populate/GUP, not a trap: no fault-around
 inline constexpr unsigned kFaultRemote = 1u << 3;    // from a handler thread on behalf of the faulting one
+inline constexpr unsigned kFaultExec = 1u << 5;      // an instruction fetch (SIGSEGV mode reports it)
 inline constexpr unsigned kFaultForce = 1u << 4;     // FOLL_FORCE: a write into a read-only private VMA
                                                      // breaks COW; the PTE stays read-only
 

@@ -31,17 +31,16 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> AddressSpace::Fork() {
   absl::StatusOr<std::unique_ptr<AddressSpace>> child =
       machine_->CreateAddressSpace(window_.len_bytes());
   if (!child.ok()) return child.status();
-  // Reclaim stays off while pages change hands (lifetime_ before mmap_lock,
-  // emu/mm.h): no page is isolated, locked or under writeback meanwhile.
-  PageReclaim* reclaim = machine_->reclaim();
-  if (reclaim != nullptr) reclaim->BlockReclaim();
+  // Reclaim goes on meanwhile (blocking it here would deadlock with a
+  // fault of this address space that holds mmap_lock and reclaims): it
+  // cannot lock either address space while fork holds them, and a page it
+  // has isolated (page-locked) is copied for the child rather than moved.
   absl::Status status;
   {
     WriteLockHolder l(&mmap_lock_);
     WriteLockHolder lc((*child)->mmap_lock());
     status = DupMmapLocked(**child, **pool);
   }
-  if (reclaim != nullptr) reclaim->UnblockReclaim();
   if (!status.ok()) return status;  // the child's destructor drops what it got
   machine_->vmstat().Add(VmEvent::k_fork);
   return child;
@@ -50,6 +49,8 @@ absl::StatusOr<std::unique_ptr<AddressSpace>> AddressSpace::Fork() {
 absl::Status AddressSpace::DupMmapLocked(AddressSpace& child, FramePool& pool) {
   EMU_RETURN_IF_ERROR(machine_->rmap()->Fork(*this, child));
   machine_->ResyncPoolVmas();
+  // Judged once per fork: past the budget every page is copied.
+  const bool over_budget = machine_->OverPoolVmaBudget();
   // Linux: mlockall(MCL_FUTURE) and mlock are not inherited.
   child.def_flags_ = 0;
   child.def_populate_ = false;
@@ -64,7 +65,7 @@ absl::Status AddressSpace::DupMmapLocked(AddressSpace& child, FramePool& pool) {
     child.SyncHostProtLocked(cv, cv.range());
     // MADV_WIPEONFORK: the child's copy starts empty.
     if (v.vm_flags & kVmWipeOnFork) continue;
-    EMU_RETURN_IF_ERROR(CopyPteRangeLocked(child, v, delta, pool));
+    EMU_RETURN_IF_ERROR(CopyPteRangeLocked(child, v, delta, pool, over_budget));
   }
   child.vmas_.MergeAround(child.window_);
   return absl::OkStatus();
@@ -87,7 +88,12 @@ bool AddressSpace::CopyPageForChildLocked(AddressSpace& child, const Vma& v, Vir
   np.mapcount.store(1, std::memory_order_relaxed);
   if (PageReclaim* reclaim = machine_->reclaim()) reclaim->LruAdd(copy);
   std::atomic<uint64_t>* ce = child.pt_.Walk(to, /*alloc=*/true);
-  if (ce == nullptr) return false;
+  if (ce == nullptr) {
+    machine_->host().Zap({to, to + kPageSize});
+    np.mapcount.store(0, std::memory_order_relaxed);
+    machine_->PutPage(copy);
+    return false;
+  }
   {
     SpinLockHolder l(child.pt_.Ptl(to));
     ce->store(Pte::Anon(copy, writable, /*dirty=*/true, pte.young()).raw(),
@@ -100,7 +106,7 @@ bool AddressSpace::CopyPageForChildLocked(AddressSpace& child, const Vma& v, Vir
 }
 
 absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v, VirtAddr delta,
-                                              FramePool& pool) {
+                                              FramePool& pool, bool over_budget) {
   HostMmu& host = machine_->host();
   MemMap& mem_map = machine_->mem_map();
   PageReclaim* reclaim = machine_->reclaim();
@@ -125,6 +131,13 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
     return true;
   };
   auto flush = [&] {
+    if (run.kind == kPool && run.fill && !status.ok()) {
+      // An earlier failure: this run's pages stay in place.
+      for (size_t i = 0; i < run.pfns.size(); i++) {
+        pool.Release(run.off + i * kPageSize);
+        mem_map.page(run.pfns[i]).Unlock();
+      }
+    }
     if (run.kind == kNone || !status.ok()) {
       run.kind = kNone;
       return;
@@ -159,6 +172,7 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
       // Frames placed for this run but never filled and mapped go back.
       for (size_t i = 0; run.fill && i < run.pfns.size(); i++) {
         pool.Release(run.off + i * kPageSize);
+        mem_map.page(run.pfns[i]).Unlock();
       }
       run.kind = kNone;
       return;
@@ -170,9 +184,11 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
       SpinLockHolder l(pt_.Ptl(a));
       Pte pte(e->load(std::memory_order_relaxed));
       if (run.fill) {
-        page.mapping = nullptr;  // the rmap anchor locates it from now on
+        machine_->rmap()->AnchorPage(page, *this, v, a);  // it locates the frame from now on
+        page.mapping = nullptr;
         page.pool_off = run.off + i * kPageSize;
         page.flags.fetch_or(kPgPool, std::memory_order_release);
+        page.Unlock();
       }
       e->store((run.fill ? pte.WithDirty() : pte).WithWrite(false).raw(), std::memory_order_release);
     }
@@ -234,7 +250,12 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
     }
     Pfn pfn = pte.pfn();
     Page& page = mem_map.page(pfn);
-    if (page.MaybePinned() || machine_->OverPoolVmaBudget()) {
+    // A page in place that reclaim holds (isolated, page-locked) cannot
+    // move now: it too is copied for the child.
+    const bool fill = !page.Test(kPgPool);
+    const bool locked = fill && !page.TryLock();
+    if (page.MaybePinned() || over_budget || locked) {
+      if (fill && !locked) page.Unlock();
       // Linux: copy_present_page(): a pinned page stays the parent's, and
       // the child gets its copy now (seed 002: a pin keeps its page). Past
       // the host VMA budget every page is copied so, adding no mapping.
@@ -244,15 +265,17 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
       }
       return;
     }
-    const bool fill = !page.Test(kPgPool);
     uint64_t off;
     if (fill) {
-      // The page leaves its place and stops being the copy of its swap
-      // slot (the PTEs become dirty). It stays on the reclaim lists:
-      // reclaim finds its mappings through the reverse map.
-      if (reclaim != nullptr) EMU_BUG_ON(!reclaim->DropSwapCache(pfn));  // reclaim is blocked
+      // The page leaves its place (locked until its run is mapped) and
+      // stops being the copy of its swap slot (the PTEs become dirty). It
+      // stays on the reclaim lists: reclaim finds its mappings through the
+      // reverse map. Not under writeback: that holds the page lock.
+      if (page.Test(kPgSwapCache)) {
+        EMU_BUG_ON(page.Test(kPgWriteback));
+        reclaim->DropSwapCacheLocked(pfn);
+      }
       off = pool.Place(pfn, a);
-      machine_->rmap()->AnchorPage(page, *this, v, a);
     } else {
       off = page.pool_off;
     }

@@ -277,16 +277,25 @@ class Machine {
   void ResyncPoolVmas() {
     int64_t n = CountHostVmas();
     if (n >= 0) pool_vma_estimate_.store(n, std::memory_order_relaxed);
+    pool_vma_counted_.store(n >= 0 ? n : 0, std::memory_order_relaxed);
   }
+  static constexpr int64_t kPoolVmaRecount = 256;
+  // Counting /proc/self/maps costs in proportion to the VMAs, so a verdict
+  // of "over" stands until the estimate has grown by kPoolVmaRecount more.
   bool OverPoolVmaBudget() {
-    if (pool_vma_estimate_.load(std::memory_order_relaxed) <= options_.pool_vma_budget) return false;
+    const int64_t est = pool_vma_estimate_.load(std::memory_order_relaxed);
+    if (est <= options_.pool_vma_budget) return false;
+    if (est < pool_vma_counted_.load(std::memory_order_relaxed) + kPoolVmaRecount) return true;
     ResyncPoolVmas();
-    return pool_vma_estimate_.load(std::memory_order_relaxed) > options_.pool_vma_budget;
+    const int64_t now = pool_vma_estimate_.load(std::memory_order_relaxed);
+    pool_vma_counted_.store(now, std::memory_order_relaxed);
+    return now > options_.pool_vma_budget;
   }
 
  private:
   std::atomic<int64_t> host_vma_estimate_{0};
   std::atomic<int64_t> pool_vma_estimate_{0};
+  std::atomic<int64_t> pool_vma_counted_{0};  // the estimate at the last count
 };
 
 }  // namespace emu

@@ -98,6 +98,20 @@ void AddressSpace::ZapRangeLocked(AddrRange r) {
   MemMap& mem_map = machine_->mem_map();
   int64_t anon = 0, zero = 0, swap = 0;
   bool any = false, pooled = false;
+  // First, while the host still maps every page: a pinned page in place
+  // keeps its bytes (they move to the pool), and frames in the pool are
+  // noted. Their host mappings go before any frame is freed (the order of
+  // Linux's TLB gather): a frame freed first could be placed again at its
+  // offset and show up here.
+  pt_.ForEachEntry(r, [&](VirtAddr a, std::atomic<uint64_t>* e) {
+    mmap_lock_.AssertWriteHeld();
+    Pte pte(e->load(std::memory_order_relaxed));
+    if (!pte.present() || pte.special()) return;
+    Page& page = mem_map.page(pte.pfn());
+    if (page.MaybePinned() && !page.Test(kPgPool)) KeepPinnedBytesLocked(page, pte.pfn(), a);
+    pooled |= page.Test(kPgPool);
+  });
+  if (pooled) UnpoolHostLocked(r);
   // Linux: mm/memory.c zap_pte_range(). A page that reclaim has isolated
   // (its own reference) survives the zap and is freed by reclaim.
   pt_.ForEachEntry(r, [&](VirtAddr a, std::atomic<uint64_t>* e) {
@@ -115,8 +129,6 @@ void AddressSpace::ZapRangeLocked(AddrRange r) {
       zero++;
     } else if (pte.present()) {
       Page& page = mem_map.page(pte.pfn());
-      if (page.MaybePinned() && !page.Test(kPgPool)) KeepPinnedBytesLocked(page, pte.pfn(), a);
-      pooled |= page.Test(kPgPool);
       page.mapcount.fetch_sub(1, std::memory_order_acq_rel);
       machine_->PutPage(pte.pfn());
       anon++;
@@ -125,11 +137,7 @@ void AddressSpace::ZapRangeLocked(AddrRange r) {
       swap++;
     }
   });
-  if (pooled) {
-    UnpoolHostLocked(r);
-  } else if (any) {
-    machine_->host().Zap(r);
-  }
+  if (any && !pooled) machine_->host().Zap(r);
   rss_anon_.fetch_sub(anon, std::memory_order_relaxed);
   nr_zero_ptes_.fetch_sub(zero, std::memory_order_relaxed);
   nr_swap_ptes_.fetch_sub(swap, std::memory_order_relaxed);
@@ -513,11 +521,21 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, Vi
       k = pte.special() ? kZero : pte.write() ? kAnonRw : kAnonRo;
       if (!pte.special()) {
         Page& page = mem_map.page(pte.pfn());
-        if (page.Test(kPgPool) && early_cow && page.mapcount.load(std::memory_order_acquire) > 1) {
+        // Counted above; a fork elsewhere may have shared one more since,
+        // and without a frame for it the frame moves as it is (the call
+        // then fails with ENOMEM; anonmm's walk will not find it here).
+        Pfn copy{0};
+        const bool cow = page.Test(kPgPool) && early_cow &&
+                         page.mapcount.load(std::memory_order_acquire) > 1 &&
+                         (!cow_frames.empty() || machine_->AllocFrames(nullptr, &copy, 1, 1) == 1 ||
+                          (ok = false));
+        if (cow) {
           // The copy goes in now, on its own.
           flush();
-          Pfn copy = cow_frames.back();
-          cow_frames.pop_back();
+          if (!cow_frames.empty()) {
+            copy = cow_frames.back();
+            cow_frames.pop_back();
+          }
           const bool writable = vm_flags & kVmWrite;
           ok &= host.InstallCopy({to, to + kPageSize}, reinterpret_cast<const void*>(a), prot,
                                  writable);
@@ -537,7 +555,9 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, Vi
           k = pte.write() ? kPoolRw : kPoolRo;
           off = page.pool_off;
           any_pool = true;
-          if (early_cow) rmap->AnchorPage(page, *this, moved, to);  // mapped here only
+          if (early_cow && page.mapcount.load(std::memory_order_acquire) == 1) {
+            rmap->AnchorPage(page, *this, moved, to);  // mapped here only
+          }
         } else {
           page.index = to >> kPageShift;
         }
@@ -562,6 +582,9 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, Vi
     ne->store(pte.raw(), std::memory_order_release);
   });
   flush();
+  // Frames taken for early COW that were not needed (another address space
+  // dropped its mapping meanwhile) go back.
+  for (Pfn unused : cow_frames) machine_->FreePage(unused);
   if (any_pool) {
     host.Reserve(src);  // no file page may stay mapped at the old address
   } else if (any_present) {

@@ -253,7 +253,7 @@ class AddressSpace {
   absl::Status DupMmapLocked(AddressSpace& child, FramePool& pool)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_, child.mmap_lock_);
   absl::Status CopyPteRangeLocked(AddressSpace& child, const Vma& v, VirtAddr delta,
-                                  FramePool& pool)
+                                  FramePool& pool, bool over_budget)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_, child.mmap_lock_);
   // The child's own copy of the page `pte` maps at `a` (in VMA `v`): a
   // pinned page, or any page past the host VMA budget.

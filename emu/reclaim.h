@@ -57,6 +57,8 @@ class PageReclaim {
   // when the page lock is taken or the page is under writeback (the fault
   // retries). True for a page not in the cache.
   virtual bool DropSwapCache(Pfn pfn) = 0;
+  // The same with the page lock already held by the caller (Fork).
+  virtual void DropSwapCacheLocked(Pfn pfn) = 0;
 
   // Linux: mm/memory.c do_swap_page(). The fault at `addr` (page aligned) in
   // `vma` of `as` found the swap PTE `orig` at `pte`. The caller holds

@@ -70,7 +70,7 @@ const bool kCpuHasExecuteOnly = ReadCpuExecuteOnly();
 bool ExecuteOnly(const Vma& vma, unsigned flags) {
   // A data access trapped by the fault source; populate and GUP-like
   // callers are the kernel's own accesses, which protection keys do not stop.
-  return !(flags & kFaultPopulate) && (vma.vm_flags & kVmProtMask) == kVmExec &&
+  return !(flags & (kFaultPopulate | kFaultExec)) && (vma.vm_flags & kVmProtMask) == kVmExec &&
          kCpuHasExecuteOnly;
 }
 
@@ -123,7 +123,9 @@ unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsign
     if (vmf.vma == nullptr) {
       ret = kFaultSigsegv;
     } else if (!(flags & kFaultForce) &&
-               (vmf.write() ? !vmf.vma->writable() : !(vmf.vma->vm_flags & kVmProtMask))) {
+               ((flags & kFaultExec) ? !(vmf.vma->vm_flags & kVmExec)
+                : vmf.write()         ? !vmf.vma->writable()
+                                      : !(vmf.vma->vm_flags & kVmProtMask))) {
       ret = kFaultAccErr;  // Linux: mm/memory.c access_error() (x86)
       if (ExecuteOnly(*vmf.vma, flags)) ret |= kFaultPkuErr;
     } else if (ExecuteOnly(*vmf.vma, flags)) {

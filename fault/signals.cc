@@ -33,6 +33,14 @@ std::atomic<bool> g_installed{false};
 std::atomic<void (*)(int)> g_before_default{nullptr};
 
 constexpr unsigned long kPfWrite = 1ul << 1;  // x86 page-fault error code: write access
+constexpr unsigned long kPfInstr = 1ul << 4;  // x86 page-fault error code: instruction fetch
+
+// The last address a thread's SIGSEGV was retried for (the host mid-change,
+// see Dispatch) and how many times in a row: a bound, so that a lasting
+// disagreement is reported rather than retried forever.
+thread_local VirtAddr t_retry_addr __attribute__((tls_model("initial-exec"))) = 0;
+thread_local int t_retry_count __attribute__((tls_model("initial-exec"))) = 0;
+constexpr int kMaxHostRetries = 1000;
 
 Machine* FindMachine(VirtAddr addr) {
   for (auto& slot : g_machines) {
@@ -127,16 +135,23 @@ void Dispatch(int sig, siginfo_t* info, void* ctx) {
     } else {
       ReadLockHolder l(as->mmap_lock());
       const Vma* v = as->vmas().Lookup(addr);
-      const bool write = static_cast<ucontext_t*>(ctx)->uc_mcontext.gregs[REG_ERR] & kPfWrite;
+      const unsigned long err = static_cast<ucontext_t*>(ctx)->uc_mcontext.gregs[REG_ERR];
+      const bool write = err & kPfWrite;
+      const bool allowed = write ? v != nullptr && v->writable()
+                                 : v != nullptr && (v->vm_flags & kVmProtMask) != 0;
       if (v == nullptr) {
         ret = kFaultSigsegv;
-      } else if (sig == SIGSEGV && !v->foreign() &&
-                 (write ? v->writable() : (v->vm_flags & kVmProtMask) != 0) &&
+      } else if (sig == SIGSEGV && !v->foreign() && !(err & kPfInstr) && allowed &&
                  !ExecuteOnly(*v, write ? kFaultWrite : 0)) {
         // The VMA allows the access: the host is between two mappings of
-        // this page (a copy-on-write copy goes in while the page is
-        // PROT_NONE, HostMmu::ReplaceWithCopy). Retry it.
-        ret = kFaultRetry;
+        // this page (a copy-on-write copy or try_to_unmap goes in while
+        // the page is PROT_NONE, HostMmu::ReplaceWithCopy; this thread
+        // waited for the mm call that was changing it). Retry it, a
+        // bounded number of times in a row.
+        const VirtAddr page = PageAlignDown(addr);
+        t_retry_count = t_retry_addr == page ? t_retry_count + 1 : 0;
+        t_retry_addr = page;
+        if (t_retry_count < kMaxHostRetries) ret = kFaultRetry;
       }
     }
   } else if (as == nullptr) {
@@ -146,6 +161,9 @@ void Dispatch(int sig, siginfo_t* info, void* ctx) {
     unsigned flags = from_parent ? (info->si_errno == kChildFaultWrite ? kFaultWrite : 0)
                      : (uc->uc_mcontext.gregs[REG_ERR] & kPfWrite) ? kFaultWrite
                                                                    : 0;
+    // SIGSEGV mode: executing a page of a VMA without PROT_EXEC is the
+    // program's SEGV_ACCERR, not a fault to resolve (it would retry forever).
+    if (!from_parent && (uc->uc_mcontext.gregs[REG_ERR] & kPfInstr)) flags |= kFaultExec;
     timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     ret = m->fault_handler().HandleMmFault(*as, addr, flags);

@@ -183,10 +183,11 @@ class UffdMmu : public HostMmu {
 
   bool MapPool(AddrRange r, int fd, uint64_t off, Prot vma_prot, bool writable) override {
     // Mapped readable and populated first, so that every page is present
-    // in the host; then registered like the arena, write-protected, and
-    // given the VMA's protection.
+    // in the host, and not writable unless it is to be (no thread may write
+    // a shared frame before uffd-wp is on); then registered like the arena,
+    // write-protected, and given the VMA's protection.
     void* a = reinterpret_cast<void*>(r.start);
-    const Prot first = (vma_prot & PROT_READ) ? vma_prot : vma_prot | PROT_READ;
+    const Prot first = (writable ? vma_prot : vma_prot & ~PROT_WRITE) | PROT_READ;
     if (sys::Mmap(a, r.len_bytes(), first, MAP_SHARED | MAP_FIXED | MAP_POPULATE, fd,
                   static_cast<off_t>(off)) == MAP_FAILED) {
       return false;

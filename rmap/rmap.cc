@@ -89,7 +89,7 @@ UnmapResult TryToUnmap(Machine& m, Pfn pfn,
                        absl::FunctionRef<Pte(AddressSpace&, VirtAddr)> replacement) {
   Page& page = m.mem_map().page(pfn);
   HostMmu& host = m.host();
-  bool locked_vma = false;
+  bool locked_vma = false, kept = false;
   RmapWalkStats s = RmapWalk(m, pfn, [&](AddressSpace& as, const Vma& vma, VirtAddr addr,
                                          std::atomic<uint64_t>* e) {
     // Linux: try_to_unmap_one(): an mlocked VMA keeps the page.
@@ -103,6 +103,13 @@ UnmapResult TryToUnmap(Machine& m, Pfn pfn,
       SpinLockHolder l(pt.Ptl(addr));
       pte = Pte(e->load(std::memory_order_relaxed));
       if (!pte.present() || pte.locked() || pte.pfn() != pfn) return true;
+      // A writable PTE may have written the frame since the caller copied
+      // it out; a pin (taken under this ptl) keeps the page mapped. Both
+      // leave the page where it is.
+      if (pte.write() || page.MaybePinned()) {
+        kept = true;
+        return true;
+      }
       e->store(pte.WithLocked().raw(), std::memory_order_relaxed);  // claimed: faults retry
     }
     // The host drops its mapping of the file page: the arena's reservation
@@ -130,7 +137,7 @@ UnmapResult TryToUnmap(Machine& m, Pfn pfn,
     return true;
   });
   if (locked_vma) return UnmapResult::kFail;
-  if (page.mapcount.load(std::memory_order_acquire) == 0) return UnmapResult::kSuccess;
+  if (!kept && page.mapcount.load(std::memory_order_acquire) == 0) return UnmapResult::kSuccess;
   (void)s;
   return UnmapResult::kAgain;
 }

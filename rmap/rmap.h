@@ -40,7 +40,9 @@ int PageReferenced(Machine& m, Pfn pfn, RmapWalkStats* stats = nullptr);
 
 // Linux: mm/rmap.c try_to_unmap(). Replaces every PTE that maps `pfn` by
 // replacement(as, addr) (a swap PTE, or none), dropping the host's mapping
-// of the page there, the page's mapcount and the PTE's reference.
+// of the page there, the page's mapcount and the PTE's reference. A
+// writable PTE (the frame may have changed since the caller wrote it out)
+// and a pinned page are left mapped (kAgain).
 // replacement is called with the PTE claimed; it may take references (a
 // slot's count) for the PTE it returns.
 enum class UnmapResult {

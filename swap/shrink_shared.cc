@@ -72,9 +72,10 @@ int Vmscan::ShrinkPoolPage(Pfn pfn) {
   SwapIoOp op{slot, 1, const_cast<void*>(machine_->frame_pool()->view(page.pool_off)), 0};
   swap_->io().Write(&op, 1);
   if (op.result != static_cast<int64_t>(kPageSize)) {
+    // As WriteFailed: the slot is retired (never handed out again), the
+    // frame stays dirty in memory.
     page.flags.fetch_and(~kPgSwapCache, std::memory_order_relaxed);
     page.private_ = 0;
-    swap_->ClearCache(slot);
     swap_->Retire(slot);
     vmstat.Add(VmEvent::k_swap_write_errors);
     Putback(pfn, false);

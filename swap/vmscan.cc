@@ -185,14 +185,18 @@ bool Vmscan::DropSwapCache(Pfn pfn) {
     page.Unlock();
     return false;
   }
-  if (page.Test(kPgSwapCache)) {
-    // Linux: delete_from_swap_cache().
-    page.flags.fetch_and(~kPgSwapCache, std::memory_order_relaxed);
-    swap_->ClearCache(page.private_);
-    page.private_ = 0;
-  }
+  DropSwapCacheLocked(pfn);
   page.Unlock();
   return true;
+}
+
+void Vmscan::DropSwapCacheLocked(Pfn pfn) {
+  Page& page = mem_map_.page(pfn);
+  if (!page.Test(kPgSwapCache)) return;
+  // Linux: delete_from_swap_cache().
+  page.flags.fetch_and(~kPgSwapCache, std::memory_order_relaxed);
+  swap_->ClearCache(page.private_);
+  page.private_ = 0;
 }
 
 void Vmscan::Munlocked(Pfn pfn) {

@@ -62,6 +62,7 @@ class Vmscan : public PageReclaim {
   void Munlocked(Pfn pfn) override;
   bool SwapDuplicate(uint64_t entry) override;
   bool DropSwapCache(Pfn pfn) override;
+  void DropSwapCacheLocked(Pfn pfn) override;
   unsigned DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
                       std::atomic<uint64_t>* pte, uint64_t orig, unsigned flags) override;
   bool ReuseSwapPage(Pfn pfn) override;

@@ -269,6 +269,46 @@ TEST_CASE("Fork: past the host VMA budget a fork copies, and a write unshares it
   RequireMachineInvariants(m);
 }
 
+TEST_CASE("Fork: copying for the child at the memory limit reclaims without deadlock",
+          "[fork][swap]") {
+  // Every page is copied (budget 0) and the copies need frames beyond the
+  // limit: fork's allocations reclaim (from another address space: the two
+  // fork holds are locked) while a thread keeps faulting and reclaiming.
+  FaultMode mode = EMU_ALL_MODES();
+  MachineOptions o;
+  o.mem_limit = uint64_t{8} << 20;  // 2048 frames
+  o.swap_bytes = uint64_t{64} << 20;
+  o.pool_vma_budget = 0;
+  o.arena_bytes = uint64_t{16} << 30;
+  auto env = MakeEnv(mode, o);
+  AddressSpace& parent = *env->as;
+  Machine& m = *env->machine;
+  auto other = m.CreateAddressSpace(uint64_t{2} << 30);
+  REQUIRE(other.ok());
+  constexpr size_t kPages = 600, kOther = 1800;
+  char* p = MapAnon(parent, kPages * kPageSize);
+  char* q = MapAnon(**other, kOther * kPageSize);
+  Fill(q, kOther, 61);
+  Fill(p, kPages, 60);
+  std::atomic<bool> stop{false};
+  std::thread toucher([&] {
+    for (size_t i = 0; !stop.load(); i = (i + 7) % kOther) {
+      reinterpret_cast<volatile uint64_t*>(q + i * kPageSize)[1] = i;
+    }
+  });
+  auto child = ForkOf(parent);
+  stop = true;
+  toucher.join();
+  CHECK(m.vmstat().Get(VmEvent::k_fork_copied_pages) == kPages);
+  char* c = In(*child, parent, p);
+  CHECK(FirstBad(c, kPages, 60) == -1);
+  CHECK(FirstBad(p, kPages, 60) == -1);
+  CHECK(FirstBad(q, kOther, 61) == -1);
+  RequireMachineInvariants(m);
+  child.reset();
+  other->reset();
+}
+
 TEST_CASE("Fork: scattered copy-on-write faults stay within the host VMA budget", "[fork]") {
   FaultMode mode = EMU_ALL_MODES();
   MachineOptions o;

@@ -109,6 +109,22 @@ TEST_CASE("A write to a read-only mapping ends in SIGSEGV/SEGV_ACCERR, also afte
   }
 }
 
+TEST_CASE("Executing a readable, writable, not executable page ends in SIGSEGV/SEGV_ACCERR",
+          "[signal]") {
+  // The signal handler retries a SIGSEGV whose access the VMA allows (the
+  // host mid-change); an instruction fetch is never such an access.
+  InstallReportHandler();
+  FaultMode mode = EMU_ALL_MODES();
+  auto env = MakeEnv(mode);
+  char* p = MapAnon(*env->as, kPageSize, PROT_READ | PROT_WRITE);
+  p[0] = static_cast<char>(0xc3);  // ret
+  INFO("mode " << FaultModeName(mode));
+  Report r = Probe([&] { reinterpret_cast<void (*)()>(p)(); });
+  CHECK(r.signo == SIGSEGV);
+  CHECK(r.code == SEGV_ACCERR);
+  CHECK(r.addr == reinterpret_cast<uintptr_t>(p));
+}
+
 TEST_CASE("An access to an unmapped hole of the address space ends in SIGSEGV/SEGV_MAPERR",
           "[signal]") {
   InstallReportHandler();

@@ -179,11 +179,11 @@ TEST_CASE("Rmap: page_referenced and try_to_unmap reach every mapping of a share
   CHECK((*c2)->GetPte(reinterpret_cast<VirtAddr>(c2p)).pfn() == pfn);
   RequireAll(m);
   REQUIRE((*c2)->Munlock(reinterpret_cast<VirtAddr>(c2p), kPageSize).ok());
-  REQUIRE((*c2)->Mprotect(reinterpret_cast<VirtAddr>(c2p), kPageSize, kRW).ok());
   const uint64_t frames = m.frame_pool()->nr_frames();
   CHECK(TryToUnmap(m, pfn, [](AddressSpace&, VirtAddr) { return Pte(); }) ==
         UnmapResult::kSuccess);
   CHECK(m.frame_pool()->nr_frames() == frames - 1);
+  REQUIRE((*c2)->Mprotect(reinterpret_cast<VirtAddr>(c2p), kPageSize, kRW).ok());
   RequireAll(m);
   // Every side now faults a fresh zero page there; the other pages are intact.
   for (AddressSpace* as : {&parent, c1->get(), c2->get()}) {
@@ -191,6 +191,27 @@ TEST_CASE("Rmap: page_referenced and try_to_unmap reach every mapping of a share
     CHECK(q[0] == 0);
     CHECK(q[kPageSize] == 7);
   }
+  RequireAll(m);
+}
+
+TEST_CASE("Rmap: try_to_unmap leaves a writable mapping alone", "[rmap]") {
+  std::string method = EMU_RMAP_METHODS();
+  MachineOptions o;
+  o.rmap = method;
+  auto env = MakeEnv(FaultMode::kUffdSigbus, o);
+  Machine& m = *env->machine;
+  AddressSpace& parent = *env->as;
+  char* p = MapAnon(parent, kPageSize);
+  p[0] = 1;
+  auto child = parent.Fork();
+  REQUIRE(child.ok());
+  Translate(**child, parent, p)[0] = 2;  // the child copies; the frame is the parent's alone
+  p[0] = 3;                              // reused: writable again, and written
+  Pfn pfn = parent.GetPte(reinterpret_cast<VirtAddr>(p)).pfn();
+  REQUIRE(m.mem_map().page(pfn).Test(kPgPool));
+  REQUIRE(parent.GetPte(reinterpret_cast<VirtAddr>(p)).write());
+  CHECK(TryToUnmap(m, pfn, [](AddressSpace&, VirtAddr) { return Pte(); }) == UnmapResult::kAgain);
+  CHECK(p[0] == 3);
   RequireAll(m);
 }
 
