@@ -19,7 +19,8 @@ SYNOPSIS
     emu demo [--mode MODE] [--size SIZE] [--threads N] [--fault-around N]
              [--zero-page on|off] [--arena SIZE] [--mem-limit SIZE]
              [--swap-dir DIR | --swap-file PATH] [--swap-size SIZE]
-             [--policy lru|fifo] [--readahead N] [--log SPEC]
+             [--policy lru|fifo] [--readahead N] [--rmap anon_vma|anonmm]
+             [--log SPEC]
     emu --help | --version
 
 DESCRIPTION
@@ -78,10 +79,11 @@ COMMANDS
 
     demo    Runs a built-in workload through the emulator (sparse reads,
             sequential and random writes, write-after-read, mprotect,
-            MADV_DONTNEED, mlock, concurrent writers) under a memory limit
-            of half its size, so pages go to swap and come back; verifies
-            every byte, checks the model's invariants (swap_map included)
-            and prints the vmstat counters.
+            MADV_DONTNEED, mlock, concurrent writers, an emulated fork with
+            copy-on-write and reclaim of the shared frames) under a memory
+            limit of half its size, so pages go to swap and come back;
+            verifies every byte, checks the model's invariants (swap_map
+            and reverse maps included) and prints the vmstat counters.
 
 OPTIONS
     --mode MODE          fault source: sigbus (userfaultfd, resolved in the
@@ -103,6 +105,8 @@ OPTIONS
     --policy lru|fifo    reclaim policy: Linux's active/inactive lists
                          (default) or one list in fault order
     --readahead N        pages read around a swap-in fault, 1..64 (default 8)
+    --rmap METHOD        how a frame shared by the emulated fork finds its
+                         mappings: anon_vma (default) or anonmm
     --log SPEC           log levels, e.g. info or fault=debug,emu=info
                          (also EMU_LOG)
 
