@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "emu/cli/cli.h"
 #include "emu/log.h"
+#include "rmap/rmap.h"
 #include "emu/machine.h"
 #include "emu/status.h"
 #include "fault/machine_factory.h"
@@ -259,6 +260,7 @@ int DemoMain(const std::vector<std::string>& args) {
       if (cmem[i * kPageSize] != ((i - from) % 2 == 0 ? static_cast<uint8_t>(~Pattern(i)) : Pattern(i))) bad++;
     }
     absl::Status inv_fork = m.CheckInvariants();
+    if (inv_fork.ok()) inv_fork = CheckRmap(m);  // every shared frame's walk is exact
     if (!inv_fork.ok()) {
       std::fprintf(stderr, "emu demo: after fork: %s\n", std::string(inv_fork.message()).c_str());
       bad++;
