@@ -61,7 +61,42 @@ uint64_t FramePool::Place(Pfn pfn, VirtAddr addr) {
     }
   }
   EMU_BUG_ON(ToU64(pfn) >= max_pages_);
-  return arena_.len_bytes() + ToU64(pfn) * kPageSize;
+  const uint64_t off = arena_.len_bytes() + ToU64(pfn) * kPageSize;
+  // A pending punch must not reach a frame placed again (a pfn freed and
+  // reused keeps its spill offset). Identity offsets in the pending run
+  // are still taken, so they never get here.
+  uint64_t start = 0, end = 0;
+  {
+    SpinLockHolder l(&pend_lock_);
+    if (off >= pend_start_ && off < pend_end_) {
+      start = pend_start_;
+      end = pend_end_;
+      pend_start_ = pend_end_ = 0;
+    }
+  }
+  if (end > start) Punch(start, end);
+  return off;
+}
+
+void FramePool::Punch(uint64_t start, uint64_t end) {
+  // Punching the pages out frees their memory; nothing maps them any more.
+  fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(start),
+            static_cast<off_t>(end - start));
+  for (uint64_t off = start; off < end && off < arena_.len_bytes(); off += kPageSize) {
+    uint64_t i = off >> kPageShift;
+    identity_[i / 64].fetch_and(~(uint64_t{1} << (i % 64)), std::memory_order_acq_rel);
+  }
+}
+
+void FramePool::Flush() {
+  uint64_t start, end;
+  {
+    SpinLockHolder l(&pend_lock_);
+    start = pend_start_;
+    end = pend_end_;
+    pend_start_ = pend_end_ = 0;
+  }
+  if (end > start) Punch(start, end);
 }
 
 bool FramePool::Fill(uint64_t off, const void* src, size_t len) {
@@ -81,14 +116,25 @@ bool FramePool::Fill(uint64_t off, const void* src, size_t len) {
 }
 
 void FramePool::Release(uint64_t off) {
-  // Punching the page out frees its memory; nothing maps it any more.
-  fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
-            static_cast<off_t>(kPageSize));
   nr_frames_.fetch_sub(1, std::memory_order_relaxed);
-  if (off < arena_.len_bytes()) {
-    uint64_t i = off >> kPageShift;
-    identity_[i / 64].fetch_and(~(uint64_t{1} << (i % 64)), std::memory_order_acq_rel);
+  uint64_t start = 0, end = 0;
+  {
+    SpinLockHolder l(&pend_lock_);
+    // Runs never cross the end of the identity span (Punch clears bits by
+    // offset, and spill offsets start there).
+    const bool extends = pend_end_ > pend_start_ && off == pend_end_ &&
+                         pend_end_ - pend_start_ < kMaxPendingBytes &&
+                         (off < arena_.len_bytes()) == (pend_start_ < arena_.len_bytes());
+    if (extends) {
+      pend_end_ += kPageSize;
+      return;
+    }
+    start = pend_start_;
+    end = pend_end_;
+    pend_start_ = off;
+    pend_end_ = off + kPageSize;
   }
+  if (end > start) Punch(start, end);
 }
 
 }  // namespace emu

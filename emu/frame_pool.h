@@ -26,6 +26,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "emu/sync.h"
 #include "emu/types.h"
 
 namespace emu {
@@ -50,8 +51,14 @@ class FramePool {
   // another mapping of the pool) into the file at `off`. False with errno.
   bool Fill(uint64_t off, const void* src, size_t len);
   // The frame at `off` is no longer used: its memory goes back to the host
-  // and, for an identity offset, the offset becomes free.
+  // and, for an identity offset, the offset becomes free. Consecutive
+  // offsets are punched out together (one fallocate per run, up to 2 MiB):
+  // a release extends the pending run or punches it and starts another;
+  // until it is punched an identity offset stays taken, and Place() punches
+  // first if it picks a pending spill offset.
   void Release(uint64_t off);
+  // Punches out the pending run now (the end of an munmap, say).
+  void Flush();
 
   // The frame at `off`, read through the pool's own read-only view of the
   // file (outside the arena): the source of a copy-on-write copy.
@@ -81,6 +88,13 @@ class FramePool {
   const char* const view_;  // the whole file, PROT_READ, MAP_SHARED
   const uint64_t size_;     // of the file and the view
   std::atomic<uint64_t> nr_frames_{0};
+  // Released frames not punched out yet: [pend_start_, pend_end_).
+  SpinLock pend_lock_;
+  uint64_t pend_start_ ABSL_GUARDED_BY(pend_lock_) = 0;
+  uint64_t pend_end_ ABSL_GUARDED_BY(pend_lock_) = 0;
+  static constexpr uint64_t kMaxPendingBytes = uint64_t{2} << 20;
+  // fallocate(PUNCH_HOLE) of [start, end), then the identity bits it covers.
+  void Punch(uint64_t start, uint64_t end);
 };
 
 }  // namespace emu

@@ -138,6 +138,7 @@ void AddressSpace::ZapRangeLocked(AddrRange r) {
     }
   });
   if (any && !pooled) machine_->host().Zap(r);
+  if (pooled) machine_->frame_pool()->Flush();  // the frames freed here, punched together
   rss_anon_.fetch_sub(anon, std::memory_order_relaxed);
   nr_zero_ptes_.fetch_sub(zero, std::memory_order_relaxed);
   nr_swap_ptes_.fetch_sub(swap, std::memory_order_relaxed);

@@ -183,3 +183,52 @@ TEST_CASE("RwSem: writers exclude readers and each other under contention", "[mo
 
 }  // namespace
 }  // namespace emu
+
+namespace emu {
+namespace {
+
+TEST_CASE("FramePool: identity offsets, spill offsets, and batched punches never hit a frame "
+          "placed again",
+          "[pool]") {
+  constexpr uint64_t kArena = uint64_t{1} << 30;
+  const AddrRange arena{uint64_t{1} << 40, (uint64_t{1} << 40) + kArena};
+  auto pool_or = FramePool::Create(arena, 64);
+  REQUIRE(pool_or.ok());
+  FramePool& pool = **pool_or;
+  char page[kPageSize];
+  auto byte_at = [&](uint64_t off) { return static_cast<const char*>(pool.view(off))[0]; };
+
+  // Identity: the offset of the address, taken until its release is punched.
+  uint64_t a = pool.Place(Pfn{1}, arena.start + 5 * kPageSize);
+  CHECK(a == 5 * kPageSize);
+  CHECK(pool.IsIdentity(a, arena.start + 5 * kPageSize));
+  std::memset(page, 'a', sizeof(page));
+  REQUIRE(pool.Fill(a, page, kPageSize));
+  pool.Release(a);  // pending
+  uint64_t b = pool.Place(Pfn{2}, arena.start + 5 * kPageSize);
+  CHECK(b == kArena + 2 * kPageSize);  // the identity offset is still taken: spill
+  pool.Flush();
+  CHECK(byte_at(a) == 0);  // punched
+  CHECK(pool.Place(Pfn{3}, arena.start + 5 * kPageSize) == a);  // free again
+  pool.Release(a);
+  pool.Release(b);
+
+  // A spill offset released and placed again before the punch: the punch
+  // happens first, not after the new frame's bytes are in.
+  uint64_t s = pool.Place(Pfn{7}, 0);  // outside the arena: spill
+  CHECK(s == kArena + 7 * kPageSize);
+  REQUIRE(pool.Fill(s, page, kPageSize));
+  pool.Release(s);
+  CHECK(pool.Place(Pfn{7}, 0) == s);
+  std::memset(page, 'b', sizeof(page));
+  REQUIRE(pool.Fill(s, page, kPageSize));
+  pool.Release(pool.Place(Pfn{9}, 0));  // another release: the pending run moves on
+  pool.Flush();
+  CHECK(byte_at(s) == 'b');
+  pool.Release(s);
+  pool.Flush();
+  CHECK(pool.nr_frames() == 0);
+}
+
+}  // namespace
+}  // namespace emu
