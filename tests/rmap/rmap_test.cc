@@ -57,7 +57,6 @@ TEST_CASE("Rmap: random fork, write, zap, mremap, reclaim and exit keep every wa
   Machine& m = *env->machine;
   constexpr size_t kPages = 256;
   INFO("method " << method << ", mode " << FaultModeName(mode));
-  if (getenv("RMAP_TEST_TRACE")) fprintf(stderr, "method %s mode %d\n", method.c_str(), static_cast<int>(mode));
   std::vector<Proc> procs;
   procs.push_back({nullptr, env->as.get(), MapAnon(*env->as, kPages * kPageSize), {}});
   procs[0].words.assign(kPages, 0);
@@ -78,7 +77,8 @@ TEST_CASE("Rmap: random fork, write, zap, mremap, reclaim and exit keep every wa
     const size_t page = rng() % kPages;
     const size_t len = 1 + rng() % 16;
     const int op = static_cast<int>(rng() % 8);
-    if (getenv("RMAP_TEST_TRACE")) fprintf(stderr, "step %d op %d proc %zu page %zu len %zu\n", step, op, static_cast<size_t>(&pr - &procs[0]), page, len);
+    INFO("step " << step << " op " << op << " process " << (&pr - &procs[0]) << " page " << page
+                  << " len " << len);
     switch (op) {
       case 0:
         if (procs.size() < 6) {
