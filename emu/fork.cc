@@ -83,9 +83,8 @@ bool AddressSpace::CopyPageForChildLocked(AddressSpace& child, const Vma& v, Vir
     return false;
   }
   Page& np = machine_->mem_map().page(copy);
-  np.mapping = &child;
-  np.index = to >> kPageShift;
-  np.mapcount.store(1, std::memory_order_relaxed);
+  // The child's VMA is never VM_LOCKED (not inherited).
+  AddNewAnonRmap(np, &child, Vma{to, to + kPageSize, v.vm_flags & ~kVmLocked}, to);
   if (PageReclaim* reclaim = machine_->reclaim()) reclaim->LruAdd(copy);
   std::atomic<uint64_t>* ce = child.pt_.Walk(to, /*alloc=*/true);
   if (ce == nullptr) {

@@ -540,11 +540,7 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, Vi
           const bool writable = vm_flags & kVmWrite;
           ok &= host.InstallCopy({to, to + kPageSize}, reinterpret_cast<const void*>(a), prot,
                                  writable);
-          Page& np = mem_map.page(copy);
-          np.mapping = this;
-          np.index = to >> kPageShift;
-          np.mapcount.store(1, std::memory_order_relaxed);
-          if (vm_flags & kVmLocked) np.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+          AddNewAnonRmap(mem_map.page(copy), this, moved, to);
           if (PageReclaim* reclaim = machine_->reclaim()) reclaim->LruAdd(copy);
           page.mapcount.fetch_sub(1, std::memory_order_acq_rel);
           machine_->PutPage(pte.pfn());

@@ -42,6 +42,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "emu/page.h"
 #include "emu/page_table.h"
 #include "emu/sync.h"
 #include "emu/types.h"
@@ -298,6 +299,17 @@ class AddressSpace {
   uint32_t def_flags_ = 0;
   bool def_populate_ = false;
 };
+
+// Makes a freshly allocated frame the exclusive anonymous page mapped at
+// `addr` of `vma` in `as`, in place. Linux: mm/rmap.c
+// folio_add_new_anon_rmap(). Preconditions: the page's PTE is claimed
+// (kLocked) by the caller, or its address space is write-locked.
+inline void AddNewAnonRmap(Page& page, AddressSpace* as, const Vma& vma, VirtAddr addr) {
+  page.mapping = as;
+  page.index = addr >> kPageShift;
+  page.mapcount.store(1, std::memory_order_relaxed);
+  if (vma.locked()) page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+}
 
 }  // namespace emu
 

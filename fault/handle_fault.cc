@@ -31,15 +31,6 @@ uint32_t FaultingTid() {
 // Lock-free read of a PTE.
 inline uint64_t Load(std::atomic<uint64_t>* e) { return e->load(std::memory_order_acquire); }
 
-// Makes a freshly allocated frame the exclusive anonymous page mapped at
-// `addr` of `vma` in `as`. Linux: mm/rmap.c folio_add_new_anon_rmap().
-// Preconditions: the page's PTE is claimed (kLocked) by the caller.
-inline void AddNewAnonRmap(Page& page, AddressSpace* as, const Vma& vma, VirtAddr addr) {
-  page.mapping = as;
-  page.index = addr >> kPageShift;
-  page.mapcount.store(1, std::memory_order_relaxed);
-  if (vma.locked()) page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
-}
 
 // Puts the new pages of `run` on the reclaim lists (Linux:
 // folio_add_lru_vma()); a no-op without a memory limit.
