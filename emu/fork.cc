@@ -186,6 +186,9 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
         machine_->rmap()->AnchorPage(page, *this, v, a);  // it locates the frame from now on
         page.mapping = nullptr;
         page.pool_off = run.off + i * kPageSize;
+        // Shared, it is dirty (its PTE says so below) and no longer lazily
+        // freed: MADV_FREE leaves frames others map alone.
+        page.flags.fetch_and(~kPgLazyFree, std::memory_order_relaxed);
         page.flags.fetch_or(kPgPool, std::memory_order_release);
         page.Unlock();
       }
@@ -217,7 +220,7 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
     child.mmap_lock_.AssertWriteHeld();
     if (!status.ok()) return;
     Pte pte(e->load(std::memory_order_acquire));
-    if (pte.none()) {
+    if (pte.none() || pte.discarded()) {  // a discarded page: none in the child
       flush();
       return;
     }

@@ -653,7 +653,9 @@ absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
       pte = Pte(e->load(std::memory_order_relaxed));
       if (!pte.present() || pte.special() || pte.locked()) return;
       const Page& page = mem_map.page(pte.pfn());
-      if (write && page.Test(kPgSwapCache)) return;
+      // Nor a lazily freed one: its next write must be seen (the PTE's
+      // dirty bit is all that keeps reclaim from discarding it).
+      if (write && page.Test(kPgSwapCache | kPgLazyFree)) return;
       // Nor a shared frame (Linux: only an exclusive anonymous page).
       if (write && page.Test(kPgPool) && page.mapcount.load(std::memory_order_acquire) > 1) return;
       e->store(pte.WithWrite(write).raw(), std::memory_order_release);
@@ -690,16 +692,25 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
     case MADV_KEEPONFORK:
     case MADV_COLD:
     case MADV_PAGEOUT:
+    case kMadvVolatile:
       break;
     default:
       return ErrnoError(EINVAL, absl::StrCat("madvise: advice ", advice, " is not supported"));
   }
   if (!PageAligned(addr)) return ErrnoError(EINVAL, "madvise: address not aligned");
+  if (advice == kMadvVolatile) {
+    // Seed 003: the length rounds down, so that no page past the advised
+    // bytes may vanish.
+    const size_t down = len & ~(kPageSize - 1);
+    if (len != 0 && down == 0) return ErrnoError(EINVAL, "madvise: MADV_VOLATILE of less than a page");
+    len = down;
+  }
   VirtAddr end;
   if (!RoundedEnd(addr, len, &end)) return ErrnoError(EINVAL, "madvise: range overflows");
   if (len == 0) return absl::OkStatus();
   AddrRange r{addr, end};
   WriteLockHolder l(&mmap_lock_);
+  if (advice == kMadvVolatile) return MarkVolatileLocked(r);
   bool hole = false, flags_changed = false;
   VirtAddr a = r.start;
   while (a < r.end) {
@@ -734,9 +745,16 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
     }
     if (advice == MADV_DONTNEED || advice == MADV_FREE) {
       // Linux: mm/madvise.c madvise_dontneed_free_valid_vma().
-      if (v->locked()) return ErrnoError(EINVAL, "madvise: MADV_DONTNEED on a locked range");
-      ZapRangeLocked(piece);
-      if (machine_->host().prot_encodes_ptes()) SyncHostProtLocked(*v, piece);
+      if (v->locked()) {
+        return ErrnoError(EINVAL, advice == MADV_FREE ? "madvise: MADV_FREE on a locked range"
+                                                      : "madvise: MADV_DONTNEED on a locked range");
+      }
+      if (advice == MADV_FREE) {
+        LazyFreeLocked(*v, piece);
+      } else {
+        ZapRangeLocked(piece);
+        if (machine_->host().prot_encodes_ptes()) SyncHostProtLocked(*v, piece);
+      }
     }
     // MADV_WILLNEED on anonymous memory only reads swap ahead (Linux:
     // madvise_willneed -> force_swapin_readahead); nothing is swapped yet.
@@ -745,6 +763,131 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
   if (flags_changed) vmas_.MergeAround(r);
   if (hole) return ErrnoError(ENOMEM, "madvise: range is not fully mapped");
   return absl::OkStatus();
+}
+
+absl::Status AddressSpace::MarkVolatileLocked(AddrRange r) {
+  // Seed 003: madvise_behavior() sets VM_VOLATILE and nothing else. The
+  // pieces are checked first, so that an EINVAL changes nothing.
+  bool hole = false;
+  for (VirtAddr a = r.start; a < r.end;) {
+    const Vma* v = vmas_.FindVma(a);
+    if (v == nullptr || v->start >= r.end) break;
+    if (v->locked()) return ErrnoError(EINVAL, "madvise: MADV_VOLATILE on a locked range");
+    if (v->foreign()) return ErrnoError(EINVAL, "madvise: MADV_VOLATILE on a native mapping");
+    a = v->end;
+  }
+  uint64_t marked = 0;
+  for (VirtAddr a = r.start; a < r.end;) {
+    const Vma* v = vmas_.FindVma(a);
+    if (v == nullptr || v->start >= r.end) {
+      hole = true;
+      break;
+    }
+    if (v->start > a) hole = true;
+    AddrRange piece = v->range().Intersect(r);
+    if (!v->is_volatile()) {
+      auto it = vmas_.SplitAround(piece);
+      it->second.vm_flags |= kVmVolatile;
+      marked += piece.nr_pages();
+    }
+    a = piece.end;
+  }
+  // No merge: volatile VMAs do not merge (Vma::CanMergeWith), and what a
+  // split left either side keeps the flags it had.
+  machine_->vmstat().Add(VmEvent::k_pgvolatile_marked, marked);
+  if (hole) return ErrnoError(ENOMEM, "madvise: range is not fully mapped");
+  return absl::OkStatus();
+}
+
+void AddressSpace::UnmarkVolatile(VirtAddr addr) {
+  WriteLockHolder l(&mmap_lock_);
+  const Vma* v = vmas_.Lookup(addr);
+  if (v == nullptr || !v->is_volatile()) return;  // another fault was first
+  const AddrRange range = v->range();
+  std::atomic<uint64_t>* e = pt_.Walk(PageAlignDown(addr), false);
+  Pte pte(e != nullptr ? e->load(std::memory_order_relaxed) : 0);
+  if (pte.swap() && !pte.present() && machine_->reclaim() != nullptr) {
+    // The page is on the swap device, and the range says it may go: it
+    // goes now, with its slot (no read); the fault finds it discarded.
+    {
+      SpinLockHolder ptl(pt_.Ptl(addr));
+      e->store(Pte::Discarded().raw(), std::memory_order_release);
+    }
+    machine_->reclaim()->SwapFree(pte.swap_entry());
+    nr_swap_ptes_.fetch_sub(1, std::memory_order_relaxed);
+    machine_->vmstat().Add(VmEvent::k_pgvolatile);
+    machine_->vmstat().Add(VmEvent::k_swapin_avoided);
+  }
+  auto it = vmas_.SplitAround(range);
+  it->second.vm_flags &= ~kVmVolatile;
+  vmas_.MergeAround(range);
+  machine_->vmstat().Add(VmEvent::k_volatile_unmark);
+}
+
+void AddressSpace::LazyFreeLocked(const Vma& v, AddrRange r) {
+  // Linux: mm/madvise.c madvise_free_pte_range(). Without a memory limit
+  // nothing is ever reclaimed, so there is nothing to do: a lazily freed
+  // page would keep its data until it is written again anyway.
+  PageReclaim* reclaim = machine_->reclaim();
+  if (reclaim == nullptr) return;
+  MemMap& mem_map = machine_->mem_map();
+  HostMmu& host = machine_->host();
+  const Prot prot = VmFlagsToProt(v.vm_flags);
+  int64_t swap = 0;
+  uint64_t lazy = 0;
+  VirtAddr wp_start = 0, wp_end = 0;
+  auto flush = [&] {
+    if (wp_end > wp_start && !host.WriteProtect({wp_start, wp_end}, prot)) {
+      // Writes would go unseen: the pages are dirty again, never discarded.
+      for (VirtAddr a = wp_start; a < wp_end; a += kPageSize) {
+        std::atomic<uint64_t>* e = pt_.Walk(a, false);
+        SpinLockHolder ptl(pt_.Ptl(a));
+        Pte p(e->load(std::memory_order_relaxed));
+        if (p.present()) e->store(p.WithWrite(true).WithDirty().raw(), std::memory_order_release);
+      }
+    }
+    wp_start = wp_end = 0;
+  };
+  pt_.ForEachEntry(r, [&](VirtAddr a, std::atomic<uint64_t>* e) {
+    mmap_lock_.AssertWriteHeld();
+    Pte pte(e->load(std::memory_order_relaxed));
+    EMU_BUG_ON(pte.locked());  // excluded by mmap_lock held for write
+    if (pte.discarded() || pte.swap()) {
+      // Linux: a swap entry is freed at once (free_swap_and_cache()).
+      {
+        SpinLockHolder ptl(pt_.Ptl(a));
+        e->store(0, std::memory_order_release);
+      }
+      if (pte.swap()) {
+        reclaim->SwapFree(pte.swap_entry());
+        swap++;
+      }
+      return;
+    }
+    if (!pte.present() || pte.special()) return;
+    Page& page = mem_map.page(pte.pfn());
+    // A frame others map (Linux: folio_maybe_mapped_shared()) is left
+    // alone, as is a pinned page: its holder may write it unseen.
+    if (page.Test(kPgPool) || page.MaybePinned()) return;
+    // A swap-cache page gives its slot up unless others use it (Linux:
+    // folio_free_swap() fails, and the page is skipped).
+    if (page.Test(kPgSwapCache) && !reclaim->ReuseSwapPage(pte.pfn())) return;
+    {
+      SpinLockHolder ptl(pt_.Ptl(a));
+      e->store(pte.Clean().WithYoung(false).raw(), std::memory_order_release);
+    }
+    page.flags.fetch_or(kPgLazyFree, std::memory_order_relaxed);
+    reclaim->LazyFree(pte.pfn());
+    lazy++;
+    if (pte.write()) {
+      if (a != wp_end) flush();
+      if (wp_end == 0) wp_start = a;
+      wp_end = a + kPageSize;
+    }
+  });
+  flush();
+  nr_swap_ptes_.fetch_sub(swap, std::memory_order_relaxed);
+  machine_->vmstat().Add(VmEvent::k_pglazyfree, lazy);
 }
 
 absl::Status AddressSpace::SetLockedLocked(AddrRange r, bool lock) {
@@ -756,7 +899,9 @@ absl::Status AddressSpace::SetLockedLocked(AddrRange r, bool lock) {
                      : absl::OkStatus();
     }
     if (lock) {
-      vma.vm_flags |= kVmLocked;
+      // Locked memory is memory in use: the volatile mark goes (the seed
+      // silently left a volatile VMA unlocked, VM_SPECIAL).
+      vma.vm_flags = (vma.vm_flags | kVmLocked) & ~kVmVolatile;
     } else {
       vma.vm_flags &= ~kVmLocked;
     }
@@ -980,8 +1125,9 @@ absl::Status AddressSpace::CheckInvariantsLocked() {
     const Vma* v = vmas_.Lookup(a);
     if (v == nullptr) return fail(a, "outside every vma");
     if (pte.locked()) return fail(a, "install still in flight");
+    if (pte.discarded()) return;  // a marker: none to every reader
     if (!pte.present()) {
-      if (!pte.swap()) return fail(a, "neither none, present nor swap");
+      if (!pte.swap()) return fail(a, "neither none, present, swap nor discarded");
       if (machine_->reclaim() == nullptr) return fail(a, "a swap PTE on a machine without swap");
       swap++;
       return;
@@ -1020,6 +1166,9 @@ absl::Status AddressSpace::CheckInvariantsLocked() {
       return fail(a, "writable clean swap-cache page (a write would be lost)");
     }
     if (flags & (kPgWriteback | kPgLocked)) return fail(a, "page still locked or under writeback");
+    if ((flags & kPgLazyFree) && pte.write() && !pte.dirty()) {
+      return fail(a, "writable clean lazily freed page (a write would be lost)");
+    }
     if (machine_->reclaim() != nullptr && !(flags & kPgUnevictable) && !(flags & kPgLru)) {
       return fail(a, "evictable page not on the reclaim lists");
     }
@@ -1049,7 +1198,7 @@ absl::Status AddressSpace::CheckHostAgreementLocked() {
       VirtAddr a = v.start + i * kPageSize;
       bool host_present = buf[i] >> 63;
       Pte pte = GetPte(a);
-      if ((pte.none() || (pte.swap() && !pte.present())) && host_present) {
+      if ((pte.none() || pte.discarded() || (pte.swap() && !pte.present())) && host_present) {
         status = ErrnoError(EIO, absl::StrCat("host maps ", a, " but its pte is none"));
       } else if (pte.present() && !host_present) {
         status = ErrnoError(EIO, absl::StrCat("pte at ", a, " is present but the host lost it"));

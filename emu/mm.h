@@ -54,7 +54,9 @@ class FramePool;
 struct Page;
 class Machine;
 
-// Our own advice values, beyond Linux's, live above 100 (none yet).
+// Our own advice values, beyond Linux's, live above 100.
+// Seed 003's MADV_VOLATILE ("pages will disappear suddenly"): see Madvise.
+inline constexpr int kMadvVolatile = 101;
 
 // PinUserPages flags (Linux's FOLL_* for pin_user_pages).
 inline constexpr unsigned kGupWrite = 1u << 0;   // FOLL_WRITE: the pin writes to the pages
@@ -120,11 +122,33 @@ class AddressSpace {
   // Linux: mm/mprotect.c do_mprotect_pkey(). Applies VMA by VMA and stops with
   // ENOMEM at the first hole, as Linux does.
   absl::Status Mprotect(VirtAddr addr, size_t len, Prot prot);
-  // Linux: mm/madvise.c do_madvise(): MADV_DONTNEED, MADV_WILLNEED, MADV_FREE
-  // (discarded at once; a permitted outcome) and the access-pattern hints
-  // MADV_NORMAL/RANDOM/SEQUENTIAL (accepted, no effect). Mapped parts are
-  // advised even when the range has holes; the result is then ENOMEM.
+  // Linux: mm/madvise.c do_madvise(): MADV_DONTNEED, MADV_WILLNEED, the
+  // access-pattern hints MADV_NORMAL/RANDOM/SEQUENTIAL (accepted, no
+  // effect), the fork ones, and:
+  //  - MADV_FREE (Linux's lazy free, madvise_free_pte_range()): each page
+  //    mapped here alone gets a clean, write-protected PTE and kPgLazyFree
+  //    and goes to the inactive tail; reclaim discards it without I/O unless
+  //    a write (which traps) dirtied it again. Swapped-out pages are freed
+  //    at once, shared frames and zero pages are left alone. EINVAL on a
+  //    VM_LOCKED range.
+  //  - kMadvVolatile (seed 003's MADV_VOLATILE): marks the VMAs (kVmVolatile)
+  //    and touches no page, so its cost does not grow with the range. The
+  //    length rounds down (EINVAL if that leaves nothing of a non-zero
+  //    length); EINVAL, changing nothing, if any part is VM_LOCKED or a
+  //    native mapping. Reclaim may then discard a page of the range
+  //    (swap/vmscan.h), which reads back as zeros; a page not discarded
+  //    keeps its data and takes no fault. The first fault in the VMA (of
+  //    any kind) clears the mark (UnmarkVolatile).
+  // Mapped parts are advised even when the range has holes; the result is
+  // then ENOMEM.
   absl::Status Madvise(VirtAddr addr, size_t len, int advice);
+  // The fault layer, holding no lock: a fault at `addr` found its VMA
+  // volatile. Clears the mark of that VMA and merges it with its
+  // neighbours (seed 003: the VMA is in use again, later faults take the
+  // normal path). A swap PTE at `addr` is discarded first (its slot is
+  // freed, not read: the page may be dropped and was not in memory), so
+  // the fault finds the page discarded.
+  void UnmarkVolatile(VirtAddr addr);
   // Linux: mm/mlock.c do_mlock()/munlock(): VM_LOCKED, then populate real
   // pages (no zero page: GUP_FLAGS_IGNORE_ZERO, seed 004).
   absl::Status Mlock(VirtAddr addr, size_t len);
@@ -274,6 +298,9 @@ class AddressSpace {
   // bytes (>= src length); see Mremap.
   absl::Status MoveRangeLocked(AddrRange src, const Vma& src_vma, VirtAddr dst, size_t dst_len,
                                bool dontunmap) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  // Madvise's kMadvVolatile and MADV_FREE on one VMA piece `r` of `v`.
+  absl::Status MarkVolatileLocked(AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  void LazyFreeLocked(const Vma& v, AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   // Sets or clears kVmLocked over r.
   absl::Status SetLockedLocked(AddrRange r, bool lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   // SetLockedLocked on every VMA (mlockall MCL_CURRENT, munlockall).

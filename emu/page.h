@@ -34,6 +34,10 @@ inline constexpr uint32_t kPgLru = 1u << 8;         // PG_lru: on one of the rec
 inline constexpr uint32_t kPgActive = 1u << 9;      // PG_active: on the active list
 inline constexpr uint32_t kPgIsolated = 1u << 10;   // taken off the lists by reclaim (= isolated)
 inline constexpr uint32_t kPgPool = 1u << 11;       // the frame lives in the FramePool at pool_off
+// MADV_FREE (Linux: a lazyfree folio, !PG_swapbacked): reclaim discards the
+// page without I/O while its PTE stays clean; a write makes the PTE dirty
+// and the page is then swapped like any other. Only pages in place.
+inline constexpr uint32_t kPgLazyFree = 1u << 12;
 // Pages reclaim leaves alone (= the unevictable list).
 inline constexpr uint32_t kPgUnevictable = kPgMlocked;
 

@@ -23,6 +23,9 @@ namespace emu {
 //   bit 5  locked    (emulator-internal: a host install is in flight; with
 //                     swap set: a swap-in of that entry is in flight)
 //   bit 6  swap      (not present; bits 12..63 hold a swap entry, the slot)
+//   bit 7  discarded (alone: the page was discarded by reclaim, a volatile
+//                     or lazily freed page, swap/vmscan.h; it behaves as none,
+//                     and a fault on it counts a refault; = a pte marker)
 //   bits 12..51      pfn when present
 // A PTE is "none" when all bits are zero.
 class Pte {
@@ -34,6 +37,7 @@ class Pte {
   static constexpr uint64_t kSpecial = 1u << 4;
   static constexpr uint64_t kLocked = 1u << 5;
   static constexpr uint64_t kSwap = 1u << 6;
+  static constexpr uint64_t kDiscarded = 1u << 7;
   static constexpr int kPfnShift = 12;
   static constexpr uint64_t kPfnMask = ((uint64_t{1} << 40) - 1) << kPfnShift;
 
@@ -48,6 +52,7 @@ class Pte {
   }
   static constexpr Pte InstallLocked() { return Pte(kLocked); }
   static constexpr Pte SwapEntry(uint64_t entry) { return Pte((entry << kPfnShift) | kSwap); }
+  static constexpr Pte Discarded() { return Pte(kDiscarded); }
 
   constexpr uint64_t raw() const { return raw_; }
   constexpr bool none() const { return raw_ == 0; }
@@ -58,6 +63,7 @@ class Pte {
   constexpr bool special() const { return raw_ & kSpecial; }
   constexpr bool locked() const { return raw_ & kLocked; }
   constexpr bool swap() const { return raw_ & kSwap; }
+  constexpr bool discarded() const { return raw_ == kDiscarded; }
   constexpr Pfn pfn() const { return Pfn{(raw_ & kPfnMask) >> kPfnShift}; }
   constexpr uint64_t swap_entry() const { return raw_ >> kPfnShift; }
 

@@ -45,6 +45,9 @@ class PageReclaim {
   // lists (it stays off while any kPgUnevictable flag remains).
   virtual void Mlocked(Pfn pfn) = 0;
   virtual void Munlocked(Pfn pfn) = 0;
+  // MADV_FREE made the page lazily freeable (kPgLazyFree): it moves to the
+  // inactive tail, the first candidates for reclaim (Linux: lru_lazyfree).
+  virtual void LazyFree(Pfn pfn) = 0;
   // AddressSpace::Fork(), with reclaim blocked: one more swap PTE names
   // `entry` (Linux: swap_duplicate()). False when its count is at the
   // maximum (no count continuation here): the fork fails with ENOMEM.

@@ -29,6 +29,12 @@ inline constexpr uint32_t kVmNoReserve = 1u << 21;
 // it and keeps no PTEs for it; the range is occupied, and calls on it go to
 // the kernel (AddressSpace::MapForeign).
 inline constexpr uint32_t kVmForeign = 1u << 28;
+// Seed 003's VM_VOLATILE (our bit: Linux never merged it): MADV_VOLATILE
+// (AddressSpace::Madvise, kMadvVolatile) set it; reclaim may discard the
+// VMA's pages instead of swapping them, and the first fault in the VMA clears
+// it. Like the seed (VM_SPECIAL), a volatile VMA never merges, so that a fault
+// clears the mark of no more than one advised range.
+inline constexpr uint32_t kVmVolatile = 1u << 29;
 
 inline constexpr uint32_t kVmProtMask = kVmRead | kVmWrite | kVmExec;
 
@@ -61,14 +67,15 @@ struct Vma {
   bool writable() const { return vm_flags & kVmWrite; }
   bool locked() const { return vm_flags & kVmLocked; }
   bool foreign() const { return vm_flags & kVmForeign; }
+  bool is_volatile() const { return vm_flags & kVmVolatile; }
   // Linux: mm/memory.c use_zero_page() (seed 004): private, not VM_LOCKED,
   // anonymous (no fault handler).
   bool use_zero_page() const { return !(vm_flags & (kVmLocked | kVmShared | kVmMayShare)); }
   // Two adjacent VMAs merge when their flags are equal, their page offsets
   // continue each other and their anon_vmas are compatible (Linux:
-  // is_mergeable_anon_vma(): equal, or one has none yet).
+  // is_mergeable_anon_vma(): equal, or one has none yet); volatile ones never.
   bool CanMergeWith(const Vma& next) const {
-    return end == next.start && vm_flags == next.vm_flags &&
+    return end == next.start && vm_flags == next.vm_flags && !(vm_flags & kVmVolatile) &&
            pgoff + ((end - start) >> kPageShift) == next.pgoff &&
            (anon_vma == next.anon_vma || anon_vma == nullptr || next.anon_vma == nullptr);
   }

@@ -55,7 +55,15 @@ namespace emu {
   X(cow_page, "copy-on-write copies of a shared page (a write fault)")                \
   X(pin_pages, "pages pinned (PinUserPages)")                                          \
   X(fork_copied_pages, "pages a fork copied for the child instead of sharing (pinned, or over the host VMA budget)") \
-  X(pool_unshare_blocks, "2 MiB blocks whose shared frames a write fault copied at once (host VMA budget)")
+  X(pool_unshare_blocks, "2 MiB blocks whose shared frames a write fault copied at once (host VMA budget)") \
+  X(pgvolatile_marked, "pages in ranges marked volatile (MADV_VOLATILE; no page is touched)") \
+  X(volatile_unmark, "volatile VMAs whose mark a fault cleared")                       \
+  X(pgvolatile, "volatile pages discarded instead of swapped (seed 003's PGVOLATILE)") \
+  X(pglazyfree, "pages made lazily freeable by MADV_FREE")                            \
+  X(pglazyfreed, "lazily freed pages discarded by reclaim")                           \
+  X(discard_refault, "faults on a page reclaim had discarded (volatile or lazily freed)") \
+  X(swapout_avoided, "dirty pages discarded rather than written to swap")            \
+  X(swapin_avoided, "swapped-out volatile pages discarded at their fault, not read")
 
 enum class VmEvent : int {
 #define EMU_VM_EVENT_ENUM(name, doc) k_##name,

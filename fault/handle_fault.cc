@@ -89,6 +89,11 @@ class ABSL_SCOPED_LOCKABLE FaultLock {
     }
   }
   ~FaultLock() ABSL_UNLOCK_FUNCTION() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    if (held_) Unlock();
+  }
+  // Drops the lock before the end of the scope.
+  void Unlock() ABSL_UNLOCK_FUNCTION() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    held_ = false;
     if (borrowed_) {
       as_.fork_faults().fetch_sub(1, std::memory_order_seq_cst);
     } else {
@@ -97,16 +102,21 @@ class ABSL_SCOPED_LOCKABLE FaultLock {
   }
   FaultLock(const FaultLock&) = delete;
   FaultLock& operator=(const FaultLock&) = delete;
+  // Whether this fault runs under a forking thread's write lock.
+  bool borrowed() const { return borrowed_; }
 
  private:
   AddressSpace& as_;
   bool borrowed_ = false;
+  bool held_ = true;
 };
 }  // namespace
 
 unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags) {
-  unsigned ret;
-  {
+  unsigned ret = 0;
+  bool unmarked = false;
+  for (;;) {
+    bool unmark = false;
     FaultLock l(as);
     VmFault vmf{&as, nullptr, PageAlignDown(addr), flags, nullptr};
     vmf.vma = as.vmas().Lookup(addr);
@@ -124,9 +134,20 @@ unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsign
       // protection key that forbids data access; the kernel reports
       // SEGV_PKUERR.
       ret = kFaultAccErr | kFaultPkuErr;
+    } else if (vmf.vma->is_volatile() && !unmarked && !l.borrowed()) {
+      // Seed 003: the first fault in a volatile VMA clears its mark (under
+      // mmap_lock for write), then takes the normal path. Any fault, not
+      // only one on a discarded page: each one shows the range in use
+      // again. (During a fork the mark stays: the forking thread holds the
+      // write lock this fault borrows.)
+      unmark = true;
     } else {
       ret = HandlePteFault(vmf);
     }
+    if (!unmark) break;
+    l.Unlock();
+    as.UnmarkVolatile(addr);
+    unmarked = true;
   }
   VmStat& vmstat = machine_->vmstat();
   vmstat.Add(VmEvent::k_pgfault);
@@ -146,6 +167,17 @@ unsigned AnonFaultHandler::HandlePteFault(VmFault& vmf) {
     return kFaultRetry;
   }
   if (pte.none()) return DoAnonymousPage(vmf);
+  if (pte.discarded()) {
+    // Reclaim discarded the page (a volatile or lazily freed one): it
+    // comes back as a new page, as after MADV_DONTNEED, counted.
+    {
+      SpinLockHolder l(vmf.as->page_table().Ptl(vmf.address));
+      if (Load(vmf.pte) != raw) return kFaultRetry;
+      vmf.pte->store(0, std::memory_order_release);
+    }
+    machine_->vmstat().Add(VmEvent::k_discard_refault);
+    return DoAnonymousPage(vmf);
+  }
   if (pte.present()) {
     if ((vmf.flags & kFaultNoZero) && pte.special()) return BreakZeroPage(vmf, raw);
     if (vmf.write() && !pte.write()) return DoWpPage(vmf, raw);

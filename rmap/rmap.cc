@@ -86,7 +86,8 @@ int PageReferenced(Machine& m, Pfn pfn, RmapWalkStats* stats) {
 }
 
 UnmapResult TryToUnmap(Machine& m, Pfn pfn,
-                       absl::FunctionRef<Pte(AddressSpace&, VirtAddr)> replacement) {
+                       absl::FunctionRef<Pte(AddressSpace&, VirtAddr)> replacement,
+                       bool discard) {
   Page& page = m.mem_map().page(pfn);
   HostMmu& host = m.host();
   bool locked_vma = false, kept = false;
@@ -106,7 +107,7 @@ UnmapResult TryToUnmap(Machine& m, Pfn pfn,
       // A writable PTE may have written the frame since the caller copied
       // it out; a pin (taken under this ptl) keeps the page mapped. Both
       // leave the page where it is.
-      if (pte.write() || page.MaybePinned()) {
+      if ((pte.write() && !discard) || (discard && !vma.is_volatile()) || page.MaybePinned()) {
         kept = true;
         return true;
       }

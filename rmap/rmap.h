@@ -50,8 +50,12 @@ enum class UnmapResult {
   kAgain,    // some address space was busy: try later
   kFail,     // a PTE lies in a VM_LOCKED VMA: the page cannot go
 };
+// With `discard` (seed 003's try_to_zap_one for a volatile page): only PTEs
+// in volatile VMAs go, writable ones too (the range allows losing a write);
+// a PTE in any other VMA stays (kAgain).
 UnmapResult TryToUnmap(Machine& m, Pfn pfn,
-                       absl::FunctionRef<Pte(AddressSpace&, VirtAddr)> replacement);
+                       absl::FunctionRef<Pte(AddressSpace&, VirtAddr)> replacement,
+                       bool discard = false);
 
 // Every present PTE that maps a frame in the pool is found by the walk from
 // its page, and the walk finds nothing else: for each such frame the set of

@@ -23,6 +23,43 @@ int Vmscan::ShrinkPoolPage(Pfn pfn) {
     vmstat.Add(VmEvent::k_pgactivate);
     return 0;
   }
+  // Seed 003: a frame every mapping of which lies in a volatile VMA is
+  // discarded, without I/O and whether referenced or not; one mapping
+  // elsewhere (a forked address space that did not advise it) keeps it.
+  bool all_volatile = true;
+  RmapWalkStats seen = RmapWalk(*machine_, pfn, [&](AddressSpace&, const Vma& vma, VirtAddr,
+                                                    std::atomic<uint64_t>*) {
+    all_volatile &= vma.is_volatile();
+    return all_volatile;
+  });
+  if (all_volatile && seen.busy == 0 && seen.found > 0) {
+    const bool avoided = !page.Test(kPgSwapCache);
+    UnmapResult r = TryToUnmap(*machine_, pfn, [](AddressSpace&, VirtAddr) {
+      return Pte::Discarded();
+    }, /*discard=*/true);
+    if (r == UnmapResult::kSuccess) {
+      if (page.Test(kPgSwapCache)) {
+        page.flags.fetch_and(~kPgSwapCache, std::memory_order_relaxed);
+        swap_->ClearCache(page.private_);
+        page.private_ = 0;
+      }
+      Release(pfn);
+      vmstat.Add(VmEvent::k_pgvolatile);
+      if (avoided) vmstat.Add(VmEvent::k_swapout_avoided);
+      vmstat.Add(VmEvent::k_pgsteal);
+      return 1;
+    }
+    // A fault cleared a mark meanwhile, or a PTE was busy: what went is
+    // discarded (its VMA allowed it), the rest stays mapped.
+    if (r == UnmapResult::kFail) {
+      page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+      Release(pfn);
+    } else {
+      Putback(pfn, false);
+      vmstat.Add(VmEvent::k_pgrotated);
+    }
+    return 0;
+  }
   if (swap_ == nullptr) {
     Putback(pfn, false);
     vmstat.Add(VmEvent::k_pgrotated);

@@ -34,6 +34,8 @@ struct Vmscan::Victim {
     kClean,     // clean swap-cache page: drop without I/O
     kWrite,     // written out to `slot`
     kWriteErr,  // the write failed
+    kDiscardVolatile,  // in a volatile VMA (seed 003): dropped, no I/O
+    kDiscardLazy,      // lazily freed (MADV_FREE) and clean: dropped, no I/O
   } state;
   enum Verdict : uint8_t {
     kKeep,      // state says what happens
@@ -43,6 +45,7 @@ struct Vmscan::Victim {
   uint64_t slot;
   uint64_t pte;   // the PTE value reclaim left (to detect any change since)
   uint64_t orig;  // kWrite: the PTE before reclaim write-protected it
+  bool avoided;   // a discard: the page would have been written to swap
 };
 
 namespace {
@@ -127,6 +130,16 @@ void Vmscan::ListAddHead(List& l, Pfn pfn) {
   if (l.tail == 0) l.tail = n;
 }
 
+void Vmscan::ListAddTail(List& l, Pfn pfn) {
+  Page& p = mem_map_.page(pfn);
+  uint32_t n = static_cast<uint32_t>(ToU64(pfn));
+  p.lru_next = 0;
+  p.lru_prev = l.tail;
+  if (l.tail != 0) mem_map_.page(Pfn{l.tail}).lru_next = n;
+  l.tail = n;
+  if (l.head == 0) l.head = n;
+}
+
 void Vmscan::ListDel(List& l, Pfn pfn) {
   Page& p = mem_map_.page(pfn);
   if (p.lru_prev != 0) {
@@ -197,6 +210,18 @@ void Vmscan::DropSwapCacheLocked(Pfn pfn) {
   page.flags.fetch_and(~kPgSwapCache, std::memory_order_relaxed);
   swap_->ClearCache(page.private_);
   page.private_ = 0;
+}
+
+void Vmscan::LazyFree(Pfn pfn) {
+  Page& page = mem_map_.page(pfn);
+  SpinLockHolder l(&lru_lock_);
+  // An isolated page goes back where reclaim puts it; an unevictable one
+  // stays off the lists.
+  if (!page.Test(kPgLru)) return;
+  LruDelLocked(page, pfn);
+  ListAddTail(inactive_, pfn);
+  nr_inactive_.fetch_add(1, std::memory_order_relaxed);
+  page.flags.fetch_or(kPgLru, std::memory_order_relaxed);
 }
 
 void Vmscan::Munlocked(Pfn pfn) {
@@ -386,7 +411,7 @@ int Vmscan::Shrink(AddressSpace* held, int nr) {
         }
         page.flags.fetch_or(kPgIsolated, std::memory_order_relaxed);
         v[n++] = Victim{pfn, page.mapping, page.index << kPageShift, Victim::kSkip, Victim::kKeep,
-                        0, 0, 0};
+                        0, 0, 0, false};
       }
     }
     if (n == 0) break;
@@ -519,11 +544,33 @@ void Vmscan::DecideOne(Victim& x, AddressSpace& as, SlotRun* run) {
     x.verdict = Victim::kRotate;  // busy: a fault is changing it
     return;
   }
+  const bool clean_copy = page.Test(kPgSwapCache) && !pte.dirty() && !pte.write();
+  if (vma->is_volatile()) {
+    // Seed 003: a volatile page is discarded, without promotion (being
+    // referenced does not save it) and without I/O. Its PTE is not
+    // write-protected: a write meanwhile may be lost, as the range allows.
+    x.state = Victim::kDiscardVolatile;
+    x.pte = pte.raw();
+    x.avoided = !clean_copy;
+    return;
+  }
   if (policy_ == ReclaimPolicy::kLru && pte.young()) {
     // Linux: folio_check_references() -> activate.
     e->store(pte.WithYoung(false).raw(), std::memory_order_release);
     x.verdict = Victim::kActivate;
     return;
+  }
+  if (page.Test(kPgLazyFree)) {
+    if (!pte.dirty()) {
+      // Linux: try_to_unmap_one() discards a clean lazyfree folio. Its PTE
+      // is write-protected (Madvise), so a write before the unmap shows.
+      x.state = Victim::kDiscardLazy;
+      x.pte = pte.raw();
+      x.avoided = !clean_copy;
+      return;
+    }
+    // Written since MADV_FREE: an ordinary page again (folio_set_swapbacked).
+    page.flags.fetch_and(~kPgLazyFree, std::memory_order_relaxed);
   }
   if (page.Test(kPgSwapCache) && !pte.dirty() && !pte.write()) {
     x.state = Victim::kClean;
@@ -616,6 +663,13 @@ int Vmscan::UnmapPages(AddressSpace* held, Victim* v, int n) {
     if (x.state == Victim::kSkip) continue;
     std::atomic<uint64_t>* e = locked ? pt.Walk(x.addr, false) : nullptr;
     bool same = false;
+    if (e != nullptr && x.state == Victim::kDiscardVolatile) {
+      // A fault may have cleared the mark since DecidePages (it holds
+      // mmap_lock for write to do so, which excludes this pass now).
+      as->mmap_lock()->AssertHeld();
+      const Vma* vma = as->vmas().Lookup(x.addr);
+      if (vma == nullptr || !vma->is_volatile()) e = nullptr;
+    }
     if (e != nullptr) {
       SpinLockHolder ptl(pt.Ptl(x.addr));
       same = Load(e) == x.pte;
@@ -644,6 +698,29 @@ int Vmscan::UnmapPages(AddressSpace* held, Victim* v, int n) {
   for (int a = 0; a < nunmap; a++) {
     Victim& x = v[unmap[a]];
     Page& page = mem_map_.page(x.pfn);
+    if (x.state == Victim::kDiscardVolatile || x.state == Victim::kDiscardLazy) {
+      // Seed 003's try_to_zap_one(), Linux's lazyfree discard: the PTE is
+      // left discarded (none to every reader), and the slot of a swap-cache
+      // page goes with the page.
+      if (page.Test(kPgSwapCache)) {
+        page.flags.fetch_and(~kPgSwapCache, std::memory_order_relaxed);
+        swap_->ClearCache(page.private_);
+        page.private_ = 0;
+      }
+      {
+        SpinLockHolder ptl(pt.Ptl(x.addr));
+        pt.Walk(x.addr, false)->store(Pte::Discarded().raw(), std::memory_order_release);
+      }
+      as->AddRssAnon(-1);
+      vmstat.Add(x.state == Victim::kDiscardVolatile ? VmEvent::k_pgvolatile
+                                                     : VmEvent::k_pglazyfreed);
+      if (x.avoided) vmstat.Add(VmEvent::k_swapout_avoided);
+      vmstat.Add(VmEvent::k_pgsteal);
+      page.mapcount.fetch_sub(1, std::memory_order_relaxed);
+      machine_->PutPage(x.pfn);
+      Release(x.pfn);
+      continue;
+    }
     // Linux: try_to_unmap_one(): swap_duplicate() before the rmap goes.
     // Differs: the page also leaves the swap cache before the swap PTE is
     // published. Linux keeps it cached until it is freed, and a racing

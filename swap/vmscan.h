@@ -60,6 +60,7 @@ class Vmscan : public PageReclaim {
   bool ReadSlot(uint64_t entry, void* page) override;
   void Mlocked(Pfn pfn) override;
   void Munlocked(Pfn pfn) override;
+  void LazyFree(Pfn pfn) override;
   bool SwapDuplicate(uint64_t entry) override;
   bool DropSwapCache(Pfn pfn) override;
   void DropSwapCacheLocked(Pfn pfn) override;
@@ -130,6 +131,7 @@ class Vmscan : public PageReclaim {
   void Release(Pfn pfn);  // unlock + put, no list change (page gone)
 
   void ListAddHead(List& l, Pfn pfn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lru_lock_);
+  void ListAddTail(List& l, Pfn pfn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lru_lock_);
   void ListDel(List& l, Pfn pfn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lru_lock_);
   void LruDelLocked(Page& page, Pfn pfn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lru_lock_);
   void LruAddLocked(Page& page, Pfn pfn, bool active) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lru_lock_);
