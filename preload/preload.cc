@@ -189,9 +189,27 @@ int DoMprotect(void* addr, size_t len, int prot) {
       [prot](AddressSpace* as, AddrRange r) { return as->Mprotect(r.start, r.len_bytes(), prot); });
 }
 
+// EMU_MADV_FREE=volatile: the program's MADV_FREE marks the range volatile
+// (seed 003) instead of Linux's lazy free. Set once at start-up.
+bool g_free_as_volatile = false;
+
 int DoMadvise(void* addr, size_t len, int advice) {
+  // MADV_FREE rounds its length up, like every advice but our volatile one:
+  // the range handed on is whole pages already.
+  if (advice == kMadvVolatile) {
+    // The program's own MADV_VOLATILE: its length rounds down (seed 003).
+    if (len != 0 && len < kPageSize) {
+      errno = EINVAL;
+      return -1;
+    }
+    len &= ~(kPageSize - 1);
+  } else if (advice == MADV_FREE && g_free_as_volatile) {
+    advice = kMadvVolatile;
+  }
   return Split(
-      addr, len, [advice](void* p, size_t n) { return sys::Madvise(p, n, advice); },
+      addr, len, [advice](void* p, size_t n) {
+        return sys::Madvise(p, n, advice == kMadvVolatile ? MADV_FREE : advice);
+      },
       [advice](AddressSpace* as, AddrRange r) {
         return as->Madvise(r.start, r.len_bytes(), advice);
       });
@@ -552,6 +570,13 @@ MachineOptions OptionsFromEnv() {
   if (const char* s = Env("EMU_NO_SWAP")) o.no_swap = std::string(s) == "1";
   if (const char* p = Env("EMU_POLICY")) o.reclaim_policy = p;
   o.swap_readahead_pages = EnvInt("EMU_READAHEAD", o.swap_readahead_pages);
+  if (const char* f = Env("EMU_MADV_FREE")) {
+    std::string v = f;
+    if (v != "linux" && v != "volatile") {
+      Die(absl::StrCat("EMU_MADV_FREE=", v, ": expected linux or volatile"));
+    }
+    g_free_as_volatile = v == "volatile";
+  }
   if (o.mem_limit == 0) {
     // Frames for every page of RAM, not of the arena: the mem_map is sized by it.
     long pages = sysconf(_SC_PHYS_PAGES);

@@ -20,6 +20,7 @@ SYNOPSIS
              [--zero-page on|off] [--arena SIZE] [--mem-limit SIZE]
              [--swap-dir DIR | --swap-file PATH] [--swap-size SIZE]
              [--policy lru|fifo] [--readahead N] [--rmap anon_vma|anonmm]
+             [--madv-free linux|volatile]
              [--log SPEC]
     emu --help | --version
 
@@ -107,6 +108,16 @@ OPTIONS
     --readahead N        pages read around a swap-in fault, 1..64 (default 8)
     --rmap METHOD        how a frame shared by the emulated fork finds its
                          mappings: anon_vma (default) or anonmm
+    --madv-free linux|volatile
+                         what the program's MADV_FREE does (run): linux
+                         (default) frees a page lazily unless it is written
+                         again after the call; volatile marks the range as
+                         MADV_VOLATILE does (seed 003: O(1), no fault while
+                         memory lasts, but until the first fault in the range
+                         even data written after the call may be discarded:
+                         only for programs that never rely on memory they
+                         gave back with MADV_FREE). A program may also pass
+                         emu's own MADV_VOLATILE (101) to madvise itself.
     --log SPEC           log levels, e.g. info or fault=debug,emu=info
                          (also EMU_LOG)
 

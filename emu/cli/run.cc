@@ -182,6 +182,13 @@ bool ParseArgs(const std::vector<std::string>& args, RunOptions* o, int* status)
     } else if (a == "--readahead") {
       if (!value(a, &v) || !number(a, v, &o->machine.swap_readahead_pages)) return false;
       o->env.emplace_back("EMU_READAHEAD", v);
+    } else if (a == "--madv-free") {
+      if (!value(a, &v)) return false;
+      if (v != "linux" && v != "volatile") {
+        UsageError(absl::StrCat("--madv-free ", v, ": expected linux or volatile"));
+        return false;
+      }
+      o->env.emplace_back("EMU_MADV_FREE", v);
     } else if (a == "--arena") {
       if (!value(a, &v) || !size(a, v, &o->machine.arena_bytes)) return false;
       o->env.emplace_back("EMU_ARENA", v);
@@ -287,8 +294,15 @@ std::string FormatProcess(const ProcStats& p) {
       n("pswpin"), n("pgmajfault"), n("swap_ra"), n("pswpout"), n("pgsteal"),
       n("pgsteal_clean"), n("allocstall"), n("oom")));
   absl::StrAppend(&out, absl::StrFormat(
-      "  discards      %llu pages (munmap, MADV_DONTNEED/FREE), mremap moves %llu\n",
+      "  discards      %llu pages (munmap, MADV_DONTNEED), mremap moves %llu\n",
       n("zap_pages"), n("mremap_moves")));
+  if (n("pglazyfree") + n("pgvolatile_marked") > 0) {
+    absl::StrAppend(&out, absl::StrFormat(
+        "  lazy free     MADV_FREE %llu pages, %llu discarded; volatile marked %llu pages, "
+        "%llu discarded; refaults %llu, swap-outs avoided %llu\n",
+        n("pglazyfree"), n("pglazyfreed"), n("pgvolatile_marked"), n("pgvolatile"),
+        n("discard_refault"), n("swapout_avoided")));
+  }
   uint64_t fault_ns = n("fault_ns_sigbus") + n("fault_ns_thread") + n("fault_ns_sigsegv");
   uint64_t faults = n("pgfault");
   absl::StrAppend(&out, absl::StrFormat(

@@ -577,6 +577,44 @@ int Exec() {
   return Check(p, 4 << 20, 5) ? 0 : Fail("contents after exec children");
 }
 
+// MADV_FREE as a program uses it: give memory back, take some of it again,
+// then need more than the limit (run it with a limit of twice `total_mb`). `semantics` is what emu run was told
+// (--madv-free): with linux, what was written after the call is kept
+// exactly; with volatile it may be zeros (seed 003). Anything else is wrong.
+int MadvFree(size_t total_mb, const std::string& semantics) {
+  const size_t bytes = total_mb << 20, half = bytes / 2, page = 4096;
+  char* p = static_cast<char*>(
+      mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (p == MAP_FAILED) return Fail("mmap");
+  Fill(p, bytes, 40);
+  if (madvise(p, bytes, MADV_FREE) != 0) return Fail("madvise(MADV_FREE)");
+  Fill(p, half, 41);  // taken again
+  char* q = static_cast<char*>(malloc(2 * bytes));  // the pressure (limit: 2x `bytes`)
+  if (q == nullptr) return Fail("malloc");
+  Fill(q, 2 * bytes, 42);
+  if (!Check(q, 2 * bytes, 42)) return Fail("the memory that made the pressure");
+  size_t zero = 0;
+  for (size_t off = 0; off < bytes; off += page) {
+    const bool again = off < half;
+    const uint64_t seed = again ? 41 : 40;
+    const auto* w = reinterpret_cast<const uint64_t*>(p + off);
+    const size_t first = off / 8;  // Fill's word index
+    bool intact = true, zeros = true;
+    for (size_t i = 0; i < page / 8; i++) {
+      if (w[i] != Pattern(first + i, seed)) intact = false;
+      if (w[i] != 0) zeros = false;
+    }
+    if (intact) continue;
+    if (!zeros) return Fail("a page holds neither its data nor zeros");
+    if (again && semantics == "linux") return Fail("a page written after MADV_FREE lost its data");
+    zero++;
+  }
+  std::fprintf(stderr, "probe: madvfree %s: %zu of %zu pages read back as zeros\n",
+               semantics.c_str(), zero, bytes / page);
+  if (zero == 0) return Fail("no page was freed under pressure");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -598,6 +636,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (cmd == "exit") return static_cast<int>(mb);
+  if (cmd == "madvfree") return MadvFree(mb, argc > 3 ? argv[3] : "linux");
   std::fprintf(stderr, "probe: unknown command %s\n", cmd.c_str());
   return 2;
 }

@@ -88,6 +88,27 @@ TEST_CASE("Preload: under a memory limit pages go to swap and come back intact",
   CHECK(Counter(r.stats, "peak_anon_pages") <= 4096);
 }
 
+TEST_CASE("Preload: MADV_FREE frees lazily (Linux) or marks a volatile range (--madv-free)",
+          "[preload][volatile]") {
+  std::string mode = GENERATE("thread", "sigbus", "sigsegv");
+  std::string semantics = GENERATE("linux", "volatile");
+  Result r = Run(ModeArg(mode) + " --mem-limit 16M --no-summary --madv-free " + semantics,
+                 "madvfree 8 " + semantics);
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  if (semantics == "linux") {
+    CHECK(Counter(r.stats, "pglazyfree") > 0);
+    CHECK(Counter(r.stats, "pglazyfreed") > 0);
+    CHECK(Counter(r.stats, "pgvolatile_marked") == 0);
+  } else {
+    CHECK(Counter(r.stats, "pgvolatile_marked") >= 2048);
+    CHECK(Counter(r.stats, "pgvolatile") > 0);
+    CHECK(Counter(r.stats, "pglazyfree") == 0);
+  }
+  Result bad = Run("--madv-free sometimes", "exit 0");
+  CHECK(bad.status == 2);
+}
+
 TEST_CASE("Preload: the kernel reads and writes emulated memory as natively (thread mode)",
           "[preload]") {
   Result r = Run(ModeArg("thread") + " --mem-limit 8M --no-summary", "syscalls 16");
