@@ -60,6 +60,11 @@ Seen Look(const char* p, size_t page, uint64_t tag) {
   const uint64_t a = w[0], b = w[kPageSize / 8 - 1];
   if (a == Word(page, tag) && b == ~Word(page, tag)) return Seen::kIntact;
   if (a == 0 && b == 0) return Seen::kZero;
+  // Reclaim may discard the page between the two reads (a page goes from
+  // its data to zeros once, never back): then it reads zeros now.
+  if ((a == Word(page, tag) && b == 0) && w[0] == 0 && w[kPageSize / 8 - 1] == 0) {
+    return Seen::kZero;
+  }
   return Seen::kOther;
 }
 
