@@ -1,8 +1,9 @@
 // `emu workload`: the embedded default program of `emu run` (and of the
 // README's first command). A plain program: it knows nothing of the
 // emulator; run under `emu run --mem-limit` it shows the zero page, copy on
-// write from it, swap out and in, mremap and the brk heap, and a fork, and
-// checks every byte it wrote.
+// write from it, swap out and in, mremap and the brk heap, a fork and
+// MADV_FREE, and checks every byte it wrote.
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -93,6 +94,41 @@ int WorkloadMain(const std::vector<std::string>& args) {
     small.clear();
   }
   std::printf("workload: 200000 small allocations (the brk heap)\n");
+  // 8. Memory given back lazily (MADV_FREE), half of it taken again, then
+  // new memory: under a limit the half not taken again is dropped without
+  // I/O (zeros), the half written again keeps its new data.
+  char* f = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(q) + kPage - 1) & ~(kPage - 1));
+  const size_t fpages = pages - 1, again = fpages / 2;
+  if (madvise(f, fpages * kPage, MADV_FREE) != 0) return 1;
+  for (size_t i = 0; i < again; i++) {
+    uint64_t v = Word(i, 2);
+    std::memcpy(f + i * kPage, &v, sizeof(v));
+  }
+  char* r = static_cast<char*>(std::malloc(bytes / 2));
+  if (r == nullptr) return 1;
+  for (size_t i = 0; i < bytes / 2; i += kPage) r[i] = 1;
+  if (!Verify(f, again, 2, "written again after MADV_FREE")) return 1;
+  // The rest holds what step 2 wrote (at q + j pages) or, dropped, zeros.
+  size_t dropped = 0;
+  const char* rest = f + again * kPage;
+  const char* end = f + fpages * kPage;
+  for (size_t j = 0; j < pages; j++) {
+    const char* at = q + j * kPage;
+    if (at < rest || at + sizeof(uint64_t) > end) continue;
+    uint64_t v;
+    std::memcpy(&v, at, sizeof(v));
+    if (v == 0) {
+      dropped++;
+    } else if (v != Word(j, 1)) {
+      std::printf("workload: FAILED: MADV_FREE: page %zu holds %#llx\n", j,
+                  static_cast<unsigned long long>(v));
+      return 1;
+    }
+  }
+  std::printf("workload: MADV_FREE of %zu MiB, half written again: %zu pages of the rest "
+              "dropped, the rest kept\n",
+              static_cast<size_t>((fpages * kPage) >> 20), dropped);
+  std::free(r);
   std::free(q);
   std::printf("workload: ok\n");
   return 0;
