@@ -61,7 +61,7 @@ namespace emu {
   X(pgvolatile, "volatile pages discarded instead of swapped (seed 003's PGVOLATILE)") \
   X(pglazyfree, "pages made lazily freeable by MADV_FREE")                            \
   X(pglazyfreed, "lazily freed pages discarded by reclaim")                           \
-  X(discard_refault, "faults on a page reclaim had discarded (volatile or lazily freed)") \
+  X(discard_refault, "discarded pages (volatile or lazily freed) a fault brought back, fault-around included") \
   X(swapout_avoided, "dirty pages discarded rather than written to swap")            \
   X(swapin_avoided, "swapped-out volatile pages discarded at their fault, not read")
 

@@ -230,11 +230,16 @@ static AddrRange ClaimNoneRun(VmFault& vmf, AddrRange window) {
   VirtAddr start = vmf.address, end = vmf.address + kPageSize;
   std::atomic<uint64_t>* base = vmf.pte - ((vmf.address - window.start) >> kPageShift);
   auto entry = [&](VirtAddr a) { return base + ((a - window.start) >> kPageShift); };
-  while (start > window.start && Load(entry(start - kPageSize)) == 0) start -= kPageSize;
-  while (end < window.end && Load(entry(end)) == 0) end += kPageSize;
+  // A discarded neighbour (Pte::Discarded) reads as none: it joins the run.
+  auto none = [](uint64_t v) { return v == 0 || v == Pte::kDiscarded; };
+  while (start > window.start && none(Load(entry(start - kPageSize)))) start -= kPageSize;
+  while (end < window.end && none(Load(entry(end)))) end += kPageSize;
+  uint64_t discarded = 0;
   for (VirtAddr a = start; a < end; a += kPageSize) {
+    discarded += Load(entry(a)) == Pte::kDiscarded;
     entry(a)->store(Pte::InstallLocked().raw(), std::memory_order_relaxed);
   }
+  if (discarded != 0) vmf.as->machine().vmstat().Add(VmEvent::k_discard_refault, discarded);
   return {start, end};
 }
 

@@ -183,7 +183,9 @@ TEST_CASE("Volatile: reclaim discards without swap I/O, a discarded page reads z
   RequireMachineInvariants(m);
   // The first access: zeros, a refault, the mark cleared and the VMA merged.
   CHECK(Look(p, 7, 4) == Seen::kZero);
-  CHECK(Stat(m, VmEvent::k_discard_refault) == 1);
+  // That page and the discarded neighbours fault-around brought back with it.
+  CHECK(Stat(m, VmEvent::k_discard_refault) >= 1);
+  CHECK(Stat(m, VmEvent::k_discard_refault) <= static_cast<uint64_t>(o.fault_around_pages));
   CHECK(Stat(m, VmEvent::k_volatile_unmark) == 1);
   CHECK(as.nr_vmas() == vmas);
   CHECK(Count(p, kMarked, 4).zero == kMarked);
