@@ -118,9 +118,11 @@ struct Options {
 
 struct Context {
   Options o;
-  std::string config;  // MachineOptions::ToString() of the machine without a limit
-  bool ok = true;      // false after a failure
-  double target_ratio = std::nan("");  // emu DONTNEED / VOLATILE at kTargetSizeMiB
+  // MachineOptions::ToString() of the machine without a limit.
+  std::string config;
+  bool ok = true;  // false after a failure
+  // Emu DONTNEED / VOLATILE at kTargetSizeMiB (NaN: not run).
+  double target_ratio = std::nan("");
   // Part 1: emu kMadvVolatile p50 ns per call, by size (MiB), as run.
   std::vector<std::pair<int64_t, double>> volatile_ns;
 };
@@ -300,7 +302,9 @@ Result CheckEmuCall(const MadvSpec& spec, AddressSpace& as, size_t pages, const 
                         " written pages: " + what + " " + std::to_string(got) + ", expected " +
                         std::to_string(want));
   };
-  if (D(c0, c1, VmEvent::k_pgfault) != 0) return bad("pgfault delta", D(c0, c1, VmEvent::k_pgfault), 0);
+  if (D(c0, c1, VmEvent::k_pgfault) != 0) {
+    return bad("pgfault delta", D(c0, c1, VmEvent::k_pgfault), 0);
+  }
   switch (spec.advice) {
     case kMadvVolatile:
       if (D(c0, c1, VmEvent::k_pgvolatile_marked) != pages) {
@@ -354,8 +358,8 @@ Result EmuMadvCall(Emu& e, const MadvSpec& spec, size_t pages, uint32_t gen, dou
     if (bad != 0 || faults != 0) {
       r = Result::Fail(std::string("after Madvise(") + spec.label + "), without reclaim, " +
                        std::to_string(bad) + " of " + std::to_string(pages) +
-                       " pages lost their data and reading them took " +
-                       std::to_string(faults) + " faults (want 0 and 0)");
+                       " pages lost their data and reading them took " + std::to_string(faults) +
+                       " faults (want 0 and 0)");
     }
   }
   absl::Status u = as.Munmap(Addr(p), bytes);
@@ -452,7 +456,11 @@ bool RunMadvSize(Context& ctx, int64_t size_mib) {
     const std::string why = "MemAvailable " + std::to_string(avail / kMiB) + " MiB < " +
                             std::to_string(need / kMiB) + " MiB needed";
     if (ctx.o.json) {
-      JsonLine().Str("name", "volatile_madvise").Int("size_mib", size_mib).Str("skipped", why).Print();
+      JsonLine()
+          .Str("name", "volatile_madvise")
+          .Int("size_mib", size_mib)
+          .Str("skipped", why)
+          .Print();
     } else {
       std::printf("%-9s skipped: %s\n", (std::to_string(size_mib) + " MiB").c_str(), why.c_str());
     }
@@ -478,7 +486,7 @@ bool RunMadvSize(Context& ctx, int64_t size_mib) {
       const int m = static_cast<int>((rep + warm + k) % kNrMadvMethods);
       const MadvSpec& spec = kMadvSpecs[m];
       double v = 0;
-      r = !spec.emu ? KernelMadvCall(spec, pages, gen++, &v)
+      r = !spec.emu                  ? KernelMadvCall(spec, pages, gen++, &v)
           : spec.advice == MADV_FREE ? EmuMadvCall(limit, spec, pages, gen++, &v)
                                      : EmuMadvCall(plain, spec, pages, gen++, &v);
       if (!r.ok) {
@@ -630,10 +638,10 @@ void CheckChunk(Heap& h, size_t c, uint32_t gen, Want want, bool peek, Tally* t)
 }
 
 struct ChurnResult {
-  uint64_t timed_ns = 0;      // advise + reuse writes
+  uint64_t timed_ns = 0;  // advise + reuse writes
   uint64_t reused_pages = 0;
-  uint64_t faults = 0;        // emu pgfault / kernel ru_minflt, over the loop
-  Counters ev{};              // emu: counter deltas over the loop
+  uint64_t faults = 0;  // emu pgfault / kernel ru_minflt, over the loop
+  Counters ev{};        // emu: counter deltas over the loop
   Tally loop, final;
 };
 
@@ -797,17 +805,18 @@ void CheckChurn(Context& ctx, const char* part, const ChurnSpec& spec, const Chu
   all.Add(r.final);
   const std::string where = std::string(part) + ", " + spec.label;
   if (all.mismatches != 0) {
-    Failed(ctx, where, std::to_string(all.mismatches) + " pages held neither their tag nor " +
-                           "what the advice allows; first: " + all.first);
+    Failed(ctx, where,
+           std::to_string(all.mismatches) + " pages held neither their tag nor " +
+               "what the advice allows; first: " + all.first);
   }
   if (all.live_zero != 0 && spec.advice != kMadvVolatile) {
-    Failed(ctx, where, std::to_string(all.live_zero) +
-                           " pages written since their chunk's last free read zeros");
+    Failed(
+        ctx, where,
+        std::to_string(all.live_zero) + " pages written since their chunk's last free read zeros");
   }
 }
 
-void JsonChurnCommon(JsonLine& j, const Context& ctx, const ChurnSpec& spec,
-                     const ChurnResult& r) {
+void JsonChurnCommon(JsonLine& j, const Context& ctx, const ChurnSpec& spec, const ChurnResult& r) {
   Tally all = r.loop;
   all.Add(r.final);
   j.Num("time_s", static_cast<double>(r.timed_ns) * 1e-9);
@@ -903,10 +912,9 @@ void PrintPressureHeader(const Context& ctx) {
       "out-avoid/in-avoid = swapout_avoided/swapin_avoided\n\n",
       static_cast<double>(heap) / kMiB, static_cast<double>(PressureLimit(ctx.o)) / kMiB,
       static_cast<double>(4 * heap) / kMiB);
-  std::printf("%-18s %7s %8s %7s %8s %8s %7s %8s %9s %9s %8s %9s %8s %8s %9s\n", "method",
-              "time s", "ns/page", "flt/pg", "pswpout", "pswpin", "io/none", "io/dntn",
-              "time/none", "discarded", "refault", "out-avoid", "in-avoid", "mismatch",
-              "live-zero");
+  std::printf("%-18s %7s %8s %7s %8s %8s %7s %8s %9s %9s %8s %9s %8s %8s %9s\n", "method", "time s",
+              "ns/page", "flt/pg", "pswpout", "pswpin", "io/none", "io/dntn", "time/none",
+              "discarded", "refault", "out-avoid", "in-avoid", "mismatch", "live-zero");
   std::fflush(stdout);
 }
 
@@ -943,13 +951,13 @@ void PrintPressureRow(const Context& ctx, const ChurnSpec& spec, const ChurnResu
     j.Print();
     return;
   }
-  std::printf("%-18s %7.3f %8.1f %7.3f %8llu %8llu %7s %8s %9s %9llu %8llu %9llu %8llu %8llu %9llu\n",
-              spec.label, static_cast<double>(r.timed_ns) * 1e-9, ns, PerPage(r.faults, r),
-              U(Ev(r, VmEvent::k_pswpout)), U(Ev(r, VmEvent::k_pswpin)),
-              Ratio(io, io_none).c_str(), Ratio(io, io_dn).c_str(),
-              Ratio(static_cast<double>(r.timed_ns), t_none).c_str(), U(Discards(r)),
-              U(Ev(r, VmEvent::k_discard_refault)), U(Ev(r, VmEvent::k_swapout_avoided)),
-              U(Ev(r, VmEvent::k_swapin_avoided)), U(all.mismatches), U(all.live_zero));
+  std::printf(
+      "%-18s %7.3f %8.1f %7.3f %8llu %8llu %7s %8s %9s %9llu %8llu %9llu %8llu %8llu %9llu\n",
+      spec.label, static_cast<double>(r.timed_ns) * 1e-9, ns, PerPage(r.faults, r),
+      U(Ev(r, VmEvent::k_pswpout)), U(Ev(r, VmEvent::k_pswpin)), Ratio(io, io_none).c_str(),
+      Ratio(io, io_dn).c_str(), Ratio(static_cast<double>(r.timed_ns), t_none).c_str(),
+      U(Discards(r)), U(Ev(r, VmEvent::k_discard_refault)), U(Ev(r, VmEvent::k_swapout_avoided)),
+      U(Ev(r, VmEvent::k_swapin_avoided)), U(all.mismatches), U(all.live_zero));
 }
 
 void RunPressurePart(Context& ctx) {
@@ -1121,7 +1129,11 @@ int Main(int argc, char** argv) {
   if (ctx.o.mode != FaultMode::kSigsegv && !UffdAvailable(&why)) {
     const std::string msg = "userfaultfd is not usable here (" + why + "); try --mode sigsegv";
     if (ctx.o.json) {
-      JsonLine().Str("name", "volatile").Str("mode", ModeName(ctx.o.mode)).Str("skipped", msg).Print();
+      JsonLine()
+          .Str("name", "volatile")
+          .Str("mode", ModeName(ctx.o.mode))
+          .Str("skipped", msg)
+          .Print();
     } else {
       std::printf("skipped: %s\n", msg.c_str());
     }
