@@ -804,19 +804,27 @@ void AddressSpace::UnmarkVolatile(VirtAddr addr) {
   const Vma* v = vmas_.Lookup(addr);
   if (v == nullptr || !v->is_volatile()) return;  // another fault was first
   const AddrRange range = v->range();
-  std::atomic<uint64_t>* e = pt_.Walk(PageAlignDown(addr), false);
-  Pte pte(e != nullptr ? e->load(std::memory_order_relaxed) : 0);
-  if (pte.swap() && !pte.present() && machine_->reclaim() != nullptr) {
-    // The page is on the swap device, and the range says it may go: it
-    // goes now, with its slot (no read); the fault finds it discarded.
-    {
-      SpinLockHolder ptl(pt_.Ptl(addr));
-      e->store(Pte::Discarded().raw(), std::memory_order_release);
-    }
-    machine_->reclaim()->SwapFree(pte.swap_entry());
-    nr_swap_ptes_.fetch_sub(1, std::memory_order_relaxed);
-    machine_->vmstat().Add(VmEvent::k_pgvolatile);
-    machine_->vmstat().Add(VmEvent::k_swapin_avoided);
+  if (PageReclaim* reclaim = machine_->reclaim()) {
+    // The range's pages on the swap device may go, and nothing in memory
+    // holds them: they go now with their slots, unread, rather than be read
+    // back once the mark is gone (the program is about to reuse the range).
+    // One walk of the page tables that exist, once per mark.
+    int64_t swap = 0;
+    pt_.ForEachEntry(range, [&](VirtAddr a, std::atomic<uint64_t>* e) {
+      mmap_lock_.AssertWriteHeld();
+      Pte pte(e->load(std::memory_order_relaxed));
+      if (!pte.swap() || pte.present()) return;
+      EMU_BUG_ON(pte.locked());  // no fault is in flight under the write lock
+      {
+        SpinLockHolder ptl(pt_.Ptl(a));
+        e->store(Pte::Discarded().raw(), std::memory_order_release);
+      }
+      reclaim->SwapFree(pte.swap_entry());
+      swap++;
+    });
+    nr_swap_ptes_.fetch_sub(swap, std::memory_order_relaxed);
+    machine_->vmstat().Add(VmEvent::k_pgvolatile, swap);
+    machine_->vmstat().Add(VmEvent::k_swapin_avoided, swap);
   }
   auto it = vmas_.SplitAround(range);
   it->second.vm_flags &= ~kVmVolatile;

@@ -145,9 +145,9 @@ class AddressSpace {
   // The fault layer, holding no lock: a fault at `addr` found its VMA
   // volatile. Clears the mark of that VMA and merges it with its
   // neighbours (seed 003: the VMA is in use again, later faults take the
-  // normal path). A swap PTE at `addr` is discarded first (its slot is
-  // freed, not read: the page may be dropped and was not in memory), so
-  // the fault finds the page discarded.
+  // normal path). The VMA's swap PTEs are discarded first (their slots are
+  // freed, not read: the pages may be dropped and none is in memory), so a
+  // fault on one finds it discarded.
   void UnmarkVolatile(VirtAddr addr);
   // Linux: mm/mlock.c do_mlock()/munlock(): VM_LOCKED, then populate real
   // pages (no zero page: GUP_FLAGS_IGNORE_ZERO, seed 004).
