@@ -246,6 +246,37 @@ static AddrRange ClaimNoneRun(VmFault& vmf, AddrRange window) {
 template <typename Make>
 static void PublishRun(VmFault& vmf, AddrRange run, Make&& make);
 
+AddrRange AnonFaultHandler::ClaimLazyFreeRun(VmFault& vmf, uint64_t orig) {
+  MemMap& mem_map = machine_->mem_map();
+  // A write-protected, clean, lazily freed page in place, mapped here alone.
+  auto lazy = [&](uint64_t raw) {
+    Pte p(raw);
+    if (!p.present() || p.special() || p.locked() || p.write() || p.dirty()) return false;
+    const Page& page = mem_map.page(p.pfn());
+    return page.Test(kPgLazyFree) && !page.Test(kPgPool | kPgSwapCache) && !page.MaybePinned();
+  };
+  const int nr = machine_->options().fault_around_pages;
+  if (nr <= 1) return {};
+  VirtAddr wstart = vmf.address & ~(uintptr_t{static_cast<unsigned>(nr)} * kPageSize - 1);
+  VirtAddr leaf = vmf.address & ~(PageTable::kLeafSpan - 1);
+  AddrRange window = AddrRange{wstart, wstart + nr * kPageSize}
+                         .Intersect(vmf.vma->range())
+                         .Intersect({leaf, leaf + PageTable::kLeafSpan});
+  PageTable& pt = vmf.as->page_table();
+  SpinLockHolder l(pt.Ptl(vmf.address));
+  if (Load(vmf.pte) != orig || !lazy(orig)) return {};
+  std::atomic<uint64_t>* base = vmf.pte - ((vmf.address - window.start) >> kPageShift);
+  auto entry = [&](VirtAddr a) { return base + ((a - window.start) >> kPageShift); };
+  VirtAddr start = vmf.address, end = vmf.address + kPageSize;
+  while (start > window.start && lazy(Load(entry(start - kPageSize)))) start -= kPageSize;
+  while (end < window.end && lazy(Load(entry(end)))) end += kPageSize;
+  if (end - start == kPageSize) return {};  // alone: the ordinary reuse below
+  for (VirtAddr a = start; a < end; a += kPageSize) {
+    entry(a)->store(Load(entry(a)) | Pte::kLocked, std::memory_order_relaxed);
+  }
+  return {start, end};
+}
+
 // Gives back the claimed PTEs of `run` other than the faulting one and
 // returns the one-page run that is still claimed.
 static AddrRange ShrinkToFaultingPage(VmFault& vmf, AddrRange run) {
@@ -544,6 +575,28 @@ unsigned AnonFaultHandler::DoWpPage(VmFault& vmf, uint64_t orig) {
     }
     if (ret == kFaultHostLimit && host.prot_encodes_ptes()) return MergeHostBlock(vmf);
     return ret;
+  }
+  if (!(vmf.flags & kFaultForce) && vmf.vma->writable()) {
+    // A lazily freed page written again (MADV_FREE, then reuse): the
+    // lazily freed neighbours in its aligned fault-around window are made
+    // writable and dirty with it in one host call, as an allocator reusing
+    // a chunk writes them next. They lose their laziness (reclaim will swap
+    // them rather than drop them), as a page written again does; the kernel
+    // takes no fault here at all (the hardware sets the dirty bit).
+    AddrRange run = ClaimLazyFreeRun(vmf, orig);
+    if (!run.empty()) {
+      const bool ok = host.MakeWritable(run, prot);
+      std::atomic<uint64_t>* base = vmf.pte - ((vmf.address - run.start) >> kPageShift);
+      PublishRun(vmf, run, [&](VirtAddr a) {
+        Pte was(Load(base + ((a - run.start) >> kPageShift)) & ~Pte::kLocked);
+        return ok ? was.WithWrite(true).WithDirty().WithYoung(true) : was;
+      });
+      if (!ok) return kFaultSigbus;
+      machine_->vmstat().Add(VmEvent::k_pgreuse, run.nr_pages());
+      machine_->vmstat().Add(VmEvent::k_fault_around_pages, run.nr_pages() - 1);
+      NoteResolution(FaultResolution::kReuse);
+      return kFaultOk;
+    }
   }
   // An exclusive page: reuse it, no copy. Linux: mm/memory.c do_wp_page()
   // as seed 002 has it: reuse when mapcount + swapcount is 1, decided

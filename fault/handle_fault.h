@@ -81,6 +81,11 @@ class AnonFaultHandler : public FaultHandler {
   bool OverHostBudget() const;
   // The run of none PTEs around the fault to install together.
   AddrRange FaultAroundRange(const VmFault& vmf, bool sequential) const;
+  // The write fault on the lazily freed page `orig` at vmf.address: claims
+  // (kLocked) the run of lazily freed, clean, write-protected pages in place
+  // around it in its aligned fault-around window. Empty when the page is not
+  // one, changed, or has no such neighbour.
+  AddrRange ClaimLazyFreeRun(VmFault& vmf, uint64_t orig);
 
   Machine* const machine_;
 };

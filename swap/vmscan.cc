@@ -569,8 +569,12 @@ void Vmscan::DecideOne(Victim& x, AddressSpace& as, SlotRun* run) {
       x.avoided = !clean_copy;
       return;
     }
-    // Written since MADV_FREE: an ordinary page again (folio_set_swapbacked).
+    // Written since MADV_FREE: an ordinary page again (folio_set_swapbacked),
+    // and in use: Linux's try_to_unmap_one() fails for it and
+    // shrink_folio_list() activates it rather than swap it now.
     page.flags.fetch_and(~kPgLazyFree, std::memory_order_relaxed);
+    x.verdict = Victim::kActivate;
+    return;
   }
   if (page.Test(kPgSwapCache) && !pte.dirty() && !pte.write()) {
     x.state = Victim::kClean;
