@@ -710,8 +710,9 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
   if (len == 0) return absl::OkStatus();
   AddrRange r{addr, end};
   WriteLockHolder l(&mmap_lock_);
-  if (advice == kMadvVolatile) return MarkVolatileLocked(r);
+  if (advice == kMadvVolatile) EMU_RETURN_IF_ERROR(CheckVolatileLocked(r));
   bool hole = false, flags_changed = false;
+  uint64_t marked = 0;
   VirtAddr a = r.start;
   while (a < r.end) {
     const Vma* v = vmas_.FindVma(a);
@@ -729,17 +730,22 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
       continue;
     }
     if (advice == MADV_DONTFORK || advice == MADV_DOFORK || advice == MADV_WIPEONFORK ||
-        advice == MADV_KEEPONFORK) {
-      // Linux: mm/madvise.c madvise_update_vma().
+        advice == MADV_KEEPONFORK || advice == kMadvVolatile) {
+      // Linux: mm/madvise.c madvise_update_vma(). Seed 003: MADV_VOLATILE
+      // sets VM_VOLATILE and touches no page.
       uint32_t set = advice == MADV_DONTFORK     ? kVmDontCopy
                      : advice == MADV_WIPEONFORK ? kVmWipeOnFork
+                     : advice == kMadvVolatile   ? kVmVolatile
                                                  : 0;
       uint32_t clear = advice == MADV_DOFORK      ? kVmDontCopy
                        : advice == MADV_KEEPONFORK ? kVmWipeOnFork
                                                    : 0;
-      auto it = vmas_.SplitAround(piece);
-      it->second.vm_flags = (it->second.vm_flags | set) & ~clear;
-      flags_changed = true;
+      if (((v->vm_flags | set) & ~clear) != v->vm_flags) {
+        if (set & ~v->vm_flags & kVmVolatile) marked += piece.nr_pages();
+        auto it = vmas_.SplitAround(piece);
+        it->second.vm_flags = (it->second.vm_flags | set) & ~clear;
+        flags_changed = true;
+      }
       a = piece.end;
       continue;
     }
@@ -760,15 +766,14 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
     // madvise_willneed -> force_swapin_readahead); nothing is swapped yet.
     a = piece.end;
   }
-  if (flags_changed) vmas_.MergeAround(r);
+  if (flags_changed) vmas_.MergeAround(r);  // volatile VMAs stay apart (Vma::CanMergeWith)
+  machine_->vmstat().Add(VmEvent::k_pgvolatile_marked, marked);
   if (hole) return ErrnoError(ENOMEM, "madvise: range is not fully mapped");
   return absl::OkStatus();
 }
 
-absl::Status AddressSpace::MarkVolatileLocked(AddrRange r) {
-  // Seed 003: madvise_behavior() sets VM_VOLATILE and nothing else. The
-  // pieces are checked first, so that an EINVAL changes nothing.
-  bool hole = false;
+absl::Status AddressSpace::CheckVolatileLocked(AddrRange r) {
+  // The pieces are checked first, so that an EINVAL changes nothing.
   for (VirtAddr a = r.start; a < r.end;) {
     const Vma* v = vmas_.FindVma(a);
     if (v == nullptr || v->start >= r.end) break;
@@ -776,26 +781,6 @@ absl::Status AddressSpace::MarkVolatileLocked(AddrRange r) {
     if (v->foreign()) return ErrnoError(EINVAL, "madvise: MADV_VOLATILE on a native mapping");
     a = v->end;
   }
-  uint64_t marked = 0;
-  for (VirtAddr a = r.start; a < r.end;) {
-    const Vma* v = vmas_.FindVma(a);
-    if (v == nullptr || v->start >= r.end) {
-      hole = true;
-      break;
-    }
-    if (v->start > a) hole = true;
-    AddrRange piece = v->range().Intersect(r);
-    if (!v->is_volatile()) {
-      auto it = vmas_.SplitAround(piece);
-      it->second.vm_flags |= kVmVolatile;
-      marked += piece.nr_pages();
-    }
-    a = piece.end;
-  }
-  // No merge: volatile VMAs do not merge (Vma::CanMergeWith), and what a
-  // split left either side keeps the flags it had.
-  machine_->vmstat().Add(VmEvent::k_pgvolatile_marked, marked);
-  if (hole) return ErrnoError(ENOMEM, "madvise: range is not fully mapped");
   return absl::OkStatus();
 }
 

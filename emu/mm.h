@@ -298,8 +298,9 @@ class AddressSpace {
   // bytes (>= src length); see Mremap.
   absl::Status MoveRangeLocked(AddrRange src, const Vma& src_vma, VirtAddr dst, size_t dst_len,
                                bool dontunmap) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
-  // Madvise's kMadvVolatile and MADV_FREE on one VMA piece `r` of `v`.
-  absl::Status MarkVolatileLocked(AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  // Madvise's kMadvVolatile: EINVAL if any VMA of `r` may not be marked.
+  absl::Status CheckVolatileLocked(AddrRange r) ABSL_SHARED_LOCKS_REQUIRED(mmap_lock_);
+  // Madvise's MADV_FREE on one VMA piece `r` of `v`.
   void LazyFreeLocked(const Vma& v, AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   // Sets or clears kVmLocked over r.
   absl::Status SetLockedLocked(AddrRange r, bool lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);

@@ -14,6 +14,18 @@ namespace emu {
 int Vmscan::ShrinkPoolPage(Pfn pfn) {
   Page& page = mem_map_.page(pfn);
   VmStat& vmstat = machine_->vmstat();
+  // TryToUnmap left mappings: an mlocked one keeps the frame off the lists,
+  // else it goes back to the inactive list. No frame was freed.
+  auto StillMapped = [&](UnmapResult r) {
+    if (r == UnmapResult::kFail) {
+      page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+      Release(pfn);
+    } else {
+      Putback(pfn, false);
+      vmstat.Add(VmEvent::k_pgrotated);
+    }
+    return 0;
+  };
   if (page.mapcount.load(std::memory_order_acquire) == 0) {
     Release(pfn);  // unmapped meanwhile: our reference frees it
     return 1;
@@ -51,14 +63,7 @@ int Vmscan::ShrinkPoolPage(Pfn pfn) {
     }
     // A fault cleared a mark meanwhile, or a PTE was busy: what went is
     // discarded (its VMA allowed it), the rest stays mapped.
-    if (r == UnmapResult::kFail) {
-      page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
-      Release(pfn);
-    } else {
-      Putback(pfn, false);
-      vmstat.Add(VmEvent::k_pgrotated);
-    }
-    return 0;
+    return StillMapped(r);
   }
   if (swap_ == nullptr) {
     Putback(pfn, false);
@@ -135,14 +140,7 @@ int Vmscan::ShrinkPoolPage(Pfn pfn) {
   }
   // Some mappings remain (busy, written again, or mlocked): the frame keeps
   // the slot as its swap cache, so the swap PTEs made and the frame agree.
-  if (r == UnmapResult::kFail) {
-    page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
-    Release(pfn);
-  } else {
-    Putback(pfn, false);
-    vmstat.Add(VmEvent::k_pgrotated);
-  }
-  return 0;
+  return StillMapped(r);
 }
 
 }  // namespace emu
