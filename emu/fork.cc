@@ -60,8 +60,9 @@ absl::Status AddressSpace::DupMmapLocked(AddressSpace& child, FramePool& pool) {
     // A native mapping belongs to this window's addresses only; MADV_DONTFORK
     // keeps a range out of the child (Linux: VM_DONTCOPY).
     if (v.foreign() || (v.vm_flags & kVmDontCopy)) continue;
-    Vma cv{v.start + delta, v.end + delta, v.vm_flags & ~kVmLocked, v.pgoff, v.anon_vma};
+    Vma cv{v.start + delta, v.end + delta, v.vm_flags & ~kVmLocked, v.pgoff, v.anon_vma, v.file};
     child.vmas_.Insert(cv);
+    if (v.file != nullptr) v.file->AddSpace(&child);
     child.SyncHostProtLocked(cv, cv.range());
     // MADV_WIPEONFORK: the child's copy starts empty.
     if (v.vm_flags & kVmWipeOnFork) continue;
@@ -104,8 +105,65 @@ bool AddressSpace::CopyPageForChildLocked(AddressSpace& child, const Vma& v, Vir
   return true;
 }
 
+absl::Status AddressSpace::CopySharedPteRangeLocked(AddressSpace& child, const Vma& v,
+                                                    VirtAddr delta, FramePool& pool) {
+  // Linux: copy_present_pte() of a shared mapping: the same page in both,
+  // writable as it was (no copy-on-write), a run of consecutive pool
+  // offsets at a time for the host.
+  HostMmu& host = machine_->host();
+  MemMap& mem_map = machine_->mem_map();
+  const Prot prot = VmFlagsToProt(v.vm_flags);
+  absl::Status status;
+  VirtAddr run_start = 0, run_end = 0;
+  uint64_t run_off = 0;
+  bool run_write = false;
+  auto flush = [&] {
+    if (run_end > run_start && status.ok()) {
+      machine_->AddPoolVmas(2);
+      if (!host.MapPool({run_start + delta, run_end + delta}, pool.fd(), run_off, prot,
+                        run_write)) {
+        status = ErrnoError(errno, "fork: the host refused to map the child's shared pages");
+      }
+    }
+    run_start = run_end = 0;
+  };
+  pt_.ForEachEntry(v.range(), [&](VirtAddr a, std::atomic<uint64_t>* e) {
+    mmap_lock_.AssertWriteHeld();
+    child.mmap_lock_.AssertWriteHeld();
+    if (!status.ok()) return;
+    Pte pte(e->load(std::memory_order_acquire));
+    if (!pte.present()) return;  // shared memory has no swap PTEs yet
+    EMU_BUG_ON(pte.locked());     // excluded by mmap_lock held for write
+    Page& page = mem_map.page(pte.pfn());
+    if (run_end != a || run_write != pte.write() ||
+        run_off + (run_end - run_start) != page.pool_off) {
+      flush();
+      run_start = a;
+      run_off = page.pool_off;
+      run_write = pte.write();
+    }
+    run_end = a + kPageSize;
+    std::atomic<uint64_t>* ce = child.pt_.Walk(a + delta, /*alloc=*/true);
+    if (ce == nullptr) {
+      status = ErrnoError(ENOMEM, "fork: page table");
+      return;
+    }
+    page.refcount.fetch_add(1, std::memory_order_relaxed);
+    page.mapcount.fetch_add(1, std::memory_order_relaxed);
+    {
+      SpinLockHolder l(child.pt_.Ptl(a + delta));
+      ce->store(pte.raw(), std::memory_order_release);
+    }
+    child.rss_anon_.fetch_add(1, std::memory_order_relaxed);
+    machine_->vmstat().Add(VmEvent::k_fork_shared_pages);
+  });
+  flush();
+  return status;
+}
+
 absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v, VirtAddr delta,
                                               FramePool& pool, bool over_budget) {
+  if (v.file != nullptr) return CopySharedPteRangeLocked(child, v, delta, pool);
   HostMmu& host = machine_->host();
   MemMap& mem_map = machine_->mem_map();
   PageReclaim* reclaim = machine_->reclaim();

@@ -36,6 +36,9 @@ absl::StatusOr<size_t> AddressSpace::PinUserPages(VirtAddr addr, size_t nr, unsi
         // Linux: check_vma_flags(): FOLL_FORCE writes only to private
         // mappings (all of ours), reads need VM_READ unless forced.
         if (write && !v->writable() && !force) return fail(i, EFAULT, "read-only mapping");
+        if (write && !v->writable() && v->file != nullptr) {
+          return fail(i, EFAULT, "forced write to a read-only shared mapping");
+        }
         if (!write && !v->readable() && !force) return fail(i, EFAULT, "unreadable mapping");
         std::atomic<uint64_t>* e = pt_.Walk(a, false);
         Pte pte(e != nullptr ? e->load(std::memory_order_acquire) : 0);
@@ -48,9 +51,11 @@ absl::StatusOr<size_t> AddressSpace::PinUserPages(VirtAddr addr, size_t nr, unsi
           // Linux: gup_must_unshare() / can_follow_write_pte(): the page
           // must be this address space's own (not a shared frame, not the
           // copy of a swap slot others may name), and written-to for a write.
-          const bool exclusive = (!page.Test(kPgPool) ||
-                                  page.mapcount.load(std::memory_order_acquire) == 1) &&
-                                 !page.Test(kPgSwapCache);
+          // A page of a shared mapping is pinned as it is (it is shared).
+          const bool exclusive = page.Test(kPgShmem) ||
+                                 ((!page.Test(kPgPool) ||
+                                   page.mapcount.load(std::memory_order_acquire) == 1) &&
+                                  !page.Test(kPgSwapCache));
           const bool ok = exclusive && (!write || pte.write() || (force && !v->writable()));
           if (ok) {
             SpinLockHolder ptl(pt_.Ptl(a));

@@ -239,8 +239,17 @@ absl::StatusOr<FramePool*> Machine::EnsureFramePool() {
   return frame_pool_owner_.get();
 }
 
+absl::StatusOr<ShmemObject*> Machine::CreateShmem(uint64_t nr_pages) {
+  auto obj = std::make_unique<ShmemObject>(this, nr_pages);
+  if (!obj->ok()) return ErrnoError(ENOMEM, "shared memory: no room for its page index");
+  absl::MutexLock l(&lock_);
+  shmem_.push_back(std::move(obj));
+  return shmem_.back().get();
+}
+
 void Machine::ReleaseWindow(AddressSpace* as) {
   absl::MutexLock l(&lock_);
+  for (auto& obj : shmem_) obj->RemoveSpace(as);
   AddrRange w = as->window();
   for (VirtAddr a = w.start; a < w.end; a += kGranule) {
     granule_owner_[(a - arena_.start) / kGranule].store(nullptr, std::memory_order_release);
@@ -274,6 +283,13 @@ absl::Status Machine::CheckInvariants() {
     if (!status.ok()) break;
     const Page& page = mem_map_->page(Pfn{pfn});
     if (page.Test(kPgSwapCache)) cached[page.private_]++;
+    if (page.Test(kPgShmem) &&
+        (static_cast<ShmemObject*>(page.anchor)->Find(page.index) != Pfn{pfn} ||
+         page.refcount.load() < n + 1)) {
+      status = ErrnoError(EIO, absl::StrCat("shared page ", pfn, " is not in its object's cache "
+                                            "at its index, or lacks the cache's reference"));
+      break;
+    }
     if (page.mapcount.load() != n || page.refcount.load() < n) {
       status = ErrnoError(EIO, absl::StrCat("pool frame ", pfn, ": ", n, " PTEs map it, mapcount ",
                                             page.mapcount.load(), ", refcount ",

@@ -26,6 +26,7 @@
 #include "emu/page.h"
 #include "emu/reclaim.h"
 #include "emu/rmap.h"
+#include "emu/shmem.h"
 #include "emu/vmstat.h"
 
 namespace emu {
@@ -163,6 +164,10 @@ class Machine {
   FramePool* frame_pool() const { return frame_pool_.load(std::memory_order_acquire); }
   // Creates the pool on first use. Not async-signal-safe.
   absl::StatusOr<FramePool*> EnsureFramePool();
+  // A new shared memory object of `nr_pages` (MAP_SHARED|MAP_ANONYMOUS),
+  // owned by the machine: it lives as long as the machine (its pages go with
+  // its last VMA). ENOMEM when its index cannot be mapped.
+  absl::StatusOr<ShmemObject*> CreateShmem(uint64_t nr_pages);
   // The bytes of frame `pfn` (a pinned page's holder reads them here): at
   // its address for a page in place, in the pool's read-only view for a
   // frame in the pool. The caller keeps the page from going (a pin).
@@ -245,6 +250,7 @@ class Machine {
   std::atomic<FramePool*> frame_pool_{nullptr};
   VmStat vmstat_;
   absl::Mutex lock_;  // serializes window allocation; never taken in the fault path
+  std::vector<std::unique_ptr<ShmemObject>> shmem_ ABSL_GUARDED_BY(lock_);
   // Written under lock_, read lock-free by the fault path.
   std::array<std::atomic<AddressSpace*>, kMaxGranules> granule_owner_{};
   std::atomic<int> nr_address_spaces_{0};

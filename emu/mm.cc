@@ -241,10 +241,15 @@ absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot
     if (fcntl(fd, F_GETFD) < 0) return ErrnoError(EBADF, "mmap: bad file descriptor");
     return ErrnoError(ENODEV, "mmap: file mappings are not emulated yet");
   }
-  if (type != MAP_PRIVATE) {
-    return ErrnoError(ENODEV, "mmap: shared anonymous mappings are not emulated yet");
-  }
   if (flags & MAP_HUGETLB) return ErrnoError(ENOMEM, "mmap: MAP_HUGETLB is not emulated");
+  // MAP_SHARED|MAP_ANONYMOUS: a shared memory object of the mapping's size
+  // (Linux: shmem_zero_setup()), its pages in the frame pool.
+  ShmemObject* file = nullptr;
+  if (type != MAP_PRIVATE) {
+    if (flags & MAP_GROWSDOWN) return ErrnoError(EINVAL, "mmap: MAP_GROWSDOWN on shared memory");
+    EMU_RETURN_IF_ERROR(machine_->EnsureFramePool().status());
+    EMU_ASSIGN_OR_RETURN(file, machine_->CreateShmem(rounded >> kPageShift));
+  }
   bool fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE);
   if (fixed && !PageAligned(addr)) return ErrnoError(EINVAL, "mmap: fixed address not aligned");
 
@@ -253,6 +258,7 @@ absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot
   if (flags & MAP_NORESERVE) vm_flags |= kVmNoReserve;
   if (flags & MAP_GROWSDOWN) vm_flags |= kVmGrowsDown;
   if (flags & MAP_LOCKED) vm_flags |= kVmLocked;
+  if (file != nullptr) vm_flags |= kVmShared | kVmMayShare;
 
   AddrRange range;
   {
@@ -276,6 +282,11 @@ absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot
       range = {start, start + rounded};
     }
     Vma vma = Vma::New(range.start, range.end, vm_flags);
+    if (file != nullptr) {
+      vma.pgoff = 0;
+      vma.file = file;
+      file->AddSpace(this);
+    }
     vmas_.Insert(vma);
     SyncHostProtLocked(vma, range);
     vmas_.MergeAround(range);
@@ -406,6 +417,7 @@ absl::StatusOr<VirtAddr> AddressSpace::Mremap(VirtAddr old_addr, size_t old_len,
   // The page offset of old_addr and the anon_vma: a moved range keeps them.
   const uint64_t old_pgoff = vma->pgoff + ((old_addr - vma->start) >> kPageShift);
   AnonVma* const anon_vma = vma->anon_vma;
+  ShmemObject* const file = vma->file;
   if (!fixed && !dontunmap) {
     // Grow in place when the range after the VMA is free (Linux: vma_expandable()).
     VirtAddr grow_end;
@@ -413,7 +425,7 @@ absl::StatusOr<VirtAddr> AddressSpace::Mremap(VirtAddr old_addr, size_t old_len,
         grow_end <= window_.end && !vmas_.AnyOverlap({old_end, grow_end})) {
       AddrRange delta{old_end, grow_end};
       Vma grown{delta.start, delta.end, vm_flags,
-                old_pgoff + ((old_end - old_addr) >> kPageShift), anon_vma};
+                old_pgoff + ((old_end - old_addr) >> kPageShift), anon_vma, file};
       vmas_.Insert(grown);
       SyncHostProtLocked(grown, delta);
       vmas_.MergeAround(delta);
@@ -428,7 +440,7 @@ absl::StatusOr<VirtAddr> AddressSpace::Mremap(VirtAddr old_addr, size_t old_len,
   if (!fixed) {
     EMU_ASSIGN_OR_RETURN(new_addr, GetUnmappedAreaLocked(0, new_len));
   }
-  EMU_RETURN_IF_ERROR(MoveRangeLocked({old_addr, old_end}, Vma{old_addr, old_end, vm_flags, old_pgoff, anon_vma},
+  EMU_RETURN_IF_ERROR(MoveRangeLocked({old_addr, old_end}, Vma{old_addr, old_end, vm_flags, old_pgoff, anon_vma, file},
                                       new_addr, new_len, dontunmap));
   l.Release();
   if ((vm_flags & kVmLocked) && new_len > old_len) {
@@ -453,7 +465,9 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, Vi
   // gets its own copy here (Linus's early COW, seed 000). Its frames are
   // taken before anything moves, so that running out fails the call cleanly.
   RmapMethod* rmap = machine_->rmap();
-  const bool early_cow = rmap != nullptr && rmap->EarlyCowOnMove();
+  // (A shared mapping's pages move as they are: its object finds them by
+  // the VMA's pgoff, which a move keeps.)
+  const bool early_cow = rmap != nullptr && rmap->EarlyCowOnMove() && src_vma.file == nullptr;
   std::vector<Pfn> cow_frames;
   if (early_cow) {
     size_t need = 0;
@@ -472,7 +486,8 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, Vi
     }
   }
   // Linux: copy_vma(): the new VMA keeps the page offsets and the anon_vma.
-  Vma moved{dst_range.start, dst_range.end, vm_flags, src_vma.pgoff, src_vma.anon_vma};
+  Vma moved{dst_range.start, dst_range.end, vm_flags, src_vma.pgoff, src_vma.anon_vma,
+            src_vma.file};
   vmas_.Insert(moved);
   const bool encodes = host.prot_encodes_ptes();
   if (!encodes) SyncHostProtLocked(moved, dst_range);
@@ -731,6 +746,10 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
     }
     if (advice == MADV_DONTFORK || advice == MADV_DOFORK || advice == MADV_WIPEONFORK ||
         advice == MADV_KEEPONFORK || advice == kMadvVolatile) {
+      // Linux: MADV_WIPEONFORK only on private anonymous memory.
+      if (advice == MADV_WIPEONFORK && v->file != nullptr) {
+        return ErrnoError(EINVAL, "madvise: MADV_WIPEONFORK on shared memory");
+      }
       // Linux: mm/madvise.c madvise_update_vma(). Seed 003: MADV_VOLATILE
       // sets VM_VOLATILE and touches no page.
       uint32_t set = advice == MADV_DONTFORK     ? kVmDontCopy
@@ -756,6 +775,8 @@ absl::Status AddressSpace::Madvise(VirtAddr addr, size_t len, int advice) {
                                                       : "madvise: MADV_DONTNEED on a locked range");
       }
       if (advice == MADV_FREE) {
+        // Linux: madvise_free_single_vma(): private anonymous memory only.
+        if (v->file != nullptr) return ErrnoError(EINVAL, "madvise: MADV_FREE on shared memory");
         LazyFreeLocked(*v, piece);
       } else {
         ZapRangeLocked(piece);
@@ -778,6 +799,7 @@ absl::Status AddressSpace::CheckVolatileLocked(AddrRange r) {
     const Vma* v = vmas_.FindVma(a);
     if (v == nullptr || v->start >= r.end) break;
     if (v->locked()) return ErrnoError(EINVAL, "madvise: MADV_VOLATILE on a locked range");
+    if (v->file != nullptr) return ErrnoError(EINVAL, "madvise: MADV_VOLATILE on shared memory");
     if (v->foreign()) return ErrnoError(EINVAL, "madvise: MADV_VOLATILE on a native mapping");
     a = v->end;
   }
@@ -1134,6 +1156,17 @@ absl::Status AddressSpace::CheckInvariantsLocked() {
     anon++;
     const Page& page = mem_map.page(pte.pfn());
     uint32_t flags = page.flags.load();
+    if ((v->file != nullptr) != bool(flags & kPgShmem) ||
+        ((flags & kPgShmem) && page.anchor != v->file)) {
+      return fail(a, "a shared mapping's PTE maps no page of its object, or a private one does");
+    }
+    if (flags & kPgShmem) {
+      // A page of the object: any number of PTEs, writable or not.
+      if (page.index != v->pgoff + ((a - v->start) >> kPageShift)) {
+        return fail(a, "shared page's index does not match its VMA's offset");
+      }
+      return;
+    }
     if (!(flags & kPgAnon)) return fail(a, "maps a page that is not anonymous");
     if (flags & kPgPool) {
       // Shared or once shared: Machine::CheckInvariants counts its PTEs.

@@ -90,9 +90,12 @@ class AddressSpace {
   AddressSpace(const AddressSpace&) = delete;
   AddressSpace& operator=(const AddressSpace&) = delete;
 
-  // Linux: mm/mmap.c do_mmap(). Anonymous private mappings; `fd` and `off`
-  // follow Linux's checks (file and shared mappings arrive with the frame
-  // pool and page cache). Returns the start address.
+  // Linux: mm/mmap.c do_mmap(). Anonymous private mappings, and shared
+  // anonymous ones (MAP_SHARED|MAP_ANONYMOUS: a ShmemObject of the
+  // mapping's size, emu/shmem.h, shared with forked address spaces; an
+  // access past its end, after an mremap that grew it, is SIGBUS). `fd` and
+  // `off` follow Linux's checks (file mappings arrive with the page cache).
+  // Returns the start address.
   absl::StatusOr<VirtAddr> Mmap(VirtAddr addr, size_t len, Prot prot, int flags, int fd = -1,
                                 off_t off = 0);
   // Linux: mm/mmap.c do_munmap(). Unmapping a hole succeeds.
@@ -279,6 +282,10 @@ class AddressSpace {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_, child.mmap_lock_);
   absl::Status CopyPteRangeLocked(AddressSpace& child, const Vma& v, VirtAddr delta,
                                   FramePool& pool, bool over_budget)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_, child.mmap_lock_);
+  // The same for a shared mapping (Vma::file): the child maps the same pages.
+  absl::Status CopySharedPteRangeLocked(AddressSpace& child, const Vma& v, VirtAddr delta,
+                                        FramePool& pool)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_, child.mmap_lock_);
   // The child's own copy of the page `pte` maps at `a` (in VMA `v`): a
   // pinned page, or any page past the host VMA budget.

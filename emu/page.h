@@ -38,6 +38,11 @@ inline constexpr uint32_t kPgPool = 1u << 11;       // the frame lives in the Fr
 // page without I/O while its PTE stays clean; a write makes the PTE dirty
 // and the page is then swapped like any other. Only pages in place.
 inline constexpr uint32_t kPgLazyFree = 1u << 12;
+// A page of a shared memory object (emu/shmem.h, = PageSwapBacked without
+// PageAnon): kPgPool too; anchor is the ShmemObject, index its page offset;
+// the object's page cache holds a reference. Not on the reclaim lists (shared
+// memory is not swapped yet).
+inline constexpr uint32_t kPgShmem = 1u << 13;
 // Pages reclaim leaves alone (= the unevictable list).
 inline constexpr uint32_t kPgUnevictable = kPgMlocked;
 

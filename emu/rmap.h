@@ -31,9 +31,28 @@ class AddressSpace;
 struct Page;
 struct Vma;
 
-class RmapMethod {
+// What a page's anchor answers for the reverse-map walk (rmap/rmap.h): the
+// anonymous methods below, and a shared memory object for its own pages
+// (emu/shmem.h, the i_mmap walk).
+class RmapAnchor {
  public:
-  virtual ~RmapMethod() = default;
+  virtual ~RmapAnchor() = default;
+  // Copies into out[0..max) the address spaces in which `page` may be
+  // mapped, from the `from`-th on, and returns how many it copied (0: no
+  // more). Under the anchor's own lock, released before it returns, so that
+  // the caller holds no SpinLock across the system calls it makes for each
+  // (house rule). The caller keeps the address spaces alive (reclaim holds
+  // its pass; an address space going away waits for passes to end).
+  // Allocates nothing.
+  virtual size_t Spaces(const Page& page, size_t from, AddressSpace** out, size_t max) = 0;
+  // With `as`'s mmap_lock held: calls fn(vma, addr) for every address of
+  // `as` at which `page` may be mapped (the caller checks the PTE).
+  virtual void AddressesIn(const Page& page, AddressSpace& as,
+                           absl::FunctionRef<void(const Vma&, VirtAddr)> fn) = 0;
+};
+
+class RmapMethod : public RmapAnchor {
+ public:
   virtual std::string_view name() const = 0;
 
   // AddressSpace::Fork(), with both mmap_locks held for write, before any
@@ -49,18 +68,6 @@ class RmapMethod {
   // Whether mremap must give a moved shared frame its own copy (anonmm's
   // early COW) rather than move the mapping as it is.
   virtual bool EarlyCowOnMove() const = 0;
-  // Copies into out[0..max) the address spaces in which `page` may be
-  // mapped, from the `from`-th on, and returns how many it copied (0: no
-  // more). Under the method's own lock, released before it returns, so that
-  // the caller holds no SpinLock across the system calls it makes for each
-  // (house rule). The caller keeps the address spaces alive (reclaim holds
-  // its pass; an address space going away waits for passes to end).
-  // Allocates nothing.
-  virtual size_t Spaces(const Page& page, size_t from, AddressSpace** out, size_t max) = 0;
-  // With `as`'s mmap_lock held: calls fn(vma, addr) for every address of
-  // `as` at which `page` may be mapped (the caller checks the PTE).
-  virtual void AddressesIn(const Page& page, AddressSpace& as,
-                           absl::FunctionRef<void(const Vma&, VirtAddr)> fn) = 0;
   // Bytes the method's structures take now (bench/rmap).
   virtual size_t MemoryBytes() const = 0;
 };

@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
+#include "emu/shmem.h"
 #include "emu/status.h"
 
 namespace emu {
@@ -54,6 +55,7 @@ VmaTree::Map::iterator VmaTree::SplitAround(AddrRange r) {
       tail.start = cut;
       tail.pgoff = v.pgoff + ((cut - v.start) >> kPageShift);
       v.end = cut;
+      if (tail.file != nullptr) tail.file->Get();
       map_.emplace_hint(it, cut, tail);
     }
   }
@@ -62,10 +64,16 @@ VmaTree::Map::iterator VmaTree::SplitAround(AddrRange r) {
 
 void VmaTree::Erase(AddrRange r) {
   auto it = SplitAround(r);
-  while (it != map_.end() && it->second.start < r.end) it = map_.erase(it);
+  while (it != map_.end() && it->second.start < r.end) {
+    if (it->second.file != nullptr) it->second.file->Put();
+    it = map_.erase(it);
+  }
 }
 
-void VmaTree::Insert(const Vma& vma) { map_.emplace(vma.start, vma); }
+void VmaTree::Insert(const Vma& vma) {
+  if (vma.file != nullptr) vma.file->Get();
+  map_.emplace(vma.start, vma);
+}
 
 void VmaTree::MergeAround(AddrRange r) {
   auto it = map_.lower_bound(r.start);
@@ -76,6 +84,7 @@ void VmaTree::MergeAround(AddrRange r) {
     if (it->second.CanMergeWith(next->second)) {
       it->second.end = next->second.end;
       if (it->second.anon_vma == nullptr) it->second.anon_vma = next->second.anon_vma;
+      if (next->second.file != nullptr) next->second.file->Put();  // `it` keeps its own
       map_.erase(next);
       continue;
     }

@@ -43,6 +43,8 @@ Prot VmFlagsToProt(uint32_t vm_flags);
 
 // An anon_vma (rmap/anon_vma.h): the VMAs whose pages it anchors. Opaque here.
 struct AnonVma;
+// The object behind a shared mapping (emu/shmem.h).
+class ShmemObject;
 
 struct Vma {
   VirtAddr start = 0;
@@ -56,10 +58,14 @@ struct Vma {
   // = anon_vma: set when the VMA's pages are first shared (AddressSpace::
   // Fork with the anon_vma rmap method); shared by the forked copies.
   AnonVma* anon_vma = nullptr;
+  // = vm_file: the shared memory object a MAP_SHARED mapping maps, pgoff
+  // then being the page offset of `start` in it. Each VMA naming it holds a
+  // reference (VmaTree takes and drops them).
+  ShmemObject* file = nullptr;
 
   // A VMA with the offsets a new mapping of `start` gets.
   static Vma New(VirtAddr start, VirtAddr end, uint32_t vm_flags) {
-    return Vma{start, end, vm_flags, start >> kPageShift, nullptr};
+    return Vma{start, end, vm_flags, start >> kPageShift, nullptr, nullptr};
   }
 
   AddrRange range() const { return {start, end}; }
@@ -76,6 +82,7 @@ struct Vma {
   // is_mergeable_anon_vma(): equal, or one has none yet); volatile ones never.
   bool CanMergeWith(const Vma& next) const {
     return end == next.start && vm_flags == next.vm_flags && !(vm_flags & kVmVolatile) &&
+           file == next.file &&
            pgoff + ((end - start) >> kPageShift) == next.pgoff &&
            (anon_vma == next.anon_vma || anon_vma == nullptr || next.anon_vma == nullptr);
   }

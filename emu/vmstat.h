@@ -63,7 +63,8 @@ namespace emu {
   X(pglazyfreed, "lazily freed pages discarded by reclaim")                           \
   X(discard_refault, "discarded pages (volatile or lazily freed) a fault brought back, fault-around included") \
   X(swapout_avoided, "dirty pages discarded rather than written to swap")            \
-  X(swapin_avoided, "swapped-out volatile pages discarded at their fault, not read")
+  X(swapin_avoided, "swapped-out volatile pages discarded at their fault, not read") \
+  X(shmem_alloc, "pages of shared memory objects (MAP_SHARED|MAP_ANONYMOUS) made")
 
 enum class VmEvent : int {
 #define EMU_VM_EVENT_ENUM(name, doc) k_##name,

@@ -166,6 +166,7 @@ unsigned AnonFaultHandler::HandlePteFault(VmFault& vmf) {
     if (pte.swap() && machine_->reclaim()) machine_->reclaim()->WaitSwapIn(vmf.pte, raw);
     return kFaultRetry;
   }
+  if (vmf.vma->file != nullptr) return DoSharedPage(vmf, raw);
   if (pte.none()) return DoAnonymousPage(vmf);
   if (pte.discarded()) {
     // Reclaim discarded the page (a volatile or lazily freed one): it
@@ -245,6 +246,109 @@ static AddrRange ClaimNoneRun(VmFault& vmf, AddrRange window) {
 
 template <typename Make>
 static void PublishRun(VmFault& vmf, AddrRange run, Make&& make);
+
+unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
+  // Linux: do_shared_fault() -> shmem_fault() and finish_fault(); a write
+  // to a write-protected PTE of a shared mapping makes it writable in place
+  // (wp_page_shared: shared memory has no dirty accounting to keep).
+  Pte pte(orig);
+  const Vma& vma = *vmf.vma;
+  ShmemObject& obj = *vma.file;
+  HostMmu& host = machine_->host();
+  const Prot prot = VmFlagsToProt(vma.vm_flags);
+  const bool writable = vma.writable();
+  const AddrRange page_range{vmf.address, vmf.address + kPageSize};
+  PageTable& pt = vmf.as->page_table();
+  // FOLL_FORCE may not write through a read-only shared mapping (Linux:
+  // check_vma_flags(): only a COW mapping).
+  if (vmf.write() && !writable) return kFaultAccErr;
+  if (pte.present()) {
+    if (!vmf.write() || pte.write()) {
+      machine_->vmstat().Add(VmEvent::k_pgfault_spurious);
+      NoteResolution(FaultResolution::kSpurious);
+      return kFaultSpurious;
+    }
+    machine_->vmstat().Add(VmEvent::k_pgfault_wp);
+    {
+      SpinLockHolder l(pt.Ptl(vmf.address));
+      if (Load(vmf.pte) != orig) return kFaultRetry;
+      vmf.pte->store(pte.WithLocked().raw(), std::memory_order_relaxed);
+    }
+    const bool ok = host.MakeWritable(page_range, prot);
+    {
+      SpinLockHolder l(pt.Ptl(vmf.address));
+      vmf.pte->store(ok ? pte.WithWrite(true).WithDirty().WithYoung(true).raw() : orig,
+                     std::memory_order_release);
+    }
+    if (!ok) return kFaultSigbus;
+    machine_->vmstat().Add(VmEvent::k_pgreuse);
+    NoteResolution(FaultResolution::kReuse);
+    return kFaultOk;
+  }
+  if (!pte.none()) return kFaultSigbus;  // no swap or discard for shared memory yet
+  const uint64_t index = vma.pgoff + ((vmf.address - vma.start) >> kPageShift);
+  if (index >= obj.nr_pages()) {
+    // Past the object's end (a mapping mremap grew): Linux's SIGBUS.
+    NoteResolution(FaultResolution::kSigbus);
+    return kFaultSigbus;
+  }
+  {
+    SpinLockHolder l(pt.Ptl(vmf.address));
+    if (Load(vmf.pte) != 0) return kFaultRetry;
+    vmf.pte->store(Pte::InstallLocked().raw(), std::memory_order_relaxed);
+  }
+  auto unclaim = [&] {
+    SpinLockHolder l(pt.Ptl(vmf.address));
+    vmf.pte->store(0, std::memory_order_release);
+  };
+  MemMap& mem_map = machine_->mem_map();
+  FramePool& pool = *machine_->frame_pool();  // made by the Mmap that made the object
+  Pfn pfn = obj.Find(index);
+  if (ToU64(pfn) == 0) {
+    // A new page of the object: a frame at a fresh pool offset, which reads
+    // as zeros (a hole in the pool's file).
+    Pfn fresh;
+    if (machine_->AllocFrames(vmf.as, &fresh, 1, 1) != 1) {
+      unclaim();
+      return kFaultOom;
+    }
+    Page& page = mem_map.page(fresh);
+    page.mapping = nullptr;
+    page.anchor = &obj;
+    page.index = index;
+    page.pool_off = pool.Place(fresh, vmf.address);
+    page.flags.fetch_or(kPgShmem | kPgPool, std::memory_order_release);
+    pfn = obj.Add(index, fresh);  // its allocation reference is the cache's
+    if (pfn != fresh) {
+      machine_->FreePage(fresh);  // another address space was first
+    } else {
+      machine_->vmstat().Add(VmEvent::k_shmem_alloc);
+    }
+  }
+  // No VMA can drop the object's last reference meanwhile: this fault holds
+  // mmap_lock, and the page stays in the cache while a VMA names it.
+  Page& page = mem_map.page(pfn);
+  page.refcount.fetch_add(1, std::memory_order_relaxed);
+  page.mapcount.fetch_add(1, std::memory_order_acq_rel);
+  machine_->AddPoolVmas(2);
+  if (!host.MapPool(page_range, pool.fd(), page.pool_off, prot, writable)) {
+    const int err = errno;
+    page.mapcount.fetch_sub(1, std::memory_order_acq_rel);
+    machine_->PutPage(pfn);
+    host.Reserve(page_range);
+    if (!host.prot_encodes_ptes()) host.Protect(page_range, prot);
+    unclaim();
+    return err == ENOMEM ? kFaultHostLimit : kFaultSigbus;
+  }
+  {
+    SpinLockHolder l(pt.Ptl(vmf.address));
+    vmf.pte->store(Pte::Anon(pfn, writable, /*dirty=*/true).raw(), std::memory_order_release);
+  }
+  vmf.as->AddRssAnon(1);
+  machine_->vmstat().Add(vmf.write() ? VmEvent::k_pgfault_write : VmEvent::k_pgfault_read);
+  NoteResolution(FaultResolution::kNewPage);
+  return kFaultOk;
+}
 
 AddrRange AnonFaultHandler::ClaimLazyFreeRun(VmFault& vmf, uint64_t orig) {
   MemMap& mem_map = machine_->mem_map();

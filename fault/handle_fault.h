@@ -86,6 +86,10 @@ class AnonFaultHandler : public FaultHandler {
   // around it in its aligned fault-around window. Empty when the page is not
   // one, changed, or has no such neighbour.
   AddrRange ClaimLazyFreeRun(VmFault& vmf, uint64_t orig);
+  // A fault in a shared mapping (Vma::file): the object's page, made on
+  // first use, mapped from the frame pool; a write to a write-protected
+  // PTE makes it writable in place.
+  unsigned DoSharedPage(VmFault& vmf, uint64_t orig);
 
   Machine* const machine_;
 };

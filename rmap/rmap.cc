@@ -26,8 +26,12 @@ RmapWalkStats RmapWalk(Machine& m, Pfn pfn,
                                               std::atomic<uint64_t>*)>
                            fn) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   RmapWalkStats stats;
-  RmapMethod* method = m.rmap();
   Page& page = m.mem_map().page(pfn);
+  // A shared memory object's page: its object is its reverse map (the
+  // i_mmap walk); an anonymous frame: the machine's method.
+  RmapAnchor* method = page.Test(kPgShmem)
+                           ? static_cast<RmapAnchor*>(static_cast<ShmemObject*>(page.anchor))
+                           : m.rmap();
   if (method == nullptr || !page.Test(kPgPool) || page.anchor == nullptr) return stats;
   // The walk's own reference: fn may drop the last mapping's (try_to_unmap),
   // and the page, its anchor and its index must stay until the walk ends.

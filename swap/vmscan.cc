@@ -177,7 +177,7 @@ void Vmscan::LruAddLocked(Page& page, Pfn pfn, bool active) {
 void Vmscan::LruAdd(Pfn pfn) {
   Page& page = mem_map_.page(pfn);
   SpinLockHolder l(&lru_lock_);
-  if (page.Test(kPgUnevictable | kPgLru)) return;
+  if (page.Test(kPgUnevictable | kPgLru | kPgShmem)) return;
   // Linux (>= 5.9): new anonymous pages start on the inactive list.
   LruAddLocked(page, pfn, false);
 }
@@ -227,7 +227,8 @@ void Vmscan::LazyFree(Pfn pfn) {
 void Vmscan::Munlocked(Pfn pfn) {
   Page& page = mem_map_.page(pfn);
   SpinLockHolder l(&lru_lock_);
-  if (page.Test(kPgLru | kPgIsolated | kPgUnevictable)) return;
+  // Shared memory's pages are not on the lists (not swapped yet).
+  if (page.Test(kPgLru | kPgIsolated | kPgUnevictable | kPgShmem)) return;
   if (page.refcount.load(std::memory_order_relaxed) == 0) return;
   LruAddLocked(page, pfn, false);
 }

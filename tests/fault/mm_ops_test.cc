@@ -63,7 +63,8 @@ TEST_CASE("Mmap: requests outside or larger than the window get ENOMEM", "[mm]")
   CHECK(ToErrno(as.Mmap(0, kPageSize, kRW, kAnon).status()) == ENOMEM);  // window is full
   REQUIRE(as.Munmap(*whole, as.window().len_bytes()).ok());
   CHECK(ToErrno(as.Mmap(0, 0, kRW, kAnon).status()) == EINVAL);
-  CHECK(ToErrno(as.Mmap(0, kPageSize, kRW, MAP_SHARED | MAP_ANONYMOUS).status()) == ENODEV);
+  CHECK(ToErrno(as.Mmap(0, kPageSize, kRW, MAP_SHARED_VALIDATE | MAP_ANONYMOUS).status()) ==
+        EINVAL);
   CHECK(ToErrno(as.Mmap(0, kPageSize, kRW, MAP_PRIVATE).status()) == EBADF);
   RequireInvariants(as);
 }
