@@ -18,10 +18,19 @@
 //           range it unmapped first). anon_vma keeps sharing the frames (the
 //           moved VMA keeps pgoff and anon_vma); anonmm copies every shared
 //           frame it moves (early COW, counted as cow_page)
+//   shared  the fan over shared anonymous memory: AS0 maps --pages pages
+//           MAP_SHARED | MAP_ANONYMOUS and writes them, forks --fan children,
+//           and each child reads every page. The pages belong to a
+//           ShmemObject (emu/shmem.h), their reverse map whatever the
+//           machine's method (the i_mmap walk): both machines run the same
+//           walk, so their runs are pooled into one "object (i_mmap)" column,
+//           and the fan rows of the same run are its peers
 //
 // Each (scenario, method) run builds the shape on its own machine (1 GiB
 // window per address space), then measures:
 //   rmap structures  RmapMethod::MemoryBytes() once the shape is built
+//                    (shared: the object's page index and address-space
+//                    list instead; MemoryBytes() does not cover the object)
 //   walk             page_referenced (rmap/rmap.h) over every frame of AS0,
 //                    one untimed pass first (it clears the young bits and
 //                    checks every walk), then one timed pass: ns per frame
@@ -30,6 +39,10 @@
 //                    over the range (destructive, so once per run): ns per
 //                    frame and per mapping; each mapping's cost includes the
 //                    host mmap that puts the arena's reservation back
+//                    (shared: after an untimed mprotect(PROT_READ) of the
+//                    range in every address space, since try_to_unmap
+//                    leaves a writable PTE mapped and every PTE of a shared
+//                    writable mapping is writable)
 //   (mremap)         the children's mremap calls, ns per page moved; the
 //                    early-COW copies, how many of AS0's frames are still
 //                    shared, and the frames in use
@@ -39,12 +52,16 @@
 //
 // Checks (a failure is reported on stderr and the exit status is 1): every
 // frame of AS0 is in the frame pool with the mapcount the shape gives it
-// (chain depth+1, fan fan+1, vmas 2, mremap children+1 for anon_vma and 1
-// for anonmm); page_referenced finds exactly that many mappings of each
+// (chain depth+1, fan and shared fan+1, vmas 2, mremap children+1 for
+// anon_vma and 1 for anonmm); shared: each is page i of one object and in
+// its cache, and every child reads AS0's bytes; page_referenced finds
+// exactly that many mappings of each
 // frame, with no address space busy; the vmas shape has --vmas VMAs;
 // anonmm's mremaps copy every shared page and anon_vma's none; each moved
-// range still reads AS0's bytes; try_to_unmap leaves no mapping; and
-// CheckRmap() passes after the walks and again after try_to_unmap.
+// range still reads AS0's bytes; try_to_unmap leaves no mapping (shared:
+// the pages stay in the object's cache, and AS0 faults them back in with
+// their bytes); and CheckRmap() passes after the walks and again after
+// try_to_unmap.
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -59,6 +76,7 @@
 #include "bench/harness.h"
 #include "emu/machine.h"
 #include "emu/mm.h"
+#include "emu/shmem.h"
 #include "emu/vmstat.h"
 #include "fault/host_backends.h"
 #include "fault/machine_factory.h"
@@ -77,14 +95,17 @@ constexpr const char* kMethods[2] = {"anon_vma", "anonmm"};
 
 // ---- What is measured ----
 
-enum Scenario { kChain, kFan, kManyVmas, kMremap, kNrScenarios };
+enum Scenario { kChain, kFan, kManyVmas, kMremap, kShared, kNrScenarios };
 
-constexpr const char* kScenarioNames[kNrScenarios] = {"chain", "fan", "vmas", "mremap"};
+constexpr const char* kScenarioNames[kNrScenarios] = {"chain", "fan", "vmas", "mremap",
+                                                      "shared"};
 
 enum Metric {
   kBytes,
   kBytesPerSpace,
   kBytesWithVmaPtr,
+  kObjectBytes,
+  kObjectBytesPerSpace,
   kVmas,
   kFound,
   kSharedFrames,
@@ -98,31 +119,56 @@ enum Metric {
   kNrMetrics
 };
 
+// Which scenarios report a metric.
+enum Scope { kAll, kAnonOnly, kMremapOnly, kSharedOnly };
+
 struct MetricSpec {
   const char* name;   // JSON name: rmap_<scenario>_<name>
   const char* label;  // table label
   const char* unit;
-  bool mremap_only;
+  Scope scope;
   int decimals;  // in the table
 };
 
 constexpr MetricSpec kMetrics[kNrMetrics] = {
-    {"bytes", "rmap structures", "B", false, 0},
-    {"bytes_per_as", "  per address space", "B/as", false, 1},
-    {"bytes_with_vma_ptr", "  + Vma::anon_vma (8 B/VMA)", "B", false, 0},
-    {"vmas", "VMAs (all address spaces)", "vmas", false, 0},
-    {"found", "mappings found per frame", "mappings/frame", false, 2},
-    {"shared_frames", "AS0 frames still shared", "frames", true, 0},
-    {"cow_pages", "early-COW copies (cow_page)", "pages", true, 0},
-    {"frames_in_use", "frames in use", "frames", true, 0},
-    {"mremap", "mremap (children)", "ns/page", true, 1},
-    {"walk", "walk (page_referenced)", "ns/frame", false, 1},
-    {"walk_per_mapping", "  per mapping found", "ns/mapping", false, 1},
-    {"unmap", "try_to_unmap", "ns/frame", false, 1},
-    {"unmap_per_mapping", "  per mapping unmapped", "ns/mapping", false, 1},
+    {"bytes", "rmap structures", "B", kAnonOnly, 0},
+    {"bytes_per_as", "  per address space", "B/as", kAnonOnly, 1},
+    {"bytes_with_vma_ptr", "  + Vma::anon_vma (8 B/VMA)", "B", kAnonOnly, 0},
+    {"object_bytes", "object index + spaces list", "B", kSharedOnly, 0},
+    {"object_bytes_per_as", "  per address space", "B/as", kSharedOnly, 1},
+    {"vmas", "VMAs (all address spaces)", "vmas", kAll, 0},
+    {"found", "mappings found per frame", "mappings/frame", kAll, 2},
+    {"shared_frames", "AS0 frames still shared", "frames", kMremapOnly, 0},
+    {"cow_pages", "early-COW copies (cow_page)", "pages", kMremapOnly, 0},
+    {"frames_in_use", "frames in use", "frames", kMremapOnly, 0},
+    {"mremap", "mremap (children)", "ns/page", kMremapOnly, 1},
+    {"walk", "walk (page_referenced)", "ns/frame", kAll, 1},
+    {"walk_per_mapping", "  per mapping found", "ns/mapping", kAll, 1},
+    {"unmap", "try_to_unmap", "ns/frame", kAll, 1},
+    {"unmap_per_mapping", "  per mapping unmapped", "ns/mapping", kAll, 1},
 };
 
-bool Applies(Metric k, Scenario s) { return !kMetrics[k].mremap_only || s == kMremap; }
+bool Applies(Metric k, Scenario s) {
+  switch (kMetrics[k].scope) {
+    case kAll:
+      return true;
+    case kAnonOnly:
+      return s != kShared;
+    case kMremapOnly:
+      return s == kMremap;
+    case kSharedOnly:
+      return s == kShared;
+  }
+  return false;
+}
+
+// The fan's metric a shared row is compared with: the object's bytes with
+// the anonymous method's structures, anything else with itself.
+Metric PeerOf(Metric k) {
+  if (k == kObjectBytes) return kBytes;
+  if (k == kObjectBytesPerSpace) return kBytesPerSpace;
+  return k;
+}
 
 struct Options {
   std::vector<FaultMode> modes;
@@ -152,6 +198,7 @@ Shape ShapeOf(Scenario s, const Options& o) {
     case kChain:
       return {o.depth + 1, o.pages, "depth", o.depth, o.depth + 1};
     case kFan:
+    case kShared:
       return {o.fan + 1, o.pages, "fan", o.fan, o.fan + 1};
     case kManyVmas:
       return {2, o.vmas, "vmas", o.vmas, 2};
@@ -180,6 +227,11 @@ std::string Describe(Scenario s, const Shape& sh) {
       break;
     case kMremap:
       std::snprintf(buf, sizeof(buf), "%lld children mremap %lld shared pages each",
+                    static_cast<long long>(sh.param_value), static_cast<long long>(sh.pages));
+      break;
+    case kShared:
+      std::snprintf(buf, sizeof(buf),
+                    "MAP_SHARED|MAP_ANONYMOUS, fork fan, %lld children read %lld pages",
                     static_cast<long long>(sh.param_value), static_cast<long long>(sh.pages));
       break;
     case kNrScenarios:
@@ -299,6 +351,73 @@ Result MoveChildren(Machine& m, Spaces& spaces, VirtAddr addr, size_t pages, Sam
   return Result::Ok();
 }
 
+// The children's reads (scenario shared): every child reads every page of
+// its copy of AS0's range and must see AS0's bytes (the same frames).
+Result ChildrenRead(Spaces& spaces, VirtAddr addr, size_t pages) {
+  AddressSpace& as0 = *spaces.v[0];
+  for (size_t i = 1; i < spaces.v.size(); i++) {
+    const char* base = reinterpret_cast<const char*>(Translate(*spaces.v[i], as0, addr));
+    const size_t stale = CountOtherThan(base, pages, kBefore);
+    if (stale != 0) {
+      return Result::Fail("child " + std::to_string(i) + " reads " + std::to_string(stale) +
+                          " shared pages without AS0's bytes");
+    }
+  }
+  return Result::Ok();
+}
+
+// Scenario shared: page i of AS0 must be page i of one object (pgoff 0) and
+// in its cache; *obj is that object.
+Result CheckSharedPage(const Page& page, Pfn pfn, size_t i, ShmemObject** obj) {
+  if (!page.Test(kPgShmem) || page.anchor == nullptr ||
+      (*obj != nullptr && page.anchor != *obj) || page.index != i) {
+    return Result::Fail("page " + std::to_string(i) + " of AS0 is not page " + std::to_string(i) +
+                        " of the mapping's shared memory object");
+  }
+  *obj = static_cast<ShmemObject*>(page.anchor);
+  if ((*obj)->Find(i) != pfn) {
+    return Result::Fail("page " + std::to_string(i) + " of AS0 is not in its object's cache");
+  }
+  return Result::Ok();
+}
+
+// What the object keeps for its reverse map: its page index (4 B per page,
+// a MAP_NORESERVE mapping in host pages; every entry is touched here) and
+// its list of address spaces (8 B each, counted through RmapAnchor::Spaces).
+double ObjectBytes(ShmemObject& obj, const Page& page) {
+  size_t spaces = 0;
+  AddressSpace* batch[64];
+  for (size_t n; (n = obj.Spaces(page, spaces, batch, 64)) != 0;) spaces += n;
+  const uint64_t index = std::max<uint64_t>(obj.nr_pages(), 1) * sizeof(uint32_t);
+  const uint64_t host_page = static_cast<uint64_t>(HostPageSize());
+  return static_cast<double>((index + host_page - 1) / host_page * host_page +
+                             spaces * sizeof(AddressSpace*));
+}
+
+// Scenario shared, after try_to_unmap: each unmapped page stays in its
+// object's cache, and AS0's next read faults that same frame back in,
+// with AS0's bytes.
+Result CheckSharedUnmapped(Machine& m, AddressSpace& as0, VirtAddr addr,
+                           const std::vector<Pfn>& pfns, size_t nr_unmap, size_t stride) {
+  for (size_t j = 0; j < nr_unmap; j++) {
+    const size_t i = j * stride;
+    const Page& page = m.mem_map().page(pfns[i]);
+    if (static_cast<ShmemObject*>(page.anchor)->Find(i) != pfns[i]) {
+      return Result::Fail("try_to_unmap: page " + std::to_string(i) + " left its object's cache");
+    }
+    const VirtAddr a = addr + i * kPageSize;
+    if (CountOtherThan(reinterpret_cast<const char*>(a), 1, kBefore) != 0) {
+      return Result::Fail("page " + std::to_string(i) + " lost AS0's bytes after try_to_unmap");
+    }
+    const Pte pte = as0.GetPte(a);
+    if (!pte.present() || pte.special() || pte.pfn() != pfns[i]) {
+      return Result::Fail("page " + std::to_string(i) +
+                          " was not faulted back in from its object after try_to_unmap");
+    }
+  }
+  return Result::Ok();
+}
+
 // One run of `scenario` with `method` on its own machine, destroyed before
 // returning.
 Result RunOnce(FaultMode mode, Scenario scenario, const char* method, const Options& o,
@@ -316,7 +435,9 @@ Result RunOnce(FaultMode mode, Scenario scenario, const char* method, const Opti
   AddressSpace& as0 = *spaces.v[0];
   const size_t pages = static_cast<size_t>(sh.pages);
   const size_t len = pages * kPageSize;
-  auto mapped = as0.Mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+  const bool shared = scenario == kShared;
+  auto mapped =
+      as0.Mmap(0, len, PROT_READ | PROT_WRITE, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS);
   if (!mapped.ok()) return Result::Fail("mmap: " + Msg(mapped.status()));
   const VirtAddr addr = *mapped;
   WritePages(reinterpret_cast<char*>(addr), pages, kBefore);
@@ -333,12 +454,17 @@ Result RunOnce(FaultMode mode, Scenario scenario, const char* method, const Opti
       break;
     case kFan:
     case kMremap:
+    case kShared:
       for (int64_t i = 1; i < sh.spaces; i++) {
         Result r = Forked(as0, spaces);
         if (r.kind != Result::kOk) return r;
       }
       if (scenario == kMremap) {
         Result r = MoveChildren(m, spaces, addr, pages, out);
+        if (r.kind != Result::kOk) return r;
+      }
+      if (shared) {
+        Result r = ChildrenRead(spaces, addr, pages);
         if (r.kind != Result::kOk) return r;
       }
       break;
@@ -373,7 +499,8 @@ Result RunOnce(FaultMode mode, Scenario scenario, const char* method, const Opti
   // ---- AS0's frames and the mappings each must have ----
   const int64_t want = scenario == kMremap && m.rmap()->EarlyCowOnMove() ? 1 : sh.mappings;
   std::vector<Pfn> pfns(pages);
-  size_t shared = 0;
+  size_t nr_shared = 0;
+  ShmemObject* obj = nullptr;  // scenario shared: the mapping's object
   for (size_t i = 0; i < pages; i++) {
     Pte pte = as0.GetPte(addr + i * kPageSize);
     if (!pte.present() || pte.special()) {
@@ -384,14 +511,22 @@ Result RunOnce(FaultMode mode, Scenario scenario, const char* method, const Opti
     if (!page.Test(kPgPool)) {
       return Result::Fail("page " + std::to_string(i) + " of AS0 is not in the frame pool");
     }
+    if (shared) {
+      Result r = CheckSharedPage(page, pfns[i], i, &obj);
+      if (r.kind != Result::kOk) return r;
+    }
     const int32_t mapcount = page.mapcount.load(std::memory_order_acquire);
     if (mapcount != want) {
       return Result::Fail("page " + std::to_string(i) + " of AS0 has mapcount " +
                           std::to_string(mapcount) + ", expected " + std::to_string(want));
     }
-    shared += mapcount > 1;
+    nr_shared += mapcount > 1;
   }
-  out->v[kSharedFrames] = static_cast<double>(shared);
+  out->v[kSharedFrames] = static_cast<double>(nr_shared);
+  if (obj != nullptr) {
+    out->v[kObjectBytes] = ObjectBytes(*obj, m.mem_map().page(pfns[0]));
+    out->v[kObjectBytesPerSpace] = out->v[kObjectBytes] / static_cast<double>(spaces.v.size());
+  }
 
   // ---- Walk: one checked pass (clears the young bits), one timed ----
   for (size_t i = 0; i < pages; i++) {
@@ -426,6 +561,15 @@ Result RunOnce(FaultMode mode, Scenario scenario, const char* method, const Opti
   const size_t nr_unmap = std::min(pages, kUnmapPages);
   const size_t stride = pages / nr_unmap;
   MemMap& mem_map = m.mem_map();
+  if (shared) {
+    // try_to_unmap leaves a writable PTE mapped, and every PTE of a shared
+    // writable mapping is (fork keeps it so, a read fault maps it so):
+    // write-protect them all first, as reclaim's page_mkclean would.
+    for (const auto& s : spaces.v) {
+      absl::Status st = s->Mprotect(Translate(*s, as0, addr), len, PROT_READ);
+      if (!st.ok()) return Result::Fail("mprotect before try_to_unmap: " + Msg(st));
+    }
+  }
   const uint64_t t2 = NowNs();
   for (size_t j = 0; j < nr_unmap; j++) {
     const Pfn pfn = pfns[j * stride];
@@ -443,6 +587,10 @@ Result RunOnce(FaultMode mode, Scenario scenario, const char* method, const Opti
   out->v[kUnmap] = static_cast<double>(t3 - t2) / static_cast<double>(nr_unmap);
   out->v[kUnmapPerMapping] =
       static_cast<double>(t3 - t2) / static_cast<double>(nr_unmap * static_cast<size_t>(want));
+  if (shared) {
+    Result r = CheckSharedUnmapped(m, as0, addr, pfns, nr_unmap, stride);
+    if (r.kind != Result::kOk) return r;
+  }
   check = CheckRmap(m);
   if (!check.ok()) return Result::Fail("CheckRmap after try_to_unmap: " + check.ToString());
   spaces.Clear();  // children first, then AS0; the machine after
@@ -456,10 +604,19 @@ struct Row {
   Metric metric = kBytes;
   FaultMode mode = FaultMode::kUffdSigbus;
   Shape shape;
+  // Scenario shared: the fan's (PeerOf(metric)), the peers of `object`.
   Summary anon_vma;
   Summary anonmm;
+  // Scenario shared: the object walk, both machines' runs pooled, and the
+  // p50 on each machine alone (anon_vma, anonmm).
+  Summary object;
+  double object_on[2] = {std::nan(""), std::nan("")};
   std::string skipped;  // non-empty: the mode could not run
   double ratio() const { return anon_vma.p50 / anonmm.p50; }
+  // Scenario shared: object / fan's anon_vma, object / fan's anonmm.
+  double object_ratio(int method) const {
+    return object.p50 / (method == 0 ? anon_vma.p50 : anonmm.p50);
+  }
 };
 
 struct Context {
@@ -488,20 +645,60 @@ void PrintModeHeader(FaultMode mode) {
 
 void PrintScenarioHeader(Scenario s, const Shape& sh) {
   std::printf("%s: %s\n", kScenarioNames[s], Describe(s, sh).c_str());
+  if (s == kShared) {
+    // Its own columns: one walk, compared with the fan's two.
+    std::printf(
+        "  (the object's i_mmap walk on both machines, the anonymous method unused: their runs\n"
+        "  pooled; peers: the fan rows above; ratio = object / fan's method)\n"
+        "  %-28s %16s %14s %14s %9s %9s  %s\n",
+        "", "object (i_mmap)", "fan anon_vma", "fan anonmm", "/anon_vma", "/anonmm", "unit");
+  }
   std::fflush(stdout);
+}
+
+std::string FormatRatio(double ratio) {
+  char buf[32];
+  if (std::isfinite(ratio)) {
+    std::snprintf(buf, sizeof(buf), "%9.2f", ratio);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%9s", "-");
+  }
+  return buf;
 }
 
 void PrintTableRow(const Row& r) {
   const MetricSpec& spec = kMetrics[r.metric];
-  char ratio[32];
-  if (std::isfinite(r.ratio())) {
-    std::snprintf(ratio, sizeof(ratio), "%9.2f", r.ratio());
+  if (r.scenario == kShared) {
+    std::printf("  %-28s %16.*f %14.*f %14.*f %s %s  %s\n", spec.label, spec.decimals,
+                r.object.p50, spec.decimals, r.anon_vma.p50, spec.decimals, r.anonmm.p50,
+                FormatRatio(r.object_ratio(0)).c_str(), FormatRatio(r.object_ratio(1)).c_str(),
+                spec.unit);
   } else {
-    std::snprintf(ratio, sizeof(ratio), "%9s", "-");
+    std::printf("  %-28s %14.*f %14.*f %s  %s\n", spec.label, spec.decimals, r.anon_vma.p50,
+                spec.decimals, r.anonmm.p50, FormatRatio(r.ratio()).c_str(), spec.unit);
   }
-  std::printf("  %-28s %14.*f %14.*f %s  %s\n", spec.label, spec.decimals, r.anon_vma.p50,
-              spec.decimals, r.anonmm.p50, ratio, spec.unit);
   std::fflush(stdout);
+}
+
+// Scenario shared's values: the object walk, and the fan's two methods as
+// its peers (the fan's metric for the object's bytes: its rmap structures).
+void AddSharedJson(const Row& r, JsonLine& j) {
+  const bool ok = r.skipped.empty();
+  const std::string peer = std::string("fan_") + kMetrics[PeerOf(r.metric)].name;
+  if (ok) {
+    j.Num("value", r.object.p50);
+  } else {
+    j.Null("value");
+  }
+  j.Str("unit", kMetrics[r.metric].unit).Str("walk", "object (i_mmap)");
+  j.Num("min", r.object.min).Num("max", r.object.max);
+  j.Num("value_on_anon_vma_machine", r.object_on[0]).Num("value_on_anonmm_machine", r.object_on[1]);
+  j.Str("peer", peer + "/anon_vma").Num("peer_value", r.anon_vma.p50);
+  j.Num("ratio", ok ? r.object_ratio(0) : std::nan(""));
+  j.Num("peer_min", r.anon_vma.min).Num("peer_max", r.anon_vma.max);
+  j.Str("peer2", peer + "/anonmm").Num("peer2_value", r.anonmm.p50);
+  j.Num("ratio2", ok ? r.object_ratio(1) : std::nan(""));
+  j.Num("peer2_min", r.anonmm.min).Num("peer2_max", r.anonmm.max);
 }
 
 void PrintJsonRow(const Row& r, const Context& ctx) {
@@ -509,20 +706,25 @@ void PrintJsonRow(const Row& r, const Context& ctx) {
   JsonLine j;
   j.Str("name", std::string("rmap_") + kScenarioNames[r.scenario] + "_" + spec.name);
   j.Str("scenario", kScenarioNames[r.scenario]).Str("mode", ModeName(r.mode));
-  if (r.skipped.empty()) {
-    j.Num("value", r.anon_vma.p50);
+  if (r.scenario == kShared) {
+    AddSharedJson(r, j);
   } else {
-    j.Null("value");
+    if (r.skipped.empty()) {
+      j.Num("value", r.anon_vma.p50);
+    } else {
+      j.Null("value");
+    }
+    j.Str("unit", spec.unit).Str("peer", "anonmm").Num("peer_value", r.anonmm.p50);
+    j.Num("ratio", r.skipped.empty() ? r.ratio() : std::nan(""));
+    j.Num("min", r.anon_vma.min).Num("max", r.anon_vma.max);
+    j.Num("peer_min", r.anonmm.min).Num("peer_max", r.anonmm.max);
   }
-  j.Str("unit", spec.unit).Str("peer", "anonmm").Num("peer_value", r.anonmm.p50);
-  j.Num("ratio", r.skipped.empty() ? r.ratio() : std::nan(""));
-  j.Num("min", r.anon_vma.min).Num("max", r.anon_vma.max);
-  j.Num("peer_min", r.anonmm.min).Num("peer_max", r.anonmm.max);
   j.Int("pages", r.shape.pages).Int("address_spaces", r.shape.spaces);
   j.Int(r.shape.param, r.shape.param_value);
   j.Int("reps", ctx.options.reps);
   j.Str("git_sha", GitSha()).Str("compiler", CompilerVersion()).Int("nproc", Nproc());
-  // The machines differ only in MachineOptions::rmap (anon_vma here, the peer anonmm).
+  // The machines differ only in MachineOptions::rmap (anon_vma here, the peer anonmm;
+  // scenario shared: its runs on both pooled, its peers the fan's).
   j.Str("config", MachineFor(r.mode, r.shape, "anon_vma").ToString());
   if (!r.skipped.empty()) j.Str("skipped", r.skipped);
   j.Print();
@@ -536,7 +738,19 @@ void PrintNotes() {
       "(16 B of each 64 B Page). Every Vma carries pgoff and anon_vma for both methods in\n"
       "this code; of those only the anon_vma pointer (8 B per VMA) is anon_vma's alone,\n"
       "counted in the '+ Vma::anon_vma' row. anonmm's early COW costs whole frames\n"
-      "instead (the mremap scenario's frames in use, 4 KiB each).\n");
+      "instead (the mremap scenario's frames in use, 4 KiB each).\n"
+      "shared: its pages' reverse map is their ShmemObject, whatever MachineOptions::rmap\n"
+      "says, so the runs on both machines measure one walk and are pooled. Its bytes are\n"
+      "the object's, not RmapMethod::MemoryBytes() (which does not cover it): the page\n"
+      "index, 4 B per page of the object in whole host pages (a MAP_NORESERVE mapping,\n"
+      "every entry touched here), plus its list of address spaces, 8 B each (the\n"
+      "vector's size, not its capacity); per page, Page::anchor + Page::index as above.\n"
+      "The machine's anonymous method still keeps its structures for the forks (not\n"
+      "counted there). The children's reads fault nothing: fork already maps every page\n"
+      "of a shared mapping in the child. Every PTE of a shared writable mapping is\n"
+      "writable, and try_to_unmap leaves a writable PTE mapped (kAgain), so the range is\n"
+      "made read-only in every address space (mprotect, untimed) before try_to_unmap;\n"
+      "the unmapped pages stay in the object's cache, and AS0 reads them back in.\n");
   std::fflush(stdout);
 }
 
@@ -574,6 +788,7 @@ bool RunMode(FaultMode mode, const Context& ctx) {
       return true;
     }
   }
+  Summary fan[2][kNrMetrics];  // the peers of scenario shared
   for (int si = 0; si < kNrScenarios; si++) {
     const Scenario scenario = static_cast<Scenario>(si);
     const Shape sh = ShapeOf(scenario, o);
@@ -608,6 +823,20 @@ bool RunMode(FaultMode mode, const Context& ctx) {
       row.shape = sh;
       row.anon_vma = Summarize(values[0][k]);
       row.anonmm = Summarize(values[1][k]);
+      if (scenario == kFan) {
+        fan[0][k] = row.anon_vma;
+        fan[1][k] = row.anonmm;
+      }
+      if (scenario == kShared) {
+        // One walk on both machines: pooled; the fan's are its peers.
+        std::vector<double> both = values[0][k];
+        both.insert(both.end(), values[1][k].begin(), values[1][k].end());
+        row.object = Summarize(both);
+        row.object_on[0] = row.anon_vma.p50;
+        row.object_on[1] = row.anonmm.p50;
+        row.anon_vma = fan[0][PeerOf(metric)];
+        row.anonmm = fan[1][PeerOf(metric)];
+      }
       if (o.json) {
         PrintJsonRow(row, ctx);
       } else {
@@ -625,13 +854,17 @@ void PrintHelp() {
       "usage: %s [options]\n"
       "The anon_vma and anonmm reverse maps side by side: the bytes of their structures,\n"
       "page_referenced walk time and try_to_unmap time, for a deep fork chain, a wide\n"
-      "fork fan, many VMAs and mremapped ranges; ratio = anon_vma / anonmm.\n\n"
+      "fork fan, many VMAs and mremapped ranges; ratio = anon_vma / anonmm. Then the\n"
+      "fan over shared anonymous memory (scenario shared, JSON names rmap_shared_*),\n"
+      "whose pages the object-based map (the i_mmap walk) finds on either machine,\n"
+      "against the anonymous fan's numbers; ratio = object / fan's method.\n\n"
       "  --mode M      sigbus, thread or sigsegv; repeatable or comma-separated\n"
       "                (default: sigbus)\n"
       "  --depth N     forks in the chain (default 16)\n"
-      "  --fan N       children of the fan (default 32)\n"
+      "  --fan N       children of the fan and of the shared fan (default 32)\n"
       "  --vmas N      one-page VMAs of the many-VMAs scenario (default 4096)\n"
-      "  --pages N     pages of AS0 in the chain, fan and mremap scenarios (default 1024)\n"
+      "  --pages N     pages of AS0 in the chain, fan, mremap and shared scenarios\n"
+      "                (default 1024)\n"
       "  --children N  children that mremap their range (default 4)\n"
       "  --reps N      timed repetitions after one warm-up (default 5)\n"
       "  --quick       depth 4, fan 4, 64 VMAs, 64 pages, 2 children, 1 repetition\n"
@@ -640,7 +873,8 @@ void PrintHelp() {
       "                instead of the table\n"
       "  --help        this text\n\n"
       "Exit status: 0; 1 when a run fails or a check does not hold (mapcounts, mappings\n"
-      "found by each walk, VMA count, early-COW copies, CheckRmap); 2 for a bad option.\n",
+      "found by each walk, VMA count, early-COW copies, the shared pages' object and\n"
+      "cache, CheckRmap); 2 for a bad option.\n",
       kProg);
 }
 

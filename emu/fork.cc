@@ -163,7 +163,9 @@ absl::Status AddressSpace::CopySharedPteRangeLocked(AddressSpace& child, const V
 
 absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v, VirtAddr delta,
                                               FramePool& pool, bool over_budget) {
-  if (v.file != nullptr) return CopySharedPteRangeLocked(child, v, delta, pool);
+  if (v.file != nullptr && (v.vm_flags & kVmShared)) {
+    return CopySharedPteRangeLocked(child, v, delta, pool);
+  }
   HostMmu& host = machine_->host();
   MemMap& mem_map = machine_->mem_map();
   PageReclaim* reclaim = machine_->reclaim();

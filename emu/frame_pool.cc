@@ -34,19 +34,26 @@ absl::StatusOr<std::unique_ptr<FramePool>> FramePool::Create(AddrRange arena, ui
     return ErrnoError(err, "reserve the frame pool's identity bitmap");
   }
   void* view = sys::Mmap(nullptr, size, PROT_READ, MAP_SHARED | MAP_NORESERVE, fd, 0);
-  if (view == MAP_FAILED) {
+  void* wview = view == MAP_FAILED ? MAP_FAILED
+                                   : sys::Mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                                               MAP_SHARED | MAP_NORESERVE, fd, 0);
+  if (view == MAP_FAILED || wview == MAP_FAILED) {
     int err = errno;
+    if (view != MAP_FAILED) sys::Munmap(view, size);
     sys::Munmap(bits, bits_bytes);
     close(fd);
-    return ErrnoError(err, "map the frame pool's view");
+    return ErrnoError(err, "map the frame pool's views");
   }
-  return std::unique_ptr<FramePool>(
+  auto pool = std::unique_ptr<FramePool>(
       new FramePool(arena, max_pages, fd, static_cast<std::atomic<uint64_t>*>(bits), bits_bytes,
                     static_cast<const char*>(view), size));
+  pool->wview_ = static_cast<char*>(wview);
+  return pool;
 }
 
 FramePool::~FramePool() {
   sys::Munmap(const_cast<char*>(view_), size_);
+  sys::Munmap(wview_, size_);
   sys::Munmap(identity_, bits_bytes_);
   close(fd_);
 }

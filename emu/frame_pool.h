@@ -63,6 +63,8 @@ class FramePool {
   // The frame at `off`, read through the pool's own read-only view of the
   // file (outside the arena): the source of a copy-on-write copy.
   const void* view(uint64_t off) const { return view_ + off; }
+  // The same, writable: where a file's page is read in (emu/shmem.h).
+  void* writable_view(uint64_t off) const { return wview_ + off; }
 
   // Frames that hold memory in the file now.
   uint64_t nr_frames() const { return nr_frames_.load(std::memory_order_relaxed); }
@@ -86,6 +88,7 @@ class FramePool {
   std::atomic<uint64_t>* const identity_;
   const size_t bits_bytes_;
   const char* const view_;  // the whole file, PROT_READ, MAP_SHARED
+  char* wview_ = nullptr;   // the whole file, PROT_READ|PROT_WRITE, MAP_SHARED (set by Create)
   const uint64_t size_;     // of the file and the view
   std::atomic<uint64_t> nr_frames_{0};
   // Released frames not punched out yet: [pend_start_, pend_end_).

@@ -52,7 +52,7 @@ absl::StatusOr<size_t> AddressSpace::PinUserPages(VirtAddr addr, size_t nr, unsi
           // must be this address space's own (not a shared frame, not the
           // copy of a swap slot others may name), and written-to for a write.
           // A page of a shared mapping is pinned as it is (it is shared).
-          const bool exclusive = page.Test(kPgShmem) ||
+          const bool exclusive = page.Test(kPgShmem) ? (v->vm_flags & kVmShared) != 0 :
                                  ((!page.Test(kPgPool) ||
                                    page.mapcount.load(std::memory_order_acquire) == 1) &&
                                   !page.Test(kPgSwapCache));

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -245,6 +246,27 @@ absl::StatusOr<ShmemObject*> Machine::CreateShmem(uint64_t nr_pages) {
   absl::MutexLock l(&lock_);
   shmem_.push_back(std::move(obj));
   return shmem_.back().get();
+}
+
+absl::StatusOr<ShmemObject*> Machine::OpenFile(const std::string& path, bool writable) {
+  EMU_RETURN_IF_ERROR(EnsureFramePool().status());
+  int fd = open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("open ", path));
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    const int err = errno;
+    close(fd);
+    return ErrnoError(S_ISREG(st.st_mode) ? err : ENODEV,
+                      absl::StrCat(path, ": not a regular file (only those are mapped)"));
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  auto obj = CreateShmem((size + kPageSize - 1) >> kPageShift);
+  if (!obj.ok()) {
+    close(fd);
+    return obj.status();
+  }
+  (*obj)->SetBacking(fd, size, writable);
+  return *obj;
 }
 
 void Machine::ReleaseWindow(AddressSpace* as) {

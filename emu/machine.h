@@ -168,6 +168,12 @@ class Machine {
   // owned by the machine: it lives as long as the machine (its pages go with
   // its last VMA). ENOMEM when its index cannot be mapped.
   absl::StatusOr<ShmemObject*> CreateShmem(uint64_t nr_pages);
+  // An emulated file (emu/shmem.h "Files"): `path` opened read-write when
+  // `writable`, else read-only, its pages cached in the frame pool when
+  // mapped (AddressSpace::MmapFile). Owned by the machine like a shared
+  // memory object. Linux's errors: ENOENT, EACCES, ENODEV for what is not a
+  // regular file.
+  absl::StatusOr<ShmemObject*> OpenFile(const std::string& path, bool writable);
   // The bytes of frame `pfn` (a pinned page's holder reads them here): at
   // its address for a page in place, in the pool's read-only view for a
   // frame in the pool. The caller keeps the page from going (a pin).

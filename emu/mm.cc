@@ -258,8 +258,49 @@ absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot
   if (flags & MAP_NORESERVE) vm_flags |= kVmNoReserve;
   if (flags & MAP_GROWSDOWN) vm_flags |= kVmGrowsDown;
   if (flags & MAP_LOCKED) vm_flags |= kVmLocked;
-  if (file != nullptr) vm_flags |= kVmShared | kVmMayShare;
+  if (file != nullptr) vm_flags |= kVmShared | kVmMayShare | kVmMayWrite;
+  return InsertMapping(addr, rounded, flags, vm_flags, file, 0, populate);
+}
 
+absl::StatusOr<VirtAddr> AddressSpace::MmapFile(VirtAddr addr, size_t len, Prot prot, int flags,
+                                                ShmemObject* file, off_t off) {
+  if (len == 0) return ErrnoError(EINVAL, "mmap: length 0");
+  size_t rounded = PageAlignUp(len);
+  if (rounded < len) return ErrnoError(ENOMEM, "mmap: length overflows");
+  if (off < 0 || (off & (kPageSize - 1))) return ErrnoError(EINVAL, "mmap: offset not page aligned");
+  const int type = flags & MAP_TYPE;
+  if (type != MAP_PRIVATE && type != MAP_SHARED && type != MAP_SHARED_VALIDATE) {
+    return ErrnoError(EINVAL, "mmap: need exactly one of MAP_PRIVATE, MAP_SHARED");
+  }
+  if (flags & MAP_ANONYMOUS) return ErrnoError(EINVAL, "mmap: MAP_ANONYMOUS with a file");
+  if (file == nullptr || !file->backed()) return ErrnoError(EBADF, "mmap: not an emulated file");
+  if (flags & (MAP_HUGETLB | MAP_GROWSDOWN)) {
+    return ErrnoError(EINVAL, "mmap: MAP_HUGETLB or MAP_GROWSDOWN with a file");
+  }
+  const bool fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE);
+  if (fixed && !PageAligned(addr)) return ErrnoError(EINVAL, "mmap: fixed address not aligned");
+  uint32_t vm_flags = ProtToVmFlags(prot);
+  if (type != MAP_PRIVATE) {
+    // Linux: do_mmap(): a shared writable mapping needs a file open for
+    // writing; a shared read-only one of such a file may never become
+    // writable (no VM_MAYWRITE).
+    if ((prot & PROT_WRITE) && !file->may_write()) {
+      return ErrnoError(EACCES, "mmap: MAP_SHARED with PROT_WRITE of a file opened read-only");
+    }
+    vm_flags |= kVmShared | kVmMayShare | (file->may_write() ? kVmMayWrite : 0);
+  } else {
+    vm_flags |= kVmMayWrite;
+  }
+  if (flags & MAP_NORESERVE) vm_flags |= kVmNoReserve;
+  if (flags & MAP_LOCKED) vm_flags |= kVmLocked;
+  return InsertMapping(addr, rounded, flags, vm_flags, file,
+                       static_cast<uint64_t>(off) >> kPageShift, flags & (MAP_POPULATE | MAP_LOCKED));
+}
+
+absl::StatusOr<VirtAddr> AddressSpace::InsertMapping(VirtAddr addr, size_t rounded, int flags,
+                                                     uint32_t vm_flags, ShmemObject* file,
+                                                     uint64_t pgoff, bool populate) {
+  const bool fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE);
   AddrRange range;
   {
     WriteLockHolder l(&mmap_lock_);
@@ -283,7 +324,7 @@ absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot
     }
     Vma vma = Vma::New(range.start, range.end, vm_flags);
     if (file != nullptr) {
-      vma.pgoff = 0;
+      vma.pgoff = pgoff;
       vma.file = file;
       file->AddSpace(this);
     }
@@ -291,12 +332,59 @@ absl::StatusOr<VirtAddr> AddressSpace::Mmap(VirtAddr addr, size_t len, Prot prot
     SyncHostProtLocked(vma, range);
     vmas_.MergeAround(range);
   }
-  Log(Component::kEmu).debug("mmap {} prot={:#x} flags={:#x}", range, prot, flags);
+  Log(Component::kEmu).debug("mmap {} flags={:#x} vm_flags={:#x}", range, flags, vm_flags);
   if (populate) {
     // Linux ignores populate failures here (mm_populate); so do we.
     (void)Populate(range, (vm_flags & kVmLocked) != 0, /*stop_at_inaccessible=*/false);
   }
   return range.start;
+}
+
+absl::Status AddressSpace::Msync(VirtAddr addr, size_t len, int flags) {
+  // Linux: mm/msync.c.
+  if (flags & ~(MS_ASYNC | MS_INVALIDATE | MS_SYNC)) return ErrnoError(EINVAL, "msync: bad flags");
+  if ((flags & MS_ASYNC) && (flags & MS_SYNC)) {
+    return ErrnoError(EINVAL, "msync: MS_ASYNC with MS_SYNC");
+  }
+  if (!PageAligned(addr)) return ErrnoError(EINVAL, "msync: address not aligned");
+  VirtAddr end;
+  if (!RoundedEnd(addr, len, &end)) return ErrnoError(ENOMEM, "msync: range overflows");
+  struct Range {
+    ShmemObject* file;
+    uint64_t first, last;
+  };
+  std::vector<Range> ranges;
+  bool hole = false;
+  {
+    ReadLockHolder l(&mmap_lock_);
+    for (VirtAddr a = addr; a < end;) {
+      const Vma* v = vmas_.FindVma(a);
+      if (v == nullptr || v->start >= end) {
+        hole = true;
+        break;
+      }
+      if (v->start > a) hole = true;
+      const AddrRange piece = v->range().Intersect({a, end});
+      if ((flags & MS_INVALIDATE) && v->locked()) {
+        return ErrnoError(EBUSY, "msync: MS_INVALIDATE of a locked range");
+      }
+      if (v->file != nullptr && (v->vm_flags & kVmShared)) {
+        const uint64_t first = v->pgoff + ((piece.start - v->start) >> kPageShift);
+        ranges.push_back({v->file, first, first + piece.nr_pages()});
+      }
+      a = piece.end;
+    }
+  }
+  // With mmap_lock released, as Linux's vfs_fsync_range(): page_mkclean
+  // takes each address space's for read.
+  absl::Status status = absl::OkStatus();
+  for (const Range& r : ranges) {
+    absl::Status s = r.file->Writeback(r.first, r.last, (flags & MS_SYNC) != 0);
+    if (status.ok()) status = s;
+  }
+  EMU_RETURN_IF_ERROR(status);
+  if (hole) return ErrnoError(ENOMEM, "msync: range is not fully mapped");
+  return absl::OkStatus();
 }
 
 absl::Status AddressSpace::MapForeign(VirtAddr addr, size_t len, bool noreplace,
@@ -465,9 +553,9 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, Vi
   // gets its own copy here (Linus's early COW, seed 000). Its frames are
   // taken before anything moves, so that running out fails the call cleanly.
   RmapMethod* rmap = machine_->rmap();
-  // (A shared mapping's pages move as they are: its object finds them by
-  // the VMA's pgoff, which a move keeps.)
-  const bool early_cow = rmap != nullptr && rmap->EarlyCowOnMove() && src_vma.file == nullptr;
+  // (An object's pages move as they are: the object finds them by the
+  // VMA's pgoff, which a move keeps.)
+  const bool early_cow = rmap != nullptr && rmap->EarlyCowOnMove();
   std::vector<Pfn> cow_frames;
   if (early_cow) {
     size_t need = 0;
@@ -475,7 +563,10 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, Vi
       Pte pte(e->load(std::memory_order_relaxed));
       if (!pte.present() || pte.special()) return;
       const Page& page = mem_map.page(pte.pfn());
-      if (page.Test(kPgPool) && page.mapcount.load(std::memory_order_acquire) > 1) need++;
+      if (page.Test(kPgPool) && !page.Test(kPgShmem) &&
+          page.mapcount.load(std::memory_order_acquire) > 1) {
+        need++;
+      }
     });
     cow_frames.resize(need);
     size_t got = 0;
@@ -541,7 +632,7 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, Vi
         // and without a frame for it the frame moves as it is (the call
         // then fails with ENOMEM; anonmm's walk will not find it here).
         Pfn copy{0};
-        const bool cow = page.Test(kPgPool) && early_cow &&
+        const bool cow = page.Test(kPgPool) && !page.Test(kPgShmem) && early_cow &&
                          page.mapcount.load(std::memory_order_acquire) > 1 &&
                          (!cow_frames.empty() || machine_->AllocFrames(nullptr, &copy, 1, 1) == 1 ||
                           (ok = false));
@@ -567,7 +658,8 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, Vi
           k = pte.write() ? kPoolRw : kPoolRo;
           off = page.pool_off;
           any_pool = true;
-          if (early_cow && page.mapcount.load(std::memory_order_acquire) == 1) {
+          if (early_cow && !page.Test(kPgShmem) &&
+              page.mapcount.load(std::memory_order_acquire) == 1) {
             rmap->AnchorPage(page, *this, moved, to);  // mapped here only
           }
         } else {
@@ -643,6 +735,12 @@ absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
   uint32_t new_prot_flags = ProtToVmFlags(prot);
   absl::Status status = ApplyToVmasLocked({addr, end}, [&](Vma& vma) {
     mmap_lock_.AssertWriteHeld();
+    // Linux: mprotect_fixup(): a shared mapping without VM_MAYWRITE (of a
+    // file opened read-only) may not become writable.
+    if ((new_prot_flags & kVmWrite) && (vma.vm_flags & kVmShared) &&
+        !(vma.vm_flags & kVmMayWrite)) {
+      return ErrnoError(EACCES, "mprotect: PROT_WRITE on a shared mapping of a read-only file");
+    }
     if (vma.foreign()) {
       if (sys::Mprotect(reinterpret_cast<void*>(vma.start), vma.end - vma.start, prot) != 0) {
         return ErrnoError(errno, "mprotect of a native mapping");
@@ -671,6 +769,14 @@ absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
       // Nor a lazily freed one: its next write must be seen (the PTE's
       // dirty bit is all that keeps reclaim from discarding it).
       if (write && page.Test(kPgSwapCache | kPgLazyFree)) return;
+      // Nor a page cache page in a private mapping (it is copied on write),
+      // nor a clean file page in a shared one (seed 001: its write must be
+      // seen to dirty it).
+      if (write && page.Test(kPgShmem) &&
+          (!(vma.vm_flags & kVmShared) ||
+           (vma.file->backed() && !page.Test(kPgDirty)))) {
+        return;
+      }
       // Nor a shared frame (Linux: only an exclusive anonymous page).
       if (write && page.Test(kPgPool) && page.mapcount.load(std::memory_order_acquire) > 1) return;
       e->store(pte.WithWrite(write).raw(), std::memory_order_release);
@@ -1156,14 +1262,20 @@ absl::Status AddressSpace::CheckInvariantsLocked() {
     anon++;
     const Page& page = mem_map.page(pte.pfn());
     uint32_t flags = page.flags.load();
-    if ((v->file != nullptr) != bool(flags & kPgShmem) ||
-        ((flags & kPgShmem) && page.anchor != v->file)) {
-      return fail(a, "a shared mapping's PTE maps no page of its object, or a private one does");
+    if ((flags & kPgShmem) ? page.anchor != v->file
+                           : (v->file != nullptr && (v->vm_flags & kVmShared))) {
+      return fail(a, "a shared mapping's PTE maps no page of its object, or another one does");
     }
     if (flags & kPgShmem) {
-      // A page of the object: any number of PTEs, writable or not.
+      // A page of the object: any number of PTEs.
       if (page.index != v->pgoff + ((a - v->start) >> kPageShift)) {
-        return fail(a, "shared page's index does not match its VMA's offset");
+        return fail(a, "an object's page's index does not match its VMA's offset");
+      }
+      if (pte.write() && !(v->vm_flags & kVmShared)) {
+        return fail(a, "writable PTE of a page cache page in a private mapping");
+      }
+      if (pte.write() && v->file->backed() && !(flags & kPgDirty)) {
+        return fail(a, "writable PTE of a clean file page (a write would go unseen)");
       }
       return;
     }

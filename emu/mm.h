@@ -98,6 +98,19 @@ class AddressSpace {
   // Returns the start address.
   absl::StatusOr<VirtAddr> Mmap(VirtAddr addr, size_t len, Prot prot, int flags, int fd = -1,
                                 off_t off = 0);
+  // Linux: do_mmap() of a file: `file` from Machine::OpenFile, MAP_SHARED
+  // or MAP_PRIVATE, from byte `off` (page aligned). EACCES for MAP_SHARED
+  // with PROT_WRITE of a file opened read-only. An access past the end of
+  // the file (beyond its last page) is SIGBUS. Shared writable mappings
+  // track dirty pages (seed 001, emu/shmem.h); private ones copy on write.
+  absl::StatusOr<VirtAddr> MmapFile(VirtAddr addr, size_t len, Prot prot, int flags,
+                                    ShmemObject* file, off_t off);
+  // Linux: mm/msync.c msync(): writes the dirty pages of the shared file
+  // mappings in the range back (MS_ASYNC and MS_SYNC both write; MS_SYNC
+  // also waits for the device, fdatasync). EINVAL for bad flags, ENOMEM for
+  // a hole (after the rest is written), EBUSY for MS_INVALIDATE of a locked
+  // range.
+  absl::Status Msync(VirtAddr addr, size_t len, int flags);
   // Linux: mm/mmap.c do_munmap(). Unmapping a hole succeeds.
   // A native mapping inside the window (the preload: a program maps a file
   // or shared memory with MAP_FIXED over memory it reserved from the
@@ -264,6 +277,11 @@ class AddressSpace {
   friend class Machine;
   AddressSpace(Machine* machine, AddrRange window) : machine_(machine), window_(window) {}
 
+  // Places a new VMA (Mmap, MmapFile): at `addr` when `flags` says fixed,
+  // else a free range; then populates it if asked.
+  absl::StatusOr<VirtAddr> InsertMapping(VirtAddr addr, size_t rounded, int flags,
+                                         uint32_t vm_flags, ShmemObject* file, uint64_t pgoff,
+                                         bool populate);
   // Finds a free range of `len` bytes, top-down (= arch_get_unmapped_area_topdown).
   absl::StatusOr<VirtAddr> GetUnmappedAreaLocked(VirtAddr hint, size_t len)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);

@@ -1,8 +1,15 @@
 #include "emu/shmem.h"
 
+#include <sched.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "emu/status.h"
 
 #include "emu/log.h"
 #include "emu/machine.h"
@@ -21,6 +28,108 @@ ShmemObject::ShmemObject(Machine* machine, uint64_t nr_pages)
 
 ShmemObject::~ShmemObject() {
   if (pages_ != nullptr) sys::Munmap(pages_, std::max<uint64_t>(nr_pages_, 1) * sizeof(uint32_t));
+  if (fd_ >= 0) close(fd_);
+}
+
+bool ShmemObject::ReadPage(uint64_t index, void* dst) const {
+  const off_t off = static_cast<off_t>(index << kPageShift);
+  for (size_t done = 0; done < kPageSize;) {
+    ssize_t n = pread(fd_, static_cast<char*>(dst) + done, kPageSize - done,
+                      off + static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return false;
+    if (n == 0) break;  // the end of the file: the rest reads as zeros
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+void ShmemObject::MarkDirty(Page& page) {
+  // Linux: set_page_dirty() from the write fault (seed 001).
+  if (!(page.flags.fetch_or(kPgDirty, std::memory_order_acq_rel) & kPgDirty) && backed()) {
+    nr_dirty_.fetch_add(1, std::memory_order_relaxed);
+    machine_->vmstat().Add(VmEvent::k_pgdirty);
+  }
+}
+
+void ShmemObject::MkClean(Pfn pfn) {
+  // Linux: page_mkclean() -> page_mkclean_one() over the file's i_mmap:
+  // every writable PTE of the page becomes clean and read-only (and the
+  // host's page write-protected), so the next write faults and dirties the
+  // page again. A PTE whose fault is in flight (locked) is waited for: it
+  // may be about to become writable.
+  Page& page = machine_->mem_map().page(pfn);
+  HostMmu& host = machine_->host();
+  AddressSpace* batch[32];
+  for (size_t from = 0;;) {
+    const size_t n = Spaces(page, from, batch, 32);
+    if (n == 0) break;
+    from += n;
+    for (size_t i = 0; i < n; i++) {
+      AddressSpace& as = *batch[i];
+      ReadLockHolder l(as.mmap_lock());
+      AddressesIn(page, as, [&](const Vma& vma, VirtAddr addr) {
+        std::atomic<uint64_t>* e = as.page_table().Walk(addr, false);
+        if (e == nullptr) return;
+        for (bool busy = true; busy;) {
+          {
+            SpinLockHolder ptl(as.page_table().Ptl(addr));
+            Pte pte(e->load(std::memory_order_acquire));
+            busy = pte.locked();
+            if (!busy) {
+              if (!pte.present() || pte.pfn() != pfn || !pte.write()) return;
+              e->store(pte.Clean().raw(), std::memory_order_release);
+            }
+          }
+          if (busy) {
+            sched_yield();
+            continue;
+          }
+          host.WriteProtect({addr, addr + kPageSize}, VmFlagsToProt(vma.vm_flags));
+          machine_->vmstat().Add(VmEvent::k_pgmkclean);
+        }
+      });
+    }
+  }
+}
+
+bool ShmemObject::WritePage(uint64_t index, const Page& page) {
+  const uint64_t off = index << kPageShift;
+  if (off >= size_bytes_) return true;  // past the end (a truncated file): nothing to write
+  const size_t len = static_cast<size_t>(std::min<uint64_t>(kPageSize, size_bytes_ - off));
+  const char* src = static_cast<const char*>(machine_->frame_pool()->view(page.pool_off));
+  for (size_t done = 0; done < len;) {
+    ssize_t n = pwrite(fd_, src + done, len - done, static_cast<off_t>(off + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += static_cast<size_t>(n);
+  }
+  machine_->vmstat().Add(VmEvent::k_pgwriteback);
+  return true;
+}
+
+absl::Status ShmemObject::Writeback(uint64_t first, uint64_t last, bool wait) {
+  if (!backed()) return absl::OkStatus();
+  absl::Status status = absl::OkStatus();
+  last = std::min(last, nr_pages_);
+  for (uint64_t i = first; i < last && nr_dirty_.load(std::memory_order_relaxed) > 0; i++) {
+    const Pfn pfn = Find(i);
+    if (ToU64(pfn) == 0) continue;
+    Page& page = machine_->mem_map().page(pfn);
+    // Linux: clear_page_dirty_for_io(): the flag first, then page_mkclean,
+    // then the write; a write in between is in the bytes written or faults
+    // and dirties the page again.
+    if (!(page.flags.fetch_and(~kPgDirty, std::memory_order_acq_rel) & kPgDirty)) continue;
+    nr_dirty_.fetch_sub(1, std::memory_order_relaxed);
+    MkClean(pfn);
+    if (!WritePage(i, page)) {
+      const int err = errno;
+      MarkDirty(page);  // kept dirty: a later writeback tries again
+      if (status.ok()) status = ErrnoError(err, absl::StrCat("writeback of page ", i));
+    }
+  }
+  if (wait && fdatasync(fd_) != 0 && status.ok()) status = ErrnoError(errno, "fdatasync");
+  return status;
 }
 
 Pfn ShmemObject::Add(uint64_t index, Pfn pfn) {
@@ -36,12 +145,21 @@ Pfn ShmemObject::Add(uint64_t index, Pfn pfn) {
 void ShmemObject::Put() {
   if (vma_refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   // Linux: shmem_evict_inode() -> shmem_truncate_range(): no VMA names the
-  // object, so no PTE maps its pages; the cache's references go.
+  // object, so no PTE maps its pages; the cache's references go. A file's
+  // dirty pages are written first (no PTE is left to clean).
   if (nr_cached_.load(std::memory_order_relaxed) == 0) return;
   for (uint64_t i = 0; i < nr_pages_; i++) {
     const uint32_t pfn = pages_[i].exchange(0, std::memory_order_acq_rel);
     if (pfn == 0) continue;
     nr_cached_.fetch_sub(1, std::memory_order_relaxed);
+    Page& page = machine_->mem_map().page(Pfn{pfn});
+    if (backed() && (page.flags.fetch_and(~kPgDirty, std::memory_order_acq_rel) & kPgDirty)) {
+      nr_dirty_.fetch_sub(1, std::memory_order_relaxed);
+      if (!WritePage(i, page)) {
+        Log(Component::kEmu).error("writeback of page {} failed as its last mapping went: {}",
+                                   i, strerror(errno));
+      }
+    }
     EMU_BUG_ON(machine_->mem_map().page(Pfn{pfn}).mapcount.load() != 0);
     machine_->PutPage(Pfn{pfn});
   }

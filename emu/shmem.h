@@ -1,5 +1,7 @@
 // ShmemObject: the memory behind a shared anonymous mapping (= a shmem
-// inode and its address_space). MAP_SHARED|MAP_ANONYMOUS creates one; every
+// inode and its address_space), or behind a file's mappings (Machine::
+// OpenFile: = a regular file's inode and page cache; see "Files" below).
+// MAP_SHARED|MAP_ANONYMOUS creates one; every
 // VMA that maps it (the original, its splits, a forked child's copies, a
 // moved range) names it in Vma::file, with Vma::pgoff the page offset of its
 // start in the object. The object's pages are its page cache: frames in the
@@ -14,6 +16,15 @@
 // every address space that maps the object, at vma->start + (index -
 // vma->pgoff) pages in each VMA that covers the index.
 //
+// Files (seed 001): a file's page is read from the file at its first fault
+// (pread into the pool). In a shared writable mapping a clean page is mapped
+// read-only; the write fault marks it dirty (kPgDirty) and makes the PTE
+// writable. Writeback (msync, fsync, the last VMA's going) takes a dirty
+// page's flag, write-protects every PTE that maps it through the object's
+// reverse map (page_mkclean), then writes it: a write after the flag is
+// taken either lands before the write or faults and dirties it again, so no
+// write is lost. A private mapping reads the page cache and copies on write.
+//
 // Invariants:
 //  1. pages_[i] is 0 or the pfn of a frame with kPgShmem | kPgPool, anchor
 //     this object and index i; the object holds one reference to it.
@@ -26,6 +37,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "emu/rmap.h"
 #include "emu/sync.h"
 #include "emu/types.h"
@@ -43,6 +55,33 @@ class ShmemObject final : public RmapAnchor {
   ShmemObject& operator=(const ShmemObject&) = delete;
 
   uint64_t nr_pages() const { return nr_pages_; }
+
+  // A file's object: `fd` (the object owns it) of `size_bytes`, opened
+  // read-write or read-only. Before any mapping.
+  void SetBacking(int fd, uint64_t size_bytes, bool writable) {
+    fd_ = fd;
+    size_bytes_ = size_bytes;
+    writable_ = writable;
+  }
+  bool backed() const { return fd_ >= 0; }
+  // Whether a shared mapping may write it (a file opened read-only may not).
+  bool may_write() const { return !backed() || writable_; }
+  uint64_t size_bytes() const { return size_bytes_; }
+  // Reads page `index` of the file into `dst` (a page; the part past the
+  // end of the file stays as it is, zeros). async-signal-safe; false with
+  // errno on a read error.
+  bool ReadPage(uint64_t index, void* dst) const;
+  // A write fault dirtied `page` (a page of this object): counts it.
+  // async-signal-safe.
+  void MarkDirty(Page& page);
+  uint64_t nr_dirty() const { return nr_dirty_.load(std::memory_order_relaxed); }
+  // Writes the dirty pages with index in [first, last) back to the file
+  // (Linux: filemap_write_and_wait_range; each page cleaned with
+  // page_mkclean first), then, with `wait`, fdatasync. The caller holds no
+  // mmap_lock (the walk takes each address space's for read). Returns the
+  // first error (EIO and friends from the file); pages that failed stay
+  // dirty.
+  absl::Status Writeback(uint64_t first, uint64_t last, bool wait);
   // False when the page cache's index could not be mapped (ENOMEM).
   bool ok() const { return pages_ != nullptr; }
 
@@ -75,8 +114,17 @@ class ShmemObject final : public RmapAnchor {
                    absl::FunctionRef<void(const Vma&, VirtAddr)> fn) override;
 
  private:
+  // Writes one page (its flag already taken) from the pool to the file.
+  bool WritePage(uint64_t index, const Page& page);
+  // Write-protects every PTE that maps `pfn` (seed 001's page_mkclean).
+  void MkClean(Pfn pfn);
+
   Machine* const machine_;
   const uint64_t nr_pages_;
+  int fd_ = -1;
+  uint64_t size_bytes_ = 0;
+  bool writable_ = true;
+  std::atomic<uint64_t> nr_dirty_{0};
   std::atomic<uint32_t>* pages_;  // nr_pages_ entries, MAP_NORESERVE, zero = none
   std::atomic<int64_t> vma_refs_{0};
   std::atomic<uint64_t> nr_cached_{0};

@@ -18,6 +18,9 @@ inline constexpr uint32_t kVmRead = 1u << 0;
 inline constexpr uint32_t kVmWrite = 1u << 1;
 inline constexpr uint32_t kVmExec = 1u << 2;
 inline constexpr uint32_t kVmShared = 1u << 3;
+// VM_MAYWRITE: a shared file mapping of a file opened read-only lacks it,
+// and mprotect may not make it writable (EACCES).
+inline constexpr uint32_t kVmMayWrite = 1u << 5;
 inline constexpr uint32_t kVmMayShare = 1u << 7;
 inline constexpr uint32_t kVmGrowsDown = 1u << 8;
 inline constexpr uint32_t kVmLocked = 1u << 13;

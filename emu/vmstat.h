@@ -64,7 +64,11 @@ namespace emu {
   X(discard_refault, "discarded pages (volatile or lazily freed) a fault brought back, fault-around included") \
   X(swapout_avoided, "dirty pages discarded rather than written to swap")            \
   X(swapin_avoided, "swapped-out volatile pages discarded at their fault, not read") \
-  X(shmem_alloc, "pages of shared memory objects (MAP_SHARED|MAP_ANONYMOUS) made")
+  X(shmem_alloc, "pages of shared memory objects (MAP_SHARED|MAP_ANONYMOUS) made") \
+  X(file_read, "pages of emulated files read in at their first fault")                \
+  X(pgdirty, "clean pages of shared file mappings dirtied by a write fault (seed 001)") \
+  X(pgmkclean, "PTEs write-protected by page_mkclean before writeback")               \
+  X(pgwriteback, "dirty file pages written back")
 
 enum class VmEvent : int {
 #define EMU_VM_EVENT_ENUM(name, doc) k_##name,

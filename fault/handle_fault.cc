@@ -166,7 +166,13 @@ unsigned AnonFaultHandler::HandlePteFault(VmFault& vmf) {
     if (pte.swap() && machine_->reclaim()) machine_->reclaim()->WaitSwapIn(vmf.pte, raw);
     return kFaultRetry;
   }
-  if (vmf.vma->file != nullptr) return DoSharedPage(vmf, raw);
+  if (vmf.vma->file != nullptr &&
+      (pte.none() || (pte.present() && !pte.special() &&
+                      machine_->mem_map().page(pte.pfn()).Test(kPgShmem)))) {
+    // The object's page, or none yet (a private mapping's own copies are
+    // anonymous pages and take the paths below).
+    return DoSharedPage(vmf, raw);
+  }
   if (pte.none()) return DoAnonymousPage(vmf);
   if (pte.discarded()) {
     // Reclaim discarded the page (a volatile or lazily freed one): it
@@ -248,20 +254,25 @@ template <typename Make>
 static void PublishRun(VmFault& vmf, AddrRange run, Make&& make);
 
 unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
-  // Linux: do_shared_fault() -> shmem_fault() and finish_fault(); a write
-  // to a write-protected PTE of a shared mapping makes it writable in place
-  // (wp_page_shared: shared memory has no dirty accounting to keep).
+  // Linux: do_read_fault() / do_cow_fault() / do_shared_fault() over the
+  // object's page cache (shmem_fault, filemap_fault), and for a write to a
+  // write-protected PTE of the object's page: wp_page_shared() (seed 001:
+  // the page is dirtied, the PTE made writable) or, in a private mapping,
+  // wp_page_copy().
   Pte pte(orig);
   const Vma& vma = *vmf.vma;
   ShmemObject& obj = *vma.file;
   HostMmu& host = machine_->host();
+  MemMap& mem_map = machine_->mem_map();
   const Prot prot = VmFlagsToProt(vma.vm_flags);
+  const bool shared = vma.vm_flags & kVmShared;
   const bool writable = vma.writable();
   const AddrRange page_range{vmf.address, vmf.address + kPageSize};
   PageTable& pt = vmf.as->page_table();
+  FramePool& pool = *machine_->frame_pool();  // made with the object
   // FOLL_FORCE may not write through a read-only shared mapping (Linux:
   // check_vma_flags(): only a COW mapping).
-  if (vmf.write() && !writable) return kFaultAccErr;
+  if (vmf.write() && !writable && shared) return kFaultAccErr;
   if (pte.present()) {
     if (!vmf.write() || pte.write()) {
       machine_->vmstat().Add(VmEvent::k_pgfault_spurious);
@@ -274,6 +285,9 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
       if (Load(vmf.pte) != orig) return kFaultRetry;
       vmf.pte->store(pte.WithLocked().raw(), std::memory_order_relaxed);
     }
+    Page& page = mem_map.page(pte.pfn());
+    if (!shared) return CopyObjectPage(vmf, orig);
+    obj.MarkDirty(page);  // before the PTE is writable: writeback sees it
     const bool ok = host.MakeWritable(page_range, prot);
     {
       SpinLockHolder l(pt.Ptl(vmf.address));
@@ -285,10 +299,11 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
     NoteResolution(FaultResolution::kReuse);
     return kFaultOk;
   }
-  if (!pte.none()) return kFaultSigbus;  // no swap or discard for shared memory yet
+  if (!pte.none()) return kFaultSigbus;  // no swap PTE of an object's page yet
   const uint64_t index = vma.pgoff + ((vmf.address - vma.start) >> kPageShift);
   if (index >= obj.nr_pages()) {
-    // Past the object's end (a mapping mremap grew): Linux's SIGBUS.
+    // Past the object's end (the file's last page, or a shared mapping
+    // mremap grew): Linux's SIGBUS.
     NoteResolution(FaultResolution::kSigbus);
     return kFaultSigbus;
   }
@@ -301,12 +316,10 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
     SpinLockHolder l(pt.Ptl(vmf.address));
     vmf.pte->store(0, std::memory_order_release);
   };
-  MemMap& mem_map = machine_->mem_map();
-  FramePool& pool = *machine_->frame_pool();  // made by the Mmap that made the object
   Pfn pfn = obj.Find(index);
   if (ToU64(pfn) == 0) {
     // A new page of the object: a frame at a fresh pool offset, which reads
-    // as zeros (a hole in the pool's file).
+    // as zeros (a hole in the pool's file), then a file's bytes.
     Pfn fresh;
     if (machine_->AllocFrames(vmf.as, &fresh, 1, 1) != 1) {
       unclaim();
@@ -318,20 +331,37 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
     page.index = index;
     page.pool_off = pool.Place(fresh, vmf.address);
     page.flags.fetch_or(kPgShmem | kPgPool, std::memory_order_release);
+    if (obj.backed() && !obj.ReadPage(index, pool.writable_view(page.pool_off))) {
+      machine_->FreePage(fresh);
+      unclaim();
+      NoteResolution(FaultResolution::kSigbus);
+      return kFaultSigbus;  // Linux: a read error in filemap_fault is SIGBUS
+    }
     pfn = obj.Add(index, fresh);  // its allocation reference is the cache's
     if (pfn != fresh) {
       machine_->FreePage(fresh);  // another address space was first
     } else {
-      machine_->vmstat().Add(VmEvent::k_shmem_alloc);
+      machine_->vmstat().Add(obj.backed() ? VmEvent::k_file_read : VmEvent::k_shmem_alloc);
     }
   }
   // No VMA can drop the object's last reference meanwhile: this fault holds
   // mmap_lock, and the page stays in the cache while a VMA names it.
   Page& page = mem_map.page(pfn);
+  if (!shared && vmf.write()) {
+    // A write to a private mapping: its own copy at once (do_cow_fault).
+    page.refcount.fetch_add(1, std::memory_order_relaxed);  // CopyObjectPage drops it
+    page.mapcount.fetch_add(1, std::memory_order_acq_rel);
+    return CopyObjectPage(vmf, Pte::Anon(pfn, false, false).WithLocked().raw(),
+                          /*mapped=*/false);
+  }
+  // A shared writable mapping maps a clean file page read-only, so that its
+  // first write is seen (seed 001); a write fault dirties it now.
+  const bool map_writable = shared && writable && (!obj.backed() || vmf.write());
+  if (map_writable) obj.MarkDirty(page);
   page.refcount.fetch_add(1, std::memory_order_relaxed);
   page.mapcount.fetch_add(1, std::memory_order_acq_rel);
   machine_->AddPoolVmas(2);
-  if (!host.MapPool(page_range, pool.fd(), page.pool_off, prot, writable)) {
+  if (!host.MapPool(page_range, pool.fd(), page.pool_off, prot, map_writable)) {
     const int err = errno;
     page.mapcount.fetch_sub(1, std::memory_order_acq_rel);
     machine_->PutPage(pfn);
@@ -342,11 +372,62 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
   }
   {
     SpinLockHolder l(pt.Ptl(vmf.address));
-    vmf.pte->store(Pte::Anon(pfn, writable, /*dirty=*/true).raw(), std::memory_order_release);
+    vmf.pte->store(Pte::Anon(pfn, map_writable, /*dirty=*/map_writable).raw(),
+                   std::memory_order_release);
   }
   vmf.as->AddRssAnon(1);
   machine_->vmstat().Add(vmf.write() ? VmEvent::k_pgfault_write : VmEvent::k_pgfault_read);
   NoteResolution(FaultResolution::kNewPage);
+  return kFaultOk;
+}
+
+unsigned AnonFaultHandler::CopyObjectPage(VmFault& vmf, uint64_t locked, bool mapped) {
+  // The PTE at vmf.address is claimed (kLocked). The object's page `locked`
+  // names goes from this PTE (its mapping and reference), and an exclusive
+  // copy in place takes it: the copy is an ordinary anonymous page.
+  const Vma& vma = *vmf.vma;
+  const Pte was = Pte(locked & ~Pte::kLocked);
+  const Pfn old = was.pfn();
+  MemMap& mem_map = machine_->mem_map();
+  HostMmu& host = machine_->host();
+  PageTable& pt = vmf.as->page_table();
+  const Prot prot = VmFlagsToProt(vma.vm_flags);
+  const AddrRange page_range{vmf.address, vmf.address + kPageSize};
+  const void* src = machine_->frame_pool()->view(mem_map.page(old).pool_off);
+  auto give_back = [&](unsigned ret) {
+    SpinLockHolder l(pt.Ptl(vmf.address));
+    vmf.pte->store(mapped ? was.raw() : 0, std::memory_order_release);
+    if (!mapped) {
+      mem_map.page(old).mapcount.fetch_sub(1, std::memory_order_acq_rel);
+      machine_->PutPage(old);
+    }
+    return ret;
+  };
+  Pfn copy;
+  if (machine_->AllocFrames(vmf.as, &copy, 1, 1) != 1) return give_back(kFaultOom);
+  // A forced write into a read-only private mapping (FOLL_FORCE): the copy
+  // is ours, its PTE stays read-only.
+  const bool writable = vma.writable();
+  const bool ok = mapped ? host.ReplaceWithCopy(page_range, src, prot)
+                         : host.InstallCopy(page_range, src, prot, writable);
+  if (!ok) {
+    const int err = errno;
+    machine_->FreePage(copy);
+    return give_back(err == ENOMEM ? kFaultHostLimit : kFaultSigbus);
+  }
+  if (mapped && !writable) host.WriteProtect(page_range, prot);
+  AddNewAnonRmap(mem_map.page(copy), vmf.as, vma, vmf.address);
+  if (PageReclaim* reclaim = machine_->reclaim()) reclaim->LruAdd(copy);
+  {
+    SpinLockHolder l(pt.Ptl(vmf.address));
+    vmf.pte->store(Pte::Anon(copy, writable, /*dirty=*/true).raw(), std::memory_order_release);
+  }
+  mem_map.page(old).mapcount.fetch_sub(1, std::memory_order_acq_rel);
+  machine_->PutPage(old);
+  if (!mapped) vmf.as->AddRssAnon(1);
+  machine_->vmstat().Add(VmEvent::k_cow_page);
+  machine_->vmstat().Add(VmEvent::k_pgalloc);
+  NoteResolution(FaultResolution::kCow);
   return kFaultOk;
 }
 

@@ -90,6 +90,10 @@ class AnonFaultHandler : public FaultHandler {
   // first use, mapped from the frame pool; a write to a write-protected
   // PTE makes it writable in place.
   unsigned DoSharedPage(VmFault& vmf, uint64_t orig);
+  // A private mapping's copy of the object's page: `locked` is the claimed
+  // PTE's value (the object's page, kLocked); `mapped` when that PTE mapped
+  // the page (a write to it), else the fault holds the page for the copy.
+  unsigned CopyObjectPage(VmFault& vmf, uint64_t locked, bool mapped = true);
 
   Machine* const machine_;
 };

@@ -1,0 +1,244 @@
+// Emulated files (Machine::OpenFile, AddressSpace::MmapFile, Msync): shared
+// and private file mappings over a page cache in the frame pool, and seed
+// 001's dirty tracking: what is written through a shared mapping is in the
+// file after msync (read back through a descriptor of its own), msync
+// writes only the dirty pages, no write is lost to a racing msync, two
+// address spaces see each other's writes, and Linux's errors.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "rmap/rmap.h"
+#include "test_util.h"
+
+namespace emu {
+namespace {
+
+using test::MakeEnv;
+using test::Stat;
+
+constexpr int kRW = PROT_READ | PROT_WRITE;
+
+VirtAddr A(const void* p) { return reinterpret_cast<VirtAddr>(p); }
+
+// A temporary file of `pages` pages, page i starting with the word i + tag.
+struct TempFile {
+  std::string path;
+  explicit TempFile(size_t pages, uint64_t tag = 0, size_t extra_bytes = 0) {
+    char tmpl[] = "/tmp/emu-file-map-test.XXXXXX";
+    int fd = mkstemp(tmpl);
+    REQUIRE(fd >= 0);
+    path = tmpl;
+    std::vector<char> buf(pages * kPageSize + extra_bytes, 0);
+    for (size_t i = 0; i < pages; i++) *reinterpret_cast<uint64_t*>(&buf[i * kPageSize]) = i + tag;
+    REQUIRE(write(fd, buf.data(), buf.size()) == static_cast<ssize_t>(buf.size()));
+    close(fd);
+  }
+  ~TempFile() { unlink(path.c_str()); }
+  // The word at the start of page `i`, read with a descriptor of its own.
+  uint64_t Word(size_t i) const {
+    int fd = open(path.c_str(), O_RDONLY);
+    uint64_t w = 0;
+    CHECK(pread(fd, &w, sizeof(w), static_cast<off_t>(i * kPageSize)) == sizeof(w));
+    close(fd);
+    return w;
+  }
+};
+
+ShmemObject* Open(Machine& m, const TempFile& f, bool writable) {
+  auto obj = m.OpenFile(f.path, writable);
+  INFO(obj.status().ToString());
+  REQUIRE(obj.ok());
+  return *obj;
+}
+
+char* MapFile(AddressSpace& as, ShmemObject* file, size_t len, int prot, int flags,
+              off_t off = 0) {
+  auto p = as.MmapFile(0, len, prot, flags, file, off);
+  INFO(p.status().ToString());
+  REQUIRE(p.ok());
+  return reinterpret_cast<char*>(*p);
+}
+
+uint64_t& W(char* p, size_t page) { return *reinterpret_cast<uint64_t*>(p + page * kPageSize); }
+
+void RequireAll(Machine& m) {
+  absl::Status s = m.CheckInvariants();
+  INFO(s.ToString());
+  REQUIRE(s.ok());
+  absl::Status r = CheckRmap(m);
+  INFO(r.ToString());
+  REQUIRE(r.ok());
+}
+
+TEST_CASE("File mappings: shared writes reach the file at msync, and only dirty pages are written",
+          "[file][dirty]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode);
+  AddressSpace& as = *env->as;
+  Machine& m = *env->machine;
+  constexpr size_t kPages = 256;
+  TempFile f(kPages, 100);
+  ShmemObject* file = Open(m, f, true);
+  char* p = MapFile(as, file, kPages * kPageSize, kRW, MAP_SHARED);
+  // Reads see the file and dirty nothing; clean pages are mapped read-only.
+  for (size_t i = 0; i < kPages; i++) REQUIRE(W(p, i) == i + 100);
+  CHECK(Stat(m, VmEvent::k_file_read) == kPages);
+  CHECK(file->nr_dirty() == 0);
+  CHECK_FALSE(as.GetPte(A(p)).write());
+  RequireAll(m);
+  // Writes to 10 pages: 10 dirty, each dirtied by one fault.
+  for (size_t i = 0; i < kPages; i += kPages / 10 + 1) W(p, i) = 5000 + i;
+  const uint64_t dirtied = Stat(m, VmEvent::k_pgdirty);
+  CHECK(file->nr_dirty() == dirtied);
+  CHECK(dirtied == 10);
+  CHECK(f.Word(0) == 100);  // not written back yet
+  RequireAll(m);
+  REQUIRE(as.Msync(A(p), kPages * kPageSize, MS_SYNC).ok());
+  CHECK(Stat(m, VmEvent::k_pgwriteback) == dirtied);
+  CHECK(file->nr_dirty() == 0);
+  for (size_t i = 0; i < kPages; i++) {
+    REQUIRE(f.Word(i) == (i % (kPages / 10 + 1) == 0 ? 5000 + i : i + 100));
+  }
+  // Cleaned pages are write-protected again: the next write dirties anew,
+  // and the next msync writes that page alone.
+  CHECK_FALSE(as.GetPte(A(p)).write());
+  W(p, 1) = 77;
+  CHECK(file->nr_dirty() == 1);
+  REQUIRE(as.Msync(A(p), kPages * kPageSize, MS_ASYNC).ok());
+  CHECK(Stat(m, VmEvent::k_pgwriteback) == dirtied + 1);
+  CHECK(f.Word(1) == 77);
+  // A second msync with nothing dirty writes nothing.
+  REQUIRE(as.Msync(A(p), kPages * kPageSize, MS_SYNC).ok());
+  CHECK(Stat(m, VmEvent::k_pgwriteback) == dirtied + 1);
+  RequireAll(m);
+  // munmap of the last mapping writes what is still dirty.
+  W(p, 2) = 88;
+  REQUIRE(as.Munmap(A(p), kPages * kPageSize).ok());
+  CHECK(f.Word(2) == 88);
+  RequireAll(m);
+}
+
+TEST_CASE("File mappings: two address spaces see each other's writes at once; a private "
+          "mapping copies on write",
+          "[file]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode);
+  AddressSpace& a = *env->as;
+  Machine& m = *env->machine;
+  auto other = m.CreateAddressSpace(uint64_t{2} << 30);
+  REQUIRE(other.ok());
+  AddressSpace& b = **other;
+  constexpr size_t kPages = 16;
+  TempFile f(kPages, 10);
+  ShmemObject* file = Open(m, f, true);
+  char* pa = MapFile(a, file, kPages * kPageSize, kRW, MAP_SHARED);
+  char* pb = MapFile(b, file, kPages * kPageSize, kRW, MAP_SHARED);
+  char* pp = MapFile(b, file, kPages * kPageSize, kRW, MAP_PRIVATE);
+  W(pa, 3) = 33;
+  CHECK(W(pb, 3) == 33);
+  CHECK(W(pp, 3) == 33);  // not written privately yet: the page cache
+  W(pb, 4) = 44;
+  CHECK(W(pa, 4) == 44);
+  // A private write: a copy, seen by nobody else, never written back.
+  W(pp, 5) = 55;
+  CHECK(W(pa, 5) == 15);
+  CHECK(Stat(m, VmEvent::k_cow_page) == 1);
+  W(pa, 5) = 56;
+  CHECK(W(pp, 5) == 55);  // the copy stays
+  RequireAll(m);
+  REQUIRE(a.Msync(A(pa), kPages * kPageSize, MS_SYNC).ok());
+  CHECK(f.Word(3) == 33);
+  CHECK(f.Word(4) == 44);
+  CHECK(f.Word(5) == 56);
+  // A fork shares the shared mapping and the private mapping's cache pages.
+  auto child = b.Fork();
+  REQUIRE(child.ok());
+  char* cb = reinterpret_cast<char*>((*child)->window().start + (A(pb) - b.window().start));
+  char* cp = reinterpret_cast<char*>((*child)->window().start + (A(pp) - b.window().start));
+  W(cb, 6) = 66;
+  CHECK(W(pa, 6) == 66);
+  CHECK(W(cp, 5) == 55);
+  W(cp, 7) = 77;  // the child's own copy
+  CHECK(W(pp, 7) == 17);
+  CHECK(W(pa, 7) == 17);
+  RequireAll(m);
+  child->reset();
+  other->reset();
+  RequireAll(m);
+}
+
+TEST_CASE("File mappings: Linux's errors: EACCES, SIGBUS past the end, bad msync", "[file]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode);
+  AddressSpace& as = *env->as;
+  Machine& m = *env->machine;
+  TempFile f(2, 0, 100);  // two pages and 100 bytes: three pages mapped
+  ShmemObject* ro = Open(m, f, false);
+  CHECK(ToErrno(as.MmapFile(0, kPageSize, kRW, MAP_SHARED, ro, 0).status()) == EACCES);
+  char* r = MapFile(as, ro, 4 * kPageSize, PROT_READ, MAP_SHARED);
+  CHECK(ToErrno(as.Mprotect(A(r), kPageSize, kRW)) == EACCES);
+  // A private writable mapping of a read-only file is fine.
+  char* pr = MapFile(as, ro, kPageSize, kRW, MAP_PRIVATE);
+  W(pr, 0) = 9;
+  CHECK(f.Word(0) == 0);
+  // The third page holds the last 100 bytes, zeros after; the fourth is
+  // past the end of the file: SIGBUS (EFAULT for a fault-in).
+  CHECK(as.FaultInPages(A(r) + 2 * kPageSize, kPageSize, false).ok());
+  CHECK(r[2 * kPageSize + 200] == 0);
+  CHECK(ToErrno(as.FaultInPages(A(r) + 3 * kPageSize, kPageSize, false)) == EFAULT);
+  CHECK(ToErrno(as.MmapFile(0, kPageSize, PROT_READ, MAP_SHARED, ro, 100).status()) == EINVAL);
+  CHECK(ToErrno(as.Msync(A(r), kPageSize, MS_SYNC | MS_ASYNC)) == EINVAL);
+  CHECK(ToErrno(as.Msync(A(r) + 1, kPageSize, MS_SYNC)) == EINVAL);
+  CHECK(ToErrno(m.OpenFile("/nonexistent/emu-file", false).status()) == ENOENT);
+  CHECK(ToErrno(m.OpenFile("/tmp", false).status()) == ENODEV);
+  RequireAll(m);
+}
+
+// Writers race msync: every value a writer stored before the last msync is
+// in the file, so no write is lost between cleaning and writing a page.
+TEST_CASE("File mappings: no write is lost to concurrent msync", "[file][dirty][race]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode);
+  AddressSpace& as = *env->as;
+  Machine& m = *env->machine;
+  constexpr size_t kPages = 64;
+  TempFile f(kPages);
+  ShmemObject* file = Open(m, f, true);
+  char* p = MapFile(as, file, kPages * kPageSize, kRW, MAP_SHARED);
+  std::atomic<bool> stop{false};
+  std::thread syncer([&] {
+    while (!stop.load()) CHECK(as.Msync(A(p), kPages * kPageSize, MS_ASYNC).ok());
+  });
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 2; t++) {
+    writers.emplace_back([&, t] {
+      for (uint64_t round = 1; round <= 200; round++) {
+        for (size_t i = t; i < kPages; i += 2) {
+          reinterpret_cast<std::atomic<uint64_t>*>(p + i * kPageSize)
+              ->store(round, std::memory_order_relaxed);
+        }
+      }
+    });
+  }
+  for (auto& w : writers) w.join();
+  stop = true;
+  syncer.join();
+  REQUIRE(as.Msync(A(p), kPages * kPageSize, MS_SYNC).ok());
+  for (size_t i = 0; i < kPages; i++) REQUIRE(f.Word(i) == 200);
+  CHECK(file->nr_dirty() == 0);
+  RequireAll(m);
+}
+
+}  // namespace
+}  // namespace emu
