@@ -1,7 +1,8 @@
 // rmap_bench: the two object-based reverse maps of anonymous memory side by
 // side (emu/rmap.h): anon_vma (Andrea Arcangeli's) against anonmm (Hugh
 // Dickins's), on what their structures take and what a walk from a frame to
-// its PTEs costs, in the four shapes seed 000 set out to compare:
+// its PTEs costs, in the four shapes seed 000 set out to compare, and then
+// the object-based map of shared anonymous memory (emu/shmem.h) in the fan:
 //   chain   a deep fork chain: AS0 maps --pages pages and writes them, forks
 //           AS1, AS1 forks AS2, ... to --depth forks; every frame is mapped
 //           by all depth+1 address spaces
@@ -18,7 +19,7 @@
 //           range it unmapped first). anon_vma keeps sharing the frames (the
 //           moved VMA keeps pgoff and anon_vma); anonmm copies every shared
 //           frame it moves (early COW, counted as cow_page)
-//   shared  the fan over shared anonymous memory: AS0 maps --pages pages
+//   shmem   the fan over shared anonymous memory: AS0 maps --pages pages
 //           MAP_SHARED | MAP_ANONYMOUS and writes them, forks --fan children,
 //           and each child reads every page. The pages belong to a
 //           ShmemObject (emu/shmem.h), their reverse map whatever the
@@ -29,7 +30,7 @@
 // Each (scenario, method) run builds the shape on its own machine (1 GiB
 // window per address space), then measures:
 //   rmap structures  RmapMethod::MemoryBytes() once the shape is built
-//                    (shared: the object's page index and address-space
+//                    (shmem: the object's page index and address-space
 //                    list instead; MemoryBytes() does not cover the object)
 //   walk             page_referenced (rmap/rmap.h) over every frame of AS0,
 //                    one untimed pass first (it clears the young bits and
@@ -39,7 +40,7 @@
 //                    over the range (destructive, so once per run): ns per
 //                    frame and per mapping; each mapping's cost includes the
 //                    host mmap that puts the arena's reservation back
-//                    (shared: after an untimed mprotect(PROT_READ) of the
+//                    (shmem: after an untimed mprotect(PROT_READ) of the
 //                    range in every address space, since try_to_unmap
 //                    leaves a writable PTE mapped and every PTE of a shared
 //                    writable mapping is writable)
@@ -48,20 +49,21 @@
 //                    shared, and the frames in use
 // p50 over --reps runs after one warm-up run, per method; anon_vma and
 // anonmm alternate inside one repetition loop (which goes first flips each
-// repetition). ratio = anon_vma / anonmm.
+// repetition). ratio = anon_vma / anonmm; shmem: p50 over the runs on
+// both machines, ratio = object / the fan's value for each method.
 //
 // Checks (a failure is reported on stderr and the exit status is 1): every
 // frame of AS0 is in the frame pool with the mapcount the shape gives it
-// (chain depth+1, fan and shared fan+1, vmas 2, mremap children+1 for
-// anon_vma and 1 for anonmm); shared: each is page i of one object and in
+// (chain depth+1, fan and shmem fan+1, vmas 2, mremap children+1 for
+// anon_vma and 1 for anonmm); shmem: each is page i of one object and in
 // its cache, and every child reads AS0's bytes; page_referenced finds
-// exactly that many mappings of each
-// frame, with no address space busy; the vmas shape has --vmas VMAs;
+// exactly that many mappings of each frame, with no address space busy;
+// the vmas shape has --vmas VMAs;
 // anonmm's mremaps copy every shared page and anon_vma's none; each moved
-// range still reads AS0's bytes; try_to_unmap leaves no mapping (shared:
+// range still reads AS0's bytes; try_to_unmap leaves no mapping (shmem:
 // the pages stay in the object's cache, and AS0 faults them back in with
-// their bytes); and CheckRmap() passes after the walks and again after
-// try_to_unmap.
+// their bytes); and CheckRmap() passes after the walks (shmem: also once
+// the shape is built) and again after try_to_unmap.
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -95,10 +97,10 @@ constexpr const char* kMethods[2] = {"anon_vma", "anonmm"};
 
 // ---- What is measured ----
 
-enum Scenario { kChain, kFan, kManyVmas, kMremap, kShared, kNrScenarios };
+// Run in this order: kShmem's peers are kFan's rows of the same mode.
+enum Scenario { kChain, kFan, kManyVmas, kMremap, kShmem, kNrScenarios };
 
-constexpr const char* kScenarioNames[kNrScenarios] = {"chain", "fan", "vmas", "mremap",
-                                                      "shared"};
+constexpr const char* kScenarioNames[kNrScenarios] = {"chain", "fan", "vmas", "mremap", "shmem"};
 
 enum Metric {
   kBytes,
@@ -153,16 +155,16 @@ bool Applies(Metric k, Scenario s) {
     case kAll:
       return true;
     case kAnonOnly:
-      return s != kShared;
+      return s != kShmem;
     case kMremapOnly:
       return s == kMremap;
     case kSharedOnly:
-      return s == kShared;
+      return s == kShmem;
   }
   return false;
 }
 
-// The fan's metric a shared row is compared with: the object's bytes with
+// The fan's metric a shmem row is compared with: the object's bytes with
 // the anonymous method's structures, anything else with itself.
 Metric PeerOf(Metric k) {
   if (k == kObjectBytes) return kBytes;
@@ -198,7 +200,7 @@ Shape ShapeOf(Scenario s, const Options& o) {
     case kChain:
       return {o.depth + 1, o.pages, "depth", o.depth, o.depth + 1};
     case kFan:
-    case kShared:
+    case kShmem:
       return {o.fan + 1, o.pages, "fan", o.fan, o.fan + 1};
     case kManyVmas:
       return {2, o.vmas, "vmas", o.vmas, 2};
@@ -229,7 +231,7 @@ std::string Describe(Scenario s, const Shape& sh) {
       std::snprintf(buf, sizeof(buf), "%lld children mremap %lld shared pages each",
                     static_cast<long long>(sh.param_value), static_cast<long long>(sh.pages));
       break;
-    case kShared:
+    case kShmem:
       std::snprintf(buf, sizeof(buf),
                     "MAP_SHARED|MAP_ANONYMOUS, fork fan, %lld children read %lld pages",
                     static_cast<long long>(sh.param_value), static_cast<long long>(sh.pages));
@@ -351,7 +353,7 @@ Result MoveChildren(Machine& m, Spaces& spaces, VirtAddr addr, size_t pages, Sam
   return Result::Ok();
 }
 
-// The children's reads (scenario shared): every child reads every page of
+// The children's reads (scenario shmem): every child reads every page of
 // its copy of AS0's range and must see AS0's bytes (the same frames).
 Result ChildrenRead(Spaces& spaces, VirtAddr addr, size_t pages) {
   AddressSpace& as0 = *spaces.v[0];
@@ -366,11 +368,11 @@ Result ChildrenRead(Spaces& spaces, VirtAddr addr, size_t pages) {
   return Result::Ok();
 }
 
-// Scenario shared: page i of AS0 must be page i of one object (pgoff 0) and
+// Scenario shmem: page i of AS0 must be page i of one object (pgoff 0) and
 // in its cache; *obj is that object.
 Result CheckSharedPage(const Page& page, Pfn pfn, size_t i, ShmemObject** obj) {
-  if (!page.Test(kPgShmem) || page.anchor == nullptr ||
-      (*obj != nullptr && page.anchor != *obj) || page.index != i) {
+  if (!page.Test(kPgShmem) || page.anchor == nullptr || (*obj != nullptr && page.anchor != *obj) ||
+      page.index != i) {
     return Result::Fail("page " + std::to_string(i) + " of AS0 is not page " + std::to_string(i) +
                         " of the mapping's shared memory object");
   }
@@ -394,7 +396,7 @@ double ObjectBytes(ShmemObject& obj, const Page& page) {
                              spaces * sizeof(AddressSpace*));
 }
 
-// Scenario shared, after try_to_unmap: each unmapped page stays in its
+// Scenario shmem, after try_to_unmap: each unmapped page stays in its
 // object's cache, and AS0's next read faults that same frame back in,
 // with AS0's bytes.
 Result CheckSharedUnmapped(Machine& m, AddressSpace& as0, VirtAddr addr,
@@ -435,7 +437,7 @@ Result RunOnce(FaultMode mode, Scenario scenario, const char* method, const Opti
   AddressSpace& as0 = *spaces.v[0];
   const size_t pages = static_cast<size_t>(sh.pages);
   const size_t len = pages * kPageSize;
-  const bool shared = scenario == kShared;
+  const bool shared = scenario == kShmem;
   auto mapped =
       as0.Mmap(0, len, PROT_READ | PROT_WRITE, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS);
   if (!mapped.ok()) return Result::Fail("mmap: " + Msg(mapped.status()));
@@ -454,7 +456,7 @@ Result RunOnce(FaultMode mode, Scenario scenario, const char* method, const Opti
       break;
     case kFan:
     case kMremap:
-    case kShared:
+    case kShmem:
       for (int64_t i = 1; i < sh.spaces; i++) {
         Result r = Forked(as0, spaces);
         if (r.kind != Result::kOk) return r;
@@ -466,6 +468,8 @@ Result RunOnce(FaultMode mode, Scenario scenario, const char* method, const Opti
       if (shared) {
         Result r = ChildrenRead(spaces, addr, pages);
         if (r.kind != Result::kOk) return r;
+        absl::Status check = CheckRmap(m);
+        if (!check.ok()) return Result::Fail("CheckRmap after the build: " + check.ToString());
       }
       break;
     case kManyVmas: {
@@ -500,7 +504,7 @@ Result RunOnce(FaultMode mode, Scenario scenario, const char* method, const Opti
   const int64_t want = scenario == kMremap && m.rmap()->EarlyCowOnMove() ? 1 : sh.mappings;
   std::vector<Pfn> pfns(pages);
   size_t nr_shared = 0;
-  ShmemObject* obj = nullptr;  // scenario shared: the mapping's object
+  ShmemObject* obj = nullptr;  // scenario shmem: the mapping's object
   for (size_t i = 0; i < pages; i++) {
     Pte pte = as0.GetPte(addr + i * kPageSize);
     if (!pte.present() || pte.special()) {
@@ -604,16 +608,16 @@ struct Row {
   Metric metric = kBytes;
   FaultMode mode = FaultMode::kUffdSigbus;
   Shape shape;
-  // Scenario shared: the fan's (PeerOf(metric)), the peers of `object`.
+  // Scenario shmem: the fan's (PeerOf(metric)), the peers of `object`.
   Summary anon_vma;
   Summary anonmm;
-  // Scenario shared: the object walk, both machines' runs pooled, and the
+  // Scenario shmem: the object walk, both machines' runs pooled, and the
   // p50 on each machine alone (anon_vma, anonmm).
   Summary object;
   double object_on[2] = {std::nan(""), std::nan("")};
   std::string skipped;  // non-empty: the mode could not run
   double ratio() const { return anon_vma.p50 / anonmm.p50; }
-  // Scenario shared: object / fan's anon_vma, object / fan's anonmm.
+  // Scenario shmem: object / fan's anon_vma, object / fan's anonmm.
   double object_ratio(int method) const {
     return object.p50 / (method == 0 ? anon_vma.p50 : anonmm.p50);
   }
@@ -645,7 +649,7 @@ void PrintModeHeader(FaultMode mode) {
 
 void PrintScenarioHeader(Scenario s, const Shape& sh) {
   std::printf("%s: %s\n", kScenarioNames[s], Describe(s, sh).c_str());
-  if (s == kShared) {
+  if (s == kShmem) {
     // Its own columns: one walk, compared with the fan's two.
     std::printf(
         "  (the object's i_mmap walk on both machines, the anonymous method unused: their runs\n"
@@ -668,9 +672,9 @@ std::string FormatRatio(double ratio) {
 
 void PrintTableRow(const Row& r) {
   const MetricSpec& spec = kMetrics[r.metric];
-  if (r.scenario == kShared) {
-    std::printf("  %-28s %16.*f %14.*f %14.*f %s %s  %s\n", spec.label, spec.decimals,
-                r.object.p50, spec.decimals, r.anon_vma.p50, spec.decimals, r.anonmm.p50,
+  if (r.scenario == kShmem) {
+    std::printf("  %-28s %16.*f %14.*f %14.*f %s %s  %s\n", spec.label, spec.decimals, r.object.p50,
+                spec.decimals, r.anon_vma.p50, spec.decimals, r.anonmm.p50,
                 FormatRatio(r.object_ratio(0)).c_str(), FormatRatio(r.object_ratio(1)).c_str(),
                 spec.unit);
   } else {
@@ -680,7 +684,7 @@ void PrintTableRow(const Row& r) {
   std::fflush(stdout);
 }
 
-// Scenario shared's values: the object walk, and the fan's two methods as
+// Scenario shmem's values: the object walk, and the fan's two methods as
 // its peers (the fan's metric for the object's bytes: its rmap structures).
 void AddSharedJson(const Row& r, JsonLine& j) {
   const bool ok = r.skipped.empty();
@@ -706,7 +710,7 @@ void PrintJsonRow(const Row& r, const Context& ctx) {
   JsonLine j;
   j.Str("name", std::string("rmap_") + kScenarioNames[r.scenario] + "_" + spec.name);
   j.Str("scenario", kScenarioNames[r.scenario]).Str("mode", ModeName(r.mode));
-  if (r.scenario == kShared) {
+  if (r.scenario == kShmem) {
     AddSharedJson(r, j);
   } else {
     if (r.skipped.empty()) {
@@ -724,7 +728,7 @@ void PrintJsonRow(const Row& r, const Context& ctx) {
   j.Int("reps", ctx.options.reps);
   j.Str("git_sha", GitSha()).Str("compiler", CompilerVersion()).Int("nproc", Nproc());
   // The machines differ only in MachineOptions::rmap (anon_vma here, the peer anonmm;
-  // scenario shared: its runs on both pooled, its peers the fan's).
+  // scenario shmem: its runs on both pooled, its peers the fan's).
   j.Str("config", MachineFor(r.mode, r.shape, "anon_vma").ToString());
   if (!r.skipped.empty()) j.Str("skipped", r.skipped);
   j.Print();
@@ -739,7 +743,7 @@ void PrintNotes() {
       "this code; of those only the anon_vma pointer (8 B per VMA) is anon_vma's alone,\n"
       "counted in the '+ Vma::anon_vma' row. anonmm's early COW costs whole frames\n"
       "instead (the mremap scenario's frames in use, 4 KiB each).\n"
-      "shared: its pages' reverse map is their ShmemObject, whatever MachineOptions::rmap\n"
+      "shmem: its pages' reverse map is their ShmemObject, whatever MachineOptions::rmap\n"
       "says, so the runs on both machines measure one walk and are pooled. Its bytes are\n"
       "the object's, not RmapMethod::MemoryBytes() (which does not cover it): the page\n"
       "index, 4 B per page of the object in whole host pages (a MAP_NORESERVE mapping,\n"
@@ -788,7 +792,7 @@ bool RunMode(FaultMode mode, const Context& ctx) {
       return true;
     }
   }
-  Summary fan[2][kNrMetrics];  // the peers of scenario shared
+  Summary fan[2][kNrMetrics];  // the peers of scenario shmem
   for (int si = 0; si < kNrScenarios; si++) {
     const Scenario scenario = static_cast<Scenario>(si);
     const Shape sh = ShapeOf(scenario, o);
@@ -827,7 +831,7 @@ bool RunMode(FaultMode mode, const Context& ctx) {
         fan[0][k] = row.anon_vma;
         fan[1][k] = row.anonmm;
       }
-      if (scenario == kShared) {
+      if (scenario == kShmem) {
         // One walk on both machines: pooled; the fan's are its peers.
         std::vector<double> both = values[0][k];
         both.insert(both.end(), values[1][k].begin(), values[1][k].end());
@@ -855,7 +859,7 @@ void PrintHelp() {
       "The anon_vma and anonmm reverse maps side by side: the bytes of their structures,\n"
       "page_referenced walk time and try_to_unmap time, for a deep fork chain, a wide\n"
       "fork fan, many VMAs and mremapped ranges; ratio = anon_vma / anonmm. Then the\n"
-      "fan over shared anonymous memory (scenario shared, JSON names rmap_shared_*),\n"
+      "fan over shared anonymous memory (scenario shmem, JSON names rmap_shmem_*),\n"
       "whose pages the object-based map (the i_mmap walk) finds on either machine,\n"
       "against the anonymous fan's numbers; ratio = object / fan's method.\n\n"
       "  --mode M      sigbus, thread or sigsegv; repeatable or comma-separated\n"
