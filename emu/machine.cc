@@ -253,11 +253,14 @@ absl::StatusOr<ShmemObject*> Machine::OpenFile(const std::string& path, bool wri
   int fd = open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
   if (fd < 0) return ErrnoError(errno, absl::StrCat("open ", path));
   struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (fstat(fd, &st) != 0) {
     const int err = errno;
     close(fd);
-    return ErrnoError(S_ISREG(st.st_mode) ? err : ENODEV,
-                      absl::StrCat(path, ": not a regular file (only those are mapped)"));
+    return ErrnoError(err, absl::StrCat("stat ", path));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return ErrnoError(ENODEV, absl::StrCat(path, ": not a regular file (only those are mapped)"));
   }
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   auto obj = CreateShmem((size + kPageSize - 1) >> kPageShift);
@@ -270,6 +273,7 @@ absl::StatusOr<ShmemObject*> Machine::OpenFile(const std::string& path, bool wri
 }
 
 void Machine::ReleaseWindow(AddressSpace* as) {
+  WriteLockHolder walks(&object_walk_lock_);
   absl::MutexLock l(&lock_);
   for (auto& obj : shmem_) obj->RemoveSpace(as);
   AddrRange w = as->window();

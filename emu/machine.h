@@ -174,6 +174,10 @@ class Machine {
   // memory object. Linux's errors: ENOENT, EACCES, ENODEV for what is not a
   // regular file.
   absl::StatusOr<ShmemObject*> OpenFile(const std::string& path, bool writable);
+  // Held for read by a walk over an object's address spaces outside reclaim
+  // (ShmemObject::MkClean), for write while an address space leaves every
+  // object's list (its last step): a walk never visits a freed one.
+  RwSem* object_walk_lock() { return &object_walk_lock_; }
   // The bytes of frame `pfn` (a pinned page's holder reads them here): at
   // its address for a page in place, in the pool's read-only view for a
   // frame in the pool. The caller keeps the page from going (a pin).
@@ -257,6 +261,7 @@ class Machine {
   VmStat vmstat_;
   absl::Mutex lock_;  // serializes window allocation; never taken in the fault path
   std::vector<std::unique_ptr<ShmemObject>> shmem_ ABSL_GUARDED_BY(lock_);
+  RwSem object_walk_lock_;
   // Written under lock_, read lock-free by the fault path.
   std::array<std::atomic<AddressSpace*>, kMaxGranules> granule_owner_{};
   std::atomic<int> nr_address_spaces_{0};

@@ -5,6 +5,9 @@
 //
 //   Vmscan::lifetime_             (RwSem; reclaim passes read, teardown and
 //                                  invariant checks write; swap/vmscan.h)
+//   Machine::object_walk_lock_    (RwSem; writeback's page_mkclean read, an
+//                                  address space leaving the objects' lists
+//                                  write, holding nothing else)
 //     AddressSpace::mmap_lock_    (RwSem, = mmap_lock; reclaim only try-locks
 //                                  an address space other than the faulting one)
 //       PageTable::Ptl(addr)      (SpinLock, = the pte lock; one per leaf table)

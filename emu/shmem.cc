@@ -60,6 +60,7 @@ void ShmemObject::MkClean(Pfn pfn) {
   // may be about to become writable.
   Page& page = machine_->mem_map().page(pfn);
   HostMmu& host = machine_->host();
+  ReadLockHolder walk(machine_->object_walk_lock());  // the spaces stay alive
   AddressSpace* batch[32];
   for (size_t from = 0;;) {
     const size_t n = Spaces(page, from, batch, 32);
