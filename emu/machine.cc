@@ -342,6 +342,17 @@ std::string Machine::VmStatText() const {
   FramePool* pool = frame_pool();
   absl::StrAppend(&out, "nr_pool_frames ", pool ? pool->nr_frames() : 0, "\n");
   absl::StrAppend(&out, "nr_host_vmas ", CountHostVmas(), "\n");
+  {
+    // Linux: nr_dirty (file pages dirty, not yet written back).
+    absl::MutexLock l(&lock_);
+    uint64_t dirty = 0, cached = 0;
+    for (const auto& obj : shmem_) {
+      dirty += obj->nr_dirty();
+      cached += obj->nr_cached();
+    }
+    absl::StrAppend(&out, "nr_dirty ", dirty, "\n");
+    absl::StrAppend(&out, "nr_object_pages ", cached, "\n");
+  }
   if (reclaim_) absl::StrAppend(&out, reclaim_->StatText());
   return out;
 }

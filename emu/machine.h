@@ -259,7 +259,7 @@ class Machine {
   std::unique_ptr<FramePool> frame_pool_owner_;  // set once, under lock_
   std::atomic<FramePool*> frame_pool_{nullptr};
   VmStat vmstat_;
-  absl::Mutex lock_;  // serializes window allocation; never taken in the fault path
+  mutable absl::Mutex lock_;  // serializes window allocation; never taken in the fault path
   std::vector<std::unique_ptr<ShmemObject>> shmem_ ABSL_GUARDED_BY(lock_);
   RwSem object_walk_lock_;
   // Written under lock_, read lock-free by the fault path.

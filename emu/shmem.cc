@@ -18,16 +18,29 @@
 
 namespace emu {
 
+namespace {
+size_t DirtyBitsBytes(uint64_t nr_pages) { return ((nr_pages + 63) / 64 + 1) * sizeof(uint64_t); }
+}  // namespace
+
 ShmemObject::ShmemObject(Machine* machine, uint64_t nr_pages)
     : machine_(machine), nr_pages_(nr_pages) {
   // Zero-filled on demand: a large object costs only the entries touched.
   void* p = sys::Mmap(nullptr, std::max<uint64_t>(nr_pages, 1) * sizeof(uint32_t),
                       PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   pages_ = p == MAP_FAILED ? nullptr : static_cast<std::atomic<uint32_t>*>(p);
+  void* bits = sys::Mmap(nullptr, DirtyBitsBytes(nr_pages), PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (bits == MAP_FAILED) {
+    if (pages_ != nullptr) sys::Munmap(pages_, std::max<uint64_t>(nr_pages_, 1) * sizeof(uint32_t));
+    pages_ = nullptr;
+  } else {
+    dirty_bits_ = static_cast<std::atomic<uint64_t>*>(bits);
+  }
 }
 
 ShmemObject::~ShmemObject() {
   if (pages_ != nullptr) sys::Munmap(pages_, std::max<uint64_t>(nr_pages_, 1) * sizeof(uint32_t));
+  if (dirty_bits_ != nullptr) sys::Munmap(dirty_bits_, DirtyBitsBytes(nr_pages_));
   if (fd_ >= 0) close(fd_);
 }
 
@@ -49,6 +62,10 @@ void ShmemObject::MarkDirty(Page& page) {
   if (!(page.flags.fetch_or(kPgDirty, std::memory_order_acq_rel) & kPgDirty) && backed()) {
     nr_dirty_.fetch_add(1, std::memory_order_relaxed);
     machine_->vmstat().Add(VmEvent::k_pgdirty);
+  }
+  if (backed()) {
+    dirty_bits_[page.index / 64].fetch_or(uint64_t{1} << (page.index % 64),
+                                          std::memory_order_acq_rel);
   }
 }
 
@@ -113,8 +130,20 @@ absl::Status ShmemObject::Writeback(uint64_t first, uint64_t last, bool wait) {
   if (!backed()) return absl::OkStatus();
   absl::Status status = absl::OkStatus();
   last = std::min(last, nr_pages_);
-  for (uint64_t i = first; i < last && nr_dirty_.load(std::memory_order_relaxed) > 0; i++) {
-    const Pfn pfn = Find(i);
+  // The dirty bits a word at a time: the cost follows the dirty pages, not
+  // the range (a clean word is one load).
+  for (uint64_t i = first; i < last && nr_dirty_.load(std::memory_order_relaxed) > 0;) {
+    const uint64_t word = dirty_bits_[i / 64].load(std::memory_order_acquire) >> (i % 64);
+    if (word == 0) {
+      i = (i / 64 + 1) * 64;
+      continue;
+    }
+    i += static_cast<uint64_t>(__builtin_ctzll(word));
+    if (i >= last) break;
+    const uint64_t bit = uint64_t{1} << (i % 64);
+    dirty_bits_[i / 64].fetch_and(~bit, std::memory_order_acq_rel);
+    const uint64_t index = i++;
+    const Pfn pfn = Find(index);
     if (ToU64(pfn) == 0) continue;
     Page& page = machine_->mem_map().page(pfn);
     // Linux: clear_page_dirty_for_io(): the flag first, then page_mkclean,
@@ -123,10 +152,10 @@ absl::Status ShmemObject::Writeback(uint64_t first, uint64_t last, bool wait) {
     if (!(page.flags.fetch_and(~kPgDirty, std::memory_order_acq_rel) & kPgDirty)) continue;
     nr_dirty_.fetch_sub(1, std::memory_order_relaxed);
     MkClean(pfn);
-    if (!WritePage(i, page)) {
+    if (!WritePage(index, page)) {
       const int err = errno;
       MarkDirty(page);  // kept dirty: a later writeback tries again
-      if (status.ok()) status = ErrnoError(err, absl::StrCat("writeback of page ", i));
+      if (status.ok()) status = ErrnoError(err, absl::StrCat("writeback of page ", index));
     }
   }
   if (wait && fdatasync(fd_) != 0 && status.ok()) status = ErrnoError(errno, "fdatasync");

@@ -126,6 +126,10 @@ class ShmemObject final : public RmapAnchor {
   bool writable_ = true;
   std::atomic<uint64_t> nr_dirty_{0};
   std::atomic<uint32_t>* pages_;  // nr_pages_ entries, MAP_NORESERVE, zero = none
+  // One bit per page: it may be dirty (set after kPgDirty by MarkDirty,
+  // cleared before it by Writeback), so that writeback visits the dirty
+  // pages, not the whole range.
+  std::atomic<uint64_t>* dirty_bits_ = nullptr;
   std::atomic<int64_t> vma_refs_{0};
   std::atomic<uint64_t> nr_cached_{0};
   SpinLock lock_;

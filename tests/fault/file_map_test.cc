@@ -126,6 +126,31 @@ TEST_CASE("File mappings: shared writes reach the file at msync, and only dirty 
   RequireAll(m);
 }
 
+TEST_CASE("File mappings: msync of part of a range writes the dirty pages in it, at word edges too",
+          "[file][dirty]") {
+  auto env = MakeEnv(FaultMode::kUffdSigbus);
+  AddressSpace& as = *env->as;
+  Machine& m = *env->machine;
+  constexpr size_t kPages = 300;
+  TempFile f(kPages);
+  ShmemObject* file = Open(m, f, true);
+  char* p = MapFile(as, file, kPages * kPageSize, kRW, MAP_SHARED);
+  const size_t dirty[] = {0, 63, 64, 127, 128, 191, 255, 256, 299};
+  for (size_t i : dirty) W(p, i) = 9000 + i;
+  CHECK(file->nr_dirty() == 9);
+  // The first 128 pages: 0, 63, 64 and 127 only.
+  REQUIRE(as.Msync(A(p), 128 * kPageSize, MS_SYNC).ok());
+  CHECK(Stat(m, VmEvent::k_pgwriteback) == 4);
+  CHECK(file->nr_dirty() == 5);
+  CHECK(f.Word(127) == 9127);
+  CHECK(f.Word(128) == 128);
+  REQUIRE(as.Msync(A(p), kPages * kPageSize, MS_SYNC).ok());
+  CHECK(Stat(m, VmEvent::k_pgwriteback) == 9);
+  for (size_t i : dirty) CHECK(f.Word(i) == 9000 + i);
+  CHECK(m.VmStatText().find("nr_dirty 0\n") != std::string::npos);
+  RequireAll(m);
+}
+
 TEST_CASE("File mappings: two address spaces see each other's writes at once; a private "
           "mapping copies on write",
           "[file]") {
