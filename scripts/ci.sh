@@ -55,6 +55,7 @@ step "swap benchmark smoke run" build/debug/bench/swap_bench --quick
 step "fork/COW benchmark smoke run" build/debug/bench/fork_cow_bench --quick
 step "rmap benchmark smoke run" build/debug/bench/rmap_bench --quick
 step "volatile benchmark smoke run" build/debug/bench/volatile_bench --quick
+step "dirty-tracking benchmark smoke run" build/debug/bench/dirty_bench --quick
 step "programs benchmark smoke run" bench/programs_bench.sh --quick --emu build/debug/emu/cli/emu
 step "demo" build/debug/emu/cli/emu demo --size 32M
 step "emu run (the main job, smaller)" build/debug/emu/cli/emu run --mem-limit 16M -- \
