@@ -441,7 +441,9 @@ AddrRange AnonFaultHandler::ClaimLazyFreeRun(VmFault& vmf, uint64_t orig) {
     return page.Test(kPgLazyFree) && !page.Test(kPgPool | kPgSwapCache) && !page.MaybePinned();
   };
   const int nr = machine_->options().fault_around_pages;
-  if (nr <= 1) return {};
+  // Most write-protect faults are not on a lazily freed page: decided
+  // without the ptl (the check below repeats under it).
+  if (nr <= 1 || !lazy(orig)) return {};
   VirtAddr wstart = vmf.address & ~(uintptr_t{static_cast<unsigned>(nr)} * kPageSize - 1);
   VirtAddr leaf = vmf.address & ~(PageTable::kLeafSpan - 1);
   AddrRange window = AddrRange{wstart, wstart + nr * kPageSize}
