@@ -102,6 +102,14 @@ absl::Status MachineOptions::Validate() const {
                                            ": want 1 to 4096"));
   }
   if (pool_vma_budget < 0) return ErrnoError(EINVAL, "pool_vma_budget: want >= 0");
+  if (dirty_ratio < 1 || dirty_ratio > 100 || dirty_background_ratio < 1 ||
+      dirty_background_ratio > 100) {
+    return ErrnoError(EINVAL, absl::StrCat("dirty ratios ", dirty_background_ratio, "/",
+                                           dirty_ratio, ": want 1 to 100"));
+  }
+  if (dirty_writeback_ms < 0 || dirty_expire_ms < 0) {
+    return ErrnoError(EINVAL, "dirty_writeback_ms and dirty_expire_ms: want >= 0");
+  }
   if (rmap != "anon_vma" && rmap != "anonmm") {
     return ErrnoError(EINVAL, absl::StrCat("rmap method '", rmap, "': want anon_vma or anonmm"));
   }
@@ -158,6 +166,7 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::CreateWith(
     return mem_map.status();
   }
   m->mem_map_.reset(*mem_map);
+  m->flusher_ = std::make_unique<Flusher>(m.get());
   m->fault_handler_ = handler_factory(m.get());
   auto host = host_factory(m.get(), m->arena_);
   if (!host.ok()) {
@@ -185,6 +194,7 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::CreateWith(
 
 Machine::~Machine() {
   EMU_BUG_ON(nr_address_spaces_.load() != 0);  // address spaces must go first
+  flusher_.reset();  // stops the flusher before anything it writes with goes
   reclaim_.reset();  // stops the background reclaimer
   host_.reset();  // unregisters the fault source before the arena goes
   sys::Munmap(reinterpret_cast<void*>(arena_.start), arena_.len_bytes());
@@ -240,8 +250,8 @@ absl::StatusOr<FramePool*> Machine::EnsureFramePool() {
   return frame_pool_owner_.get();
 }
 
-absl::StatusOr<ShmemObject*> Machine::CreateShmem(uint64_t nr_pages) {
-  auto obj = std::make_unique<ShmemObject>(this, nr_pages);
+absl::StatusOr<ShmemObject*> Machine::CreateShmem(uint64_t nr_pages, uint64_t capacity) {
+  auto obj = std::make_unique<ShmemObject>(this, nr_pages, capacity);
   if (!obj->ok()) return ErrnoError(ENOMEM, "shared memory: no room for its page index");
   absl::MutexLock l(&lock_);
   shmem_.push_back(std::move(obj));
@@ -263,13 +273,24 @@ absl::StatusOr<ShmemObject*> Machine::OpenFile(const std::string& path, bool wri
     return ErrnoError(ENODEV, absl::StrCat(path, ": not a regular file (only those are mapped)"));
   }
   const uint64_t size = static_cast<uint64_t>(st.st_size);
-  auto obj = CreateShmem((size + kPageSize - 1) >> kPageShift);
+  // The index has room for the file to grow by kFileGrowth (ftruncate,
+  // another process's writes): reserved, not touched.
+  const uint64_t pages = (size + kPageSize - 1) >> kPageShift;
+  auto obj = CreateShmem(pages, pages + kFileGrowthPages);
   if (!obj.ok()) {
     close(fd);
     return obj.status();
   }
   (*obj)->SetBacking(fd, size, writable);
+  EMU_RETURN_IF_ERROR(flusher_->Start());
   return *obj;
+}
+
+void Machine::ForEachFile(absl::FunctionRef<void(ShmemObject*)> fn) {
+  absl::MutexLock l(&lock_);
+  for (auto& obj : shmem_) {
+    if (obj->backed()) fn(obj.get());
+  }
 }
 
 void Machine::ReleaseWindow(AddressSpace* as) {
@@ -351,7 +372,10 @@ std::string Machine::VmStatText() const {
       cached += obj->nr_cached();
     }
     absl::StrAppend(&out, "nr_dirty ", dirty, "\n");
+    absl::StrAppend(&out, "nr_writeback ", flusher_->nr_writeback(), "\n");
     absl::StrAppend(&out, "nr_object_pages ", cached, "\n");
+    absl::StrAppend(&out, "dirty_background_threshold ", flusher_->background_thresh(), "\n");
+    absl::StrAppend(&out, "dirty_threshold ", flusher_->dirty_thresh(), "\n");
   }
   if (reclaim_) absl::StrAppend(&out, reclaim_->StatText());
   return out;

@@ -18,8 +18,10 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/functional/function_ref.h"
 #include "absl/synchronization/mutex.h"
 #include "emu/fault_handler.h"
+#include "emu/flusher.h"
 #include "emu/frame_pool.h"
 #include "emu/host_mmu.h"
 #include "emu/mm.h"
@@ -74,6 +76,20 @@ struct MachineOptions {
   // 2 MiB block, whose copies merge into one host VMA. Well under
   // vm.max_map_count (65530 by default).
   int64_t pool_vma_budget = 24000;
+
+  // Dirty pages of emulated files (emu/flusher.h; Linux's vm.dirty_*):
+  // above the background threshold the flusher writes them back; above the
+  // dirty threshold a writer's fault waits for it (balance_dirty_pages).
+  // The thresholds are shares of the memory limit (of the frames, without
+  // one), or bytes when the *_bytes option is set.
+  int dirty_background_ratio = 10;
+  int dirty_ratio = 20;
+  uint64_t dirty_background_bytes = 0;
+  uint64_t dirty_bytes = 0;
+  // The flusher wakes this often to write pages dirty for longer than
+  // dirty_expire_ms (0: no periodic writeback).
+  int dirty_writeback_ms = 5000;
+  int dirty_expire_ms = 30000;
 
   // Checks ranges; returns EINVAL with a message naming the bad option.
   absl::Status Validate() const;
@@ -167,7 +183,9 @@ class Machine {
   // A new shared memory object of `nr_pages` (MAP_SHARED|MAP_ANONYMOUS),
   // owned by the machine: it lives as long as the machine (its pages go with
   // its last VMA). ENOMEM when its index cannot be mapped.
-  absl::StatusOr<ShmemObject*> CreateShmem(uint64_t nr_pages);
+  absl::StatusOr<ShmemObject*> CreateShmem(uint64_t nr_pages, uint64_t capacity = 0);
+  // How far an emulated file may grow past its size at OpenFile: 64 GiB.
+  static constexpr uint64_t kFileGrowthPages = uint64_t{1} << 24;
   // An emulated file (emu/shmem.h "Files"): `path` opened read-write when
   // `writable`, else read-only, its pages cached in the frame pool when
   // mapped (AddressSpace::MmapFile). Owned by the machine like a shared
@@ -178,6 +196,11 @@ class Machine {
   // (ShmemObject::MkClean), for write while an address space leaves every
   // object's list (its last step): a walk never visits a freed one.
   RwSem* object_walk_lock() { return &object_walk_lock_; }
+  // Calls fn for every emulated file (objects with a file behind them).
+  // Takes lock_: not for the fault path.
+  void ForEachFile(absl::FunctionRef<void(ShmemObject*)> fn);
+  // The dirty limits and the background writeback of files (emu/flusher.h).
+  Flusher& flusher() { return *flusher_; }
   // The bytes of frame `pfn` (a pinned page's holder reads them here): at
   // its address for a page in place, in the pool's read-only view for a
   // frame in the pool. The caller keeps the page from going (a pin).
@@ -255,6 +278,7 @@ class Machine {
   std::unique_ptr<FaultHandler> fault_handler_;
   std::unique_ptr<PageReclaim> reclaim_;  // after host_: it is destroyed first
   std::unique_ptr<RmapMethod> rmap_;
+  std::unique_ptr<Flusher> flusher_;
   HostMmuFactory host_factory_;           // kept for ChildLate (no fork events)
   std::unique_ptr<FramePool> frame_pool_owner_;  // set once, under lock_
   std::atomic<FramePool*> frame_pool_{nullptr};

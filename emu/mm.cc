@@ -387,6 +387,19 @@ absl::Status AddressSpace::Msync(VirtAddr addr, size_t len, int flags) {
   return absl::OkStatus();
 }
 
+void AddressSpace::ZapObjectFrom(ShmemObject* file, uint64_t first) {
+  WriteLockHolder l(&mmap_lock_);
+  std::vector<AddrRange> zap;
+  for (const auto& [start, v] : vmas_) {
+    if (v.file != file) continue;
+    const uint64_t pages = v.range().nr_pages();
+    if (v.pgoff + pages <= first) continue;
+    const uint64_t skip = first > v.pgoff ? first - v.pgoff : 0;
+    zap.push_back({v.start + (skip << kPageShift), v.end});
+  }
+  for (const AddrRange& r : zap) ZapRangeLocked(r);
+}
+
 absl::Status AddressSpace::MapForeign(VirtAddr addr, size_t len, bool noreplace,
                                       absl::FunctionRef<int()> map_native) {
   if (!PageAligned(addr)) return ErrnoError(EINVAL, "mmap: fixed address not aligned");

@@ -114,6 +114,10 @@ class AddressSpace {
   // a hole (after the rest is written), EBUSY for MS_INVALIDATE of a locked
   // range.
   absl::Status Msync(VirtAddr addr, size_t len, int flags);
+  // A file shrank (ShmemObject::Truncate): unmaps every page of `file`
+  // from page offset `first` on, in shared and private mappings alike
+  // (Linux: unmap_mapping_range with even_cows). Takes mmap_lock for write.
+  void ZapObjectFrom(ShmemObject* file, uint64_t first);
   // Linux: mm/mmap.c do_munmap(). Unmapping a hole succeeds.
   // A native mapping inside the window (the preload: a program maps a file
   // or shared memory with MAP_FIXED over memory it reserved from the

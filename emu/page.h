@@ -41,8 +41,14 @@ inline constexpr uint32_t kPgLazyFree = 1u << 12;
 // A page of a shared memory object (emu/shmem.h, = PageSwapBacked without
 // PageAnon): kPgPool too; anchor is the ShmemObject, index its page offset;
 // the object's page cache holds a reference. Not on the reclaim lists (shared
-// memory is not swapped yet).
+// memory is not swapped yet) unless it is also kPgFile.
 inline constexpr uint32_t kPgShmem = 1u << 13;
+// A page of a file's page cache (a kPgShmem page of an object with a file
+// behind it, Machine::OpenFile; Linux's file folio, !PageSwapBacked): on the
+// reclaim lists from the time it enters the cache, mapped or not, and
+// reclaimed by dropping it (written back first when dirty). kPgWriteback on
+// such a page means a write to the file is in flight.
+inline constexpr uint32_t kPgFile = 1u << 14;
 // Pages reclaim leaves alone (= the unevictable list).
 inline constexpr uint32_t kPgUnevictable = kPgMlocked;
 

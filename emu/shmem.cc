@@ -2,6 +2,8 @@
 
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,18 +22,25 @@ namespace emu {
 
 namespace {
 size_t DirtyBitsBytes(uint64_t nr_pages) { return ((nr_pages + 63) / 64 + 1) * sizeof(uint64_t); }
+size_t IndexBytes(uint64_t nr_pages) { return std::max<uint64_t>(nr_pages, 1) * sizeof(uint32_t); }
+
+uint64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000 + uint64_t(ts.tv_nsec);
+}
 }  // namespace
 
-ShmemObject::ShmemObject(Machine* machine, uint64_t nr_pages)
-    : machine_(machine), nr_pages_(nr_pages) {
+ShmemObject::ShmemObject(Machine* machine, uint64_t nr_pages, uint64_t capacity)
+    : machine_(machine), capacity_(std::max(nr_pages, capacity)), nr_pages_(nr_pages) {
   // Zero-filled on demand: a large object costs only the entries touched.
-  void* p = sys::Mmap(nullptr, std::max<uint64_t>(nr_pages, 1) * sizeof(uint32_t),
-                      PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* p = sys::Mmap(nullptr, IndexBytes(capacity_), PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   pages_ = p == MAP_FAILED ? nullptr : static_cast<std::atomic<uint32_t>*>(p);
-  void* bits = sys::Mmap(nullptr, DirtyBitsBytes(nr_pages), PROT_READ | PROT_WRITE,
+  void* bits = sys::Mmap(nullptr, DirtyBitsBytes(capacity_), PROT_READ | PROT_WRITE,
                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (bits == MAP_FAILED) {
-    if (pages_ != nullptr) sys::Munmap(pages_, std::max<uint64_t>(nr_pages_, 1) * sizeof(uint32_t));
+    if (pages_ != nullptr) sys::Munmap(pages_, IndexBytes(capacity_));
     pages_ = nullptr;
   } else {
     dirty_bits_ = static_cast<std::atomic<uint64_t>*>(bits);
@@ -39,9 +48,32 @@ ShmemObject::ShmemObject(Machine* machine, uint64_t nr_pages)
 }
 
 ShmemObject::~ShmemObject() {
-  if (pages_ != nullptr) sys::Munmap(pages_, std::max<uint64_t>(nr_pages_, 1) * sizeof(uint32_t));
-  if (dirty_bits_ != nullptr) sys::Munmap(dirty_bits_, DirtyBitsBytes(nr_pages_));
+  if (pages_ != nullptr) sys::Munmap(pages_, IndexBytes(capacity_));
+  if (dirty_bits_ != nullptr) sys::Munmap(dirty_bits_, DirtyBitsBytes(capacity_));
   if (fd_ >= 0) close(fd_);
+}
+
+void ShmemObject::SetBacking(int fd, uint64_t size_bytes, bool writable) {
+  fd_ = fd;
+  size_bytes_.store(size_bytes, std::memory_order_release);
+  writable_ = writable;
+}
+
+bool ShmemObject::RefreshSize(uint64_t index) {
+  if (!backed()) return false;
+  struct stat st;
+  if (fstat(fd_, &st) != 0) return false;
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  const uint64_t pages = (size + kPageSize - 1) >> kPageShift;
+  if (pages > capacity_) return false;
+  for (uint64_t cur = size_bytes_.load(std::memory_order_acquire); size > cur;) {
+    if (size_bytes_.compare_exchange_weak(cur, size, std::memory_order_acq_rel)) {
+      for (uint64_t n = nr_pages_.load(); pages > n && !nr_pages_.compare_exchange_weak(n, pages);) {
+      }
+      break;
+    }
+  }
+  return index < nr_pages();
 }
 
 bool ShmemObject::ReadPage(uint64_t index, void* dst) const {
@@ -58,15 +90,31 @@ bool ShmemObject::ReadPage(uint64_t index, void* dst) const {
 }
 
 void ShmemObject::MarkDirty(Page& page) {
-  // Linux: set_page_dirty() from the write fault (seed 001).
+  // Linux: set_page_dirty() from the write fault (seed 001). The flag
+  // first, then the bit: a writeback that clears the bit first and then
+  // takes the flag never misses a page dirtied meanwhile.
   if (!(page.flags.fetch_or(kPgDirty, std::memory_order_acq_rel) & kPgDirty) && backed()) {
-    nr_dirty_.fetch_add(1, std::memory_order_relaxed);
+    if (nr_dirty_.fetch_add(1, std::memory_order_relaxed) == 0) {
+      dirtied_when_.store(NowNs(), std::memory_order_relaxed);
+    }
+    machine_->flusher().AccountDirty(1);
     machine_->vmstat().Add(VmEvent::k_pgdirty);
   }
   if (backed()) {
     dirty_bits_[page.index / 64].fetch_or(uint64_t{1} << (page.index % 64),
                                           std::memory_order_acq_rel);
   }
+}
+
+bool ShmemObject::ClearDirty(Page& page) {
+  dirty_bits_[page.index / 64].fetch_and(~(uint64_t{1} << (page.index % 64)),
+                                         std::memory_order_acq_rel);
+  if (!(page.flags.fetch_and(~kPgDirty, std::memory_order_acq_rel) & kPgDirty)) return false;
+  if (backed()) {
+    nr_dirty_.fetch_sub(1, std::memory_order_relaxed);
+    machine_->flusher().AccountDirty(-1);
+  }
+  return true;
 }
 
 void ShmemObject::MkClean(Pfn pfn) {
@@ -111,28 +159,65 @@ void ShmemObject::MkClean(Pfn pfn) {
   }
 }
 
-bool ShmemObject::WritePage(uint64_t index, const Page& page) {
-  const uint64_t off = index << kPageShift;
-  if (off >= size_bytes_) return true;  // past the end (a truncated file): nothing to write
-  const size_t len = static_cast<size_t>(std::min<uint64_t>(kPageSize, size_bytes_ - off));
-  const char* src = static_cast<const char*>(machine_->frame_pool()->view(page.pool_off));
-  for (size_t done = 0; done < len;) {
-    ssize_t n = pwrite(fd_, src + done, len - done, static_cast<off_t>(off + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    done += static_cast<size_t>(n);
+bool ShmemObject::WriteOut(Page& page) {
+  Flusher& flusher = machine_->flusher();
+  page.flags.fetch_or(kPgWriteback, std::memory_order_relaxed);
+  flusher.AccountWriteback(1);
+  bool ok = true;
+  {
+    ReadLockHolder io(&io_lock_);
+    const uint64_t off = page.index << kPageShift;
+    const uint64_t size = size_bytes_.load(std::memory_order_acquire);
+    // Past the end (a truncated file) nothing is written; in the last page
+    // only the bytes before the end.
+    const size_t len = off >= size ? 0 : static_cast<size_t>(std::min<uint64_t>(kPageSize, size - off));
+    const char* src = static_cast<const char*>(machine_->frame_pool()->view(page.pool_off));
+    for (size_t done = 0; done < len;) {
+      ssize_t n = pwrite(fd_, src + done, len - done, static_cast<off_t>(off + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        if (n == 0) errno = EIO;
+        ok = false;
+        break;
+      }
+      done += static_cast<size_t>(n);
+    }
   }
-  machine_->vmstat().Add(VmEvent::k_pgwriteback);
-  return true;
+  const int err = errno;
+  page.flags.fetch_and(~kPgWriteback, std::memory_order_release);
+  flusher.AccountWriteback(-1);
+  if (ok) {
+    machine_->vmstat().Add(VmEvent::k_pgwriteback);
+    flusher.Cleaned();
+  }
+  errno = err;
+  return ok;
 }
 
-absl::Status ShmemObject::Writeback(uint64_t first, uint64_t last, bool wait) {
+Pfn ShmemObject::GetPage(uint64_t index) {
+  for (;;) {
+    const Pfn pfn = Find(index);
+    if (ToU64(pfn) == 0) return pfn;
+    Page& page = machine_->mem_map().page(pfn);
+    if (!page.GetUnlessZero()) {
+      // Reclaim froze it and is about to clear the entry.
+      sched_yield();
+      continue;
+    }
+    if (Find(index) == pfn) return pfn;
+    machine_->PutPage(pfn);  // freed and reused meanwhile: look again
+  }
+}
+
+absl::Status ShmemObject::Writeback(uint64_t first, uint64_t last, bool wait, uint64_t budget,
+                                    uint64_t* written) {
   if (!backed()) return absl::OkStatus();
   absl::Status status = absl::OkStatus();
-  last = std::min(last, nr_pages_);
+  uint64_t nr = 0;
+  last = std::min(last, capacity_);
   // The dirty bits a word at a time: the cost follows the dirty pages, not
   // the range (a clean word is one load).
-  for (uint64_t i = first; i < last && nr_dirty_.load(std::memory_order_relaxed) > 0;) {
+  for (uint64_t i = first; i < last && nr < budget && nr_dirty_.load(std::memory_order_relaxed) > 0;) {
     const uint64_t word = dirty_bits_[i / 64].load(std::memory_order_acquire) >> (i % 64);
     if (word == 0) {
       i = (i / 64 + 1) * 64;
@@ -140,26 +225,143 @@ absl::Status ShmemObject::Writeback(uint64_t first, uint64_t last, bool wait) {
     }
     i += static_cast<uint64_t>(__builtin_ctzll(word));
     if (i >= last) break;
-    const uint64_t bit = uint64_t{1} << (i % 64);
-    dirty_bits_[i / 64].fetch_and(~bit, std::memory_order_acq_rel);
     const uint64_t index = i++;
-    const Pfn pfn = Find(index);
+    const Pfn pfn = GetPage(index);
     if (ToU64(pfn) == 0) continue;
     Page& page = machine_->mem_map().page(pfn);
     // Linux: clear_page_dirty_for_io(): the flag first, then page_mkclean,
     // then the write; a write in between is in the bytes written or faults
     // and dirties the page again.
-    if (!(page.flags.fetch_and(~kPgDirty, std::memory_order_acq_rel) & kPgDirty)) continue;
-    nr_dirty_.fetch_sub(1, std::memory_order_relaxed);
-    MkClean(pfn);
-    if (!WritePage(index, page)) {
-      const int err = errno;
-      MarkDirty(page);  // kept dirty: a later writeback tries again
-      if (status.ok()) status = ErrnoError(err, absl::StrCat("writeback of page ", index));
+    if (ClearDirty(page)) {
+      MkClean(pfn);
+      if (WriteOut(page)) {
+        nr++;
+      } else {
+        const int err = errno;
+        MarkDirty(page);  // kept dirty: a later writeback tries again
+        if (status.ok()) status = ErrnoError(err, absl::StrCat("writeback of page ", index));
+      }
     }
+    machine_->PutPage(pfn);
   }
+  if (written != nullptr) *written = nr;
   if (wait && fdatasync(fd_) != 0 && status.ok()) status = ErrnoError(errno, "fdatasync");
   return status;
+}
+
+uint64_t ShmemObject::WritebackCyclic(uint64_t budget) {
+  const uint64_t end = nr_pages();
+  uint64_t start = writeback_index_.load(std::memory_order_relaxed);
+  if (start >= end) start = 0;
+  uint64_t a = 0, b = 0;
+  (void)Writeback(start, end, false, budget, &a);
+  if (a < budget && start > 0) (void)Writeback(0, start, false, budget - a, &b);
+  // Where this turn stopped: at a page past the last one written. Resuming
+  // at `start` when it wrote its whole budget in the first part is close
+  // enough: the pages it wrote are clean now and cost a bit test each.
+  writeback_index_.store(a >= budget ? start + 1 : 0, std::memory_order_relaxed);
+  return a + b;
+}
+
+absl::Status ShmemObject::Fsync() {
+  if (!backed()) return absl::OkStatus();
+  absl::Status status = Writeback(0, capacity_, false);
+  if (fsync(fd_) != 0 && status.ok()) status = ErrnoError(errno, "fsync");
+  return status;
+}
+
+void ShmemObject::ForEachSpace(absl::FunctionRef<void(AddressSpace&)> fn) {
+  ReadLockHolder walk(machine_->object_walk_lock());  // the spaces stay alive
+  AddressSpace* batch[32];
+  for (size_t from = 0;;) {
+    size_t n = 0;
+    {
+      SpinLockHolder l(&lock_);
+      for (size_t i = from; i < spaces_.size() && n < 32; i++) batch[n++] = spaces_[i];
+    }
+    if (n == 0) break;
+    from += n;
+    for (size_t i = 0; i < n; i++) fn(*batch[i]);
+  }
+}
+
+void ShmemObject::DropRange(uint64_t first, uint64_t last) {
+  uint64_t dropped = 0;
+  for (uint64_t i = first; i < last && nr_cached_.load(std::memory_order_relaxed) > 0; i++) {
+    const uint32_t pfn = pages_[i].exchange(0, std::memory_order_acq_rel);
+    if (pfn == 0) continue;
+    nr_cached_.fetch_sub(1, std::memory_order_relaxed);
+    ClearDirty(machine_->mem_map().page(Pfn{pfn}));
+    machine_->PutPage(Pfn{pfn});  // a pin or reclaim may hold it a little longer
+    dropped++;
+  }
+  if (dropped == 0) return;
+  machine_->vmstat().Add(VmEvent::k_file_truncated, dropped);
+  if (FramePool* pool = machine_->frame_pool()) pool->Flush();
+}
+
+void ShmemObject::ZeroTail(uint64_t from) {
+  if (from % kPageSize == 0) return;
+  const uint64_t index = from >> kPageShift;
+  if (index >= capacity_) return;
+  const Pfn pfn = GetPage(index);
+  if (ToU64(pfn) == 0) return;
+  const Page& page = machine_->mem_map().page(pfn);
+  char* p = static_cast<char*>(machine_->frame_pool()->writable_view(page.pool_off));
+  memset(p + from % kPageSize, 0, kPageSize - from % kPageSize);
+  machine_->PutPage(pfn);
+}
+
+absl::Status ShmemObject::Truncate(uint64_t size) {
+  if (!backed()) return ErrnoError(EINVAL, "truncate: not a file");
+  const uint64_t pages = (size + kPageSize - 1) >> kPageShift;
+  if (pages > capacity_) {
+    return ErrnoError(EFBIG, absl::StrCat("truncate to ", size, " bytes: past the ",
+                                          capacity_ << kPageShift, " this file may grow to"));
+  }
+  absl::MutexLock t(&truncate_mu_);
+  const uint64_t old = size_bytes_.load(std::memory_order_acquire);
+  const uint64_t old_pages = nr_pages();
+  {
+    WriteLockHolder io(&io_lock_);
+    if (ftruncate(fd_, static_cast<off_t>(size)) != 0) return ErrnoError(errno, "ftruncate");
+    size_bytes_.store(size, std::memory_order_release);
+    nr_pages_.store(pages, std::memory_order_release);
+  }
+  if (size < old) {
+    // Linux: truncate_pagecache(): unmap_mapping_range() with even_cows,
+    // then the cache. A fault from now on sees the new end (SIGBUS past
+    // it); one in flight holds its mmap_lock, which the zap waits for.
+    ForEachSpace([&](AddressSpace& as) { as.ZapObjectFrom(this, pages); });
+    DropRange(pages, old_pages);
+    ZeroTail(size);
+  } else {
+    // The old last page's bytes past the old end become part of the file:
+    // they read as zeros (what a write through the mapping put there was
+    // never the file's).
+    ZeroTail(old);
+  }
+  return absl::OkStatus();
+}
+
+bool ShmemObject::RemoveFromCache(Pfn pfn, int refs) {
+  Page& page = machine_->mem_map().page(pfn);
+  if (page.mapcount.load(std::memory_order_acquire) != 0 || page.Test(kPgDirty)) return false;
+  // Linux: folio_ref_freeze(): with the count at 0 no new reference can be
+  // taken (GetPage retries), so nobody maps or dirties it any more.
+  int32_t expected = refs + 1;
+  if (!page.refcount.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) return false;
+  if (page.Test(kPgDirty) || page.mapcount.load(std::memory_order_acquire) != 0) {
+    page.refcount.store(refs + 1, std::memory_order_release);  // dirtied before the freeze
+    return false;
+  }
+  uint32_t want = static_cast<uint32_t>(ToU64(pfn));
+  if (!pages_[page.index].compare_exchange_strong(want, 0, std::memory_order_acq_rel)) {
+    page.refcount.store(refs + 1, std::memory_order_release);
+    return false;
+  }
+  nr_cached_.fetch_sub(1, std::memory_order_relaxed);
+  return true;
 }
 
 Pfn ShmemObject::Add(uint64_t index, Pfn pfn) {
@@ -178,17 +380,14 @@ void ShmemObject::Put() {
   // object, so no PTE maps its pages; the cache's references go. A file's
   // dirty pages are written first (no PTE is left to clean).
   if (nr_cached_.load(std::memory_order_relaxed) == 0) return;
-  for (uint64_t i = 0; i < nr_pages_; i++) {
+  for (uint64_t i = 0; i < capacity_ && nr_cached_.load(std::memory_order_relaxed) > 0; i++) {
     const uint32_t pfn = pages_[i].exchange(0, std::memory_order_acq_rel);
     if (pfn == 0) continue;
     nr_cached_.fetch_sub(1, std::memory_order_relaxed);
     Page& page = machine_->mem_map().page(Pfn{pfn});
-    if (backed() && (page.flags.fetch_and(~kPgDirty, std::memory_order_acq_rel) & kPgDirty)) {
-      nr_dirty_.fetch_sub(1, std::memory_order_relaxed);
-      if (!WritePage(i, page)) {
-        Log(Component::kEmu).error("writeback of page {} failed as its last mapping went: {}",
-                                   i, strerror(errno));
-      }
+    if (backed() && ClearDirty(page) && !WriteOut(page)) {
+      Log(Component::kEmu).error("writeback of page {} failed as its last mapping went: {}",
+                                 i, strerror(errno));
     }
     EMU_BUG_ON(machine_->mem_map().page(Pfn{pfn}).mapcount.load() != 0);
     machine_->PutPage(Pfn{pfn});

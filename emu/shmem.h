@@ -17,7 +17,9 @@
 // vma->pgoff) pages in each VMA that covers the index.
 //
 // Files (seed 001): a file's page is read from the file at its first fault
-// (pread into the pool). In a shared writable mapping a clean page is mapped
+// (pread into the pool), and it is on the reclaim lists (kPgFile): reclaim
+// drops it, after writing it back when dirty, and a later fault reads it
+// again. In a shared writable mapping a clean page is mapped
 // read-only; the write fault marks it dirty (kPgDirty) and makes the PTE
 // writable. Writeback (msync, fsync, the last VMA's going) takes a dirty
 // page's flag, write-protects every PTE that maps it through the object's
@@ -27,7 +29,8 @@
 //
 // Invariants:
 //  1. pages_[i] is 0 or the pfn of a frame with kPgShmem | kPgPool, anchor
-//     this object and index i; the object holds one reference to it.
+//     this object and index i; the object holds one reference to it. A
+//     file's pages are kPgFile too, and none lies at or past nr_pages().
 //  2. Every address space with a VMA of this object is in spaces_.
 //  3. vma_refs_ counts the VMAs (in any address space) that name the object.
 #ifndef EMU_SHMEM_H_
@@ -38,6 +41,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "emu/rmap.h"
 #include "emu/sync.h"
 #include "emu/types.h"
@@ -48,51 +52,91 @@ class Machine;
 
 class ShmemObject final : public RmapAnchor {
  public:
-  // Owned by the machine (Machine::CreateShmem).
-  ShmemObject(Machine* machine, uint64_t nr_pages);
+  // Owned by the machine (Machine::CreateShmem). `capacity` pages of index
+  // (at least nr_pages): how far a file may grow.
+  ShmemObject(Machine* machine, uint64_t nr_pages, uint64_t capacity = 0);
   ~ShmemObject() override;
   ShmemObject(const ShmemObject&) = delete;
   ShmemObject& operator=(const ShmemObject&) = delete;
 
-  uint64_t nr_pages() const { return nr_pages_; }
+  // The object's size in pages (a file's: its size rounded up).
+  uint64_t nr_pages() const { return nr_pages_.load(std::memory_order_acquire); }
+  uint64_t capacity() const { return capacity_; }
 
   // A file's object: `fd` (the object owns it) of `size_bytes`, opened
   // read-write or read-only. Before any mapping.
-  void SetBacking(int fd, uint64_t size_bytes, bool writable) {
-    fd_ = fd;
-    size_bytes_ = size_bytes;
-    writable_ = writable;
-  }
+  void SetBacking(int fd, uint64_t size_bytes, bool writable);
   bool backed() const { return fd_ >= 0; }
   // Whether a shared mapping may write it (a file opened read-only may not).
   bool may_write() const { return !backed() || writable_; }
-  uint64_t size_bytes() const { return size_bytes_; }
+  uint64_t size_bytes() const { return size_bytes_.load(std::memory_order_acquire); }
+  // A fault found its index past the end: the file may have grown behind
+  // our back (another process). Takes the file's size again (fstat), never
+  // shrinking it; true when `index` now lies inside. async-signal-safe.
+  bool RefreshSize(uint64_t index);
   // Reads page `index` of the file into `dst` (a page; the part past the
   // end of the file stays as it is, zeros). async-signal-safe; false with
   // errno on a read error.
   bool ReadPage(uint64_t index, void* dst) const;
+
+  // ---- Dirty pages (seed 001) ----
   // A write fault dirtied `page` (a page of this object): counts it.
   // async-signal-safe.
   void MarkDirty(Page& page);
+  // Takes `page`'s dirty flag (Linux: clear_page_dirty_for_io, before
+  // page_mkclean); true when it was dirty. async-signal-safe.
+  bool ClearDirty(Page& page);
   uint64_t nr_dirty() const { return nr_dirty_.load(std::memory_order_relaxed); }
+  // When the object went from clean to dirty (CLOCK_MONOTONIC ns; Linux's
+  // inode->dirtied_when), for the flusher's oldest-first order.
+  uint64_t dirtied_when() const { return dirtied_when_.load(std::memory_order_relaxed); }
+  // Writes one page whose dirty flag the caller took (and whose PTEs it
+  // cleaned) to the file: kPgWriteback and nr_writeback while in flight.
+  // False with errno on a write error. Not under any emulator lock but the
+  // page lock.
+  bool WriteOut(Page& page);
   // Writes the dirty pages with index in [first, last) back to the file
   // (Linux: filemap_write_and_wait_range; each page cleaned with
   // page_mkclean first), then, with `wait`, fdatasync. The caller holds no
   // mmap_lock (the walk takes each address space's for read). Returns the
   // first error (EIO and friends from the file); pages that failed stay
-  // dirty.
-  absl::Status Writeback(uint64_t first, uint64_t last, bool wait);
+  // dirty. `written` (optional) counts the pages written.
+  absl::Status Writeback(uint64_t first, uint64_t last, bool wait, uint64_t budget = UINT64_MAX,
+                         uint64_t* written = nullptr);
+  // The flusher's turn: up to `budget` dirty pages from where its last turn
+  // stopped, wrapping around once (Linux: range_cyclic writeback from
+  // mapping->writeback_index). Returns the pages written.
+  uint64_t WritebackCyclic(uint64_t budget);
+  // fsync(2) of the file: every dirty page, then fsync (data and metadata).
+  absl::Status Fsync();
+  // ftruncate(2) of the file (Linux: truncate_setsize + truncate_pagecache):
+  // shrinking unmaps every mapping of the pages past the new end, private
+  // copies included (a later access there is SIGBUS), and drops them from
+  // the cache unwritten; the part of the last page past the end reads as
+  // zeros. EFBIG past the object's capacity; the file's own errors.
+  absl::Status Truncate(uint64_t size_bytes);
+
   // False when the page cache's index could not be mapped (ENOMEM).
   bool ok() const { return pages_ != nullptr; }
 
   // The page cache. Lock-free and allocation-free (the fault path).
-  // The frame at page offset `index`, or Pfn{0}.
+  // The frame at page offset `index`, or Pfn{0}. Without a reference: a
+  // file's page may be reclaimed at any time; use GetPage.
   Pfn Find(uint64_t index) const {
     return Pfn{pages_[index].load(std::memory_order_acquire)};
   }
+  // The frame at `index` with a reference taken, or Pfn{0} (Linux:
+  // filemap_get_entry: a speculative get, then a check that the page is
+  // still the one cached there).
+  Pfn GetPage(uint64_t index);
   // Installs `pfn` at `index` unless a frame is there already; returns the
   // frame there now (`pfn` if it went in).
   Pfn Add(uint64_t index, Pfn pfn);
+  // Reclaim: drops the unmapped, clean page `pfn` from the cache if nobody
+  // holds it but the cache and `refs` more (Linux: __remove_mapping's
+  // refcount freeze). The frame is left with refcount 0 for the caller to
+  // free. False when it is in use, dirty, or gone.
+  bool RemoveFromCache(Pfn pfn, int refs);
   // Pages in the cache now.
   uint64_t nr_cached() const { return nr_cached_.load(std::memory_order_relaxed); }
 
@@ -114,18 +158,31 @@ class ShmemObject final : public RmapAnchor {
                    absl::FunctionRef<void(const Vma&, VirtAddr)> fn) override;
 
  private:
-  // Writes one page (its flag already taken) from the pool to the file.
-  bool WritePage(uint64_t index, const Page& page);
   // Write-protects every PTE that maps `pfn` (seed 001's page_mkclean).
   void MkClean(Pfn pfn);
+  // Calls fn for every address space on the list, holding object_walk_lock
+  // for read and no other lock (fn may take mmap_lock, make system calls).
+  void ForEachSpace(absl::FunctionRef<void(AddressSpace&)> fn);
+  // Drops the cached pages with index in [first, last), unwritten.
+  void DropRange(uint64_t first, uint64_t last);
+  // Zeros the bytes of the cached page holding byte `from` from there to
+  // the page's end (nothing when `from` is page aligned or not cached).
+  void ZeroTail(uint64_t from);
 
   Machine* const machine_;
-  const uint64_t nr_pages_;
+  const uint64_t capacity_;
+  std::atomic<uint64_t> nr_pages_;
   int fd_ = -1;
-  uint64_t size_bytes_ = 0;
+  std::atomic<uint64_t> size_bytes_{0};
   bool writable_ = true;
   std::atomic<uint64_t> nr_dirty_{0};
-  std::atomic<uint32_t>* pages_;  // nr_pages_ entries, MAP_NORESERVE, zero = none
+  std::atomic<uint64_t> dirtied_when_{0};
+  std::atomic<uint64_t> writeback_index_{0};  // the flusher's cursor
+  // Writes to the file hold it for read, a truncate for write: no write
+  // past the end lands after the file was shortened.
+  RwSem io_lock_;
+  absl::Mutex truncate_mu_;  // one truncate at a time
+  std::atomic<uint32_t>* pages_;  // capacity_ entries, MAP_NORESERVE, zero = none
   // One bit per page: it may be dirty (set after kPgDirty by MarkDirty,
   // cleared before it by Writeback), so that writeback visits the dirty
   // pages, not the whole range.

@@ -68,7 +68,14 @@ namespace emu {
   X(file_read, "pages of emulated files read in at their first fault")                \
   X(pgdirty, "clean pages of shared file mappings dirtied by a write fault (seed 001)") \
   X(pgmkclean, "PTEs write-protected by page_mkclean before writeback")               \
-  X(pgwriteback, "dirty file pages written back")
+  X(pgwriteback, "dirty file pages written back")                                     \
+  X(pgwriteback_background, "of pgwriteback: by the flusher above the background threshold") \
+  X(pgwriteback_periodic, "of pgwriteback: by the flusher, dirty longer than dirty_expire_ms") \
+  X(pgwriteback_reclaim, "of pgwriteback: by reclaim, before dropping the page (nr_vmscan_write)") \
+  X(dirty_throttle, "write faults that waited above the dirty threshold (balance_dirty_pages)") \
+  X(dirty_throttle_us, "microseconds write faults waited above the dirty threshold") \
+  X(pgsteal_file, "file pages reclaim dropped (clean, or written back first)")        \
+  X(file_truncated, "pages a truncate dropped from a file's page cache")
 
 enum class VmEvent : int {
 #define EMU_VM_EVENT_ENUM(name, doc) k_##name,

@@ -115,6 +115,7 @@ class ABSL_SCOPED_LOCKABLE FaultLock {
 unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsigned flags) {
   unsigned ret = 0;
   bool unmarked = false;
+  bool file_write = false;  // a write to a shared file mapping: may dirty a page
   for (;;) {
     bool unmark = false;
     FaultLock l(as);
@@ -143,6 +144,8 @@ unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsign
       unmark = true;
     } else {
       ret = HandlePteFault(vmf);
+      file_write = vmf.write() && vmf.vma->file != nullptr && (vmf.vma->vm_flags & kVmShared) &&
+                   vmf.vma->file->backed();
     }
     if (!unmark) break;
     l.Unlock();
@@ -152,6 +155,10 @@ unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsign
   VmStat& vmstat = machine_->vmstat();
   vmstat.Add(VmEvent::k_pgfault);
   if (ret & (kFaultSigsegv | kFaultAccErr)) vmstat.Add(VmEvent::k_pgfault_sigsegv);
+  // Linux: fault_dirty_shared_page() -> balance_dirty_pages_ratelimited(),
+  // with mmap_lock released: above the dirty threshold the writer waits
+  // for the flusher here.
+  if (file_write && ret == kFaultOk) machine_->flusher().BalanceDirty();
   return ret;
 }
 
@@ -301,9 +308,10 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
   }
   if (!pte.none()) return kFaultSigbus;  // no swap PTE of an object's page yet
   const uint64_t index = vma.pgoff + ((vmf.address - vma.start) >> kPageShift);
-  if (index >= obj.nr_pages()) {
-    // Past the object's end (the file's last page, or a shared mapping
-    // mremap grew): Linux's SIGBUS.
+  if (index >= obj.nr_pages() && !obj.RefreshSize(index)) {
+    // Past the object's end (the file's last page, a truncated file, or a
+    // shared mapping mremap grew): Linux's SIGBUS. A file another process
+    // made longer is looked at again first.
     NoteResolution(FaultResolution::kSigbus);
     return kFaultSigbus;
   }
@@ -316,7 +324,9 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
     SpinLockHolder l(pt.Ptl(vmf.address));
     vmf.pte->store(0, std::memory_order_release);
   };
-  Pfn pfn = obj.Find(index);
+  // With a reference of this fault's: reclaim may drop a file's page from
+  // the cache at any time until it is mapped.
+  Pfn pfn = obj.GetPage(index);
   if (ToU64(pfn) == 0) {
     // A new page of the object: a frame at a fresh pool offset, which reads
     // as zeros (a hole in the pool's file), then a file's bytes.
@@ -330,7 +340,8 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
     page.anchor = &obj;
     page.index = index;
     page.pool_off = pool.Place(fresh, vmf.address);
-    page.flags.fetch_or(kPgShmem | kPgPool, std::memory_order_release);
+    page.flags.fetch_or(kPgShmem | kPgPool | (obj.backed() ? kPgFile : 0),
+                        std::memory_order_release);
     if (obj.backed() && !obj.ReadPage(index, pool.writable_view(page.pool_off))) {
       machine_->FreePage(fresh);
       unclaim();
@@ -339,17 +350,20 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
     }
     pfn = obj.Add(index, fresh);  // its allocation reference is the cache's
     if (pfn != fresh) {
-      machine_->FreePage(fresh);  // another address space was first
-    } else {
-      machine_->vmstat().Add(obj.backed() ? VmEvent::k_file_read : VmEvent::k_shmem_alloc);
+      machine_->FreePage(fresh);  // another fault was first
+      unclaim();
+      return kFaultRetry;
     }
+    page.refcount.fetch_add(1, std::memory_order_relaxed);  // this fault's
+    // A file's page is on the reclaim lists, mapped or not (Linux: the file
+    // LRU); shared memory's stays off them.
+    if (obj.backed() && machine_->reclaim() != nullptr) machine_->reclaim()->LruAdd(fresh);
+    machine_->vmstat().Add(obj.backed() ? VmEvent::k_file_read : VmEvent::k_shmem_alloc);
   }
-  // No VMA can drop the object's last reference meanwhile: this fault holds
-  // mmap_lock, and the page stays in the cache while a VMA names it.
   Page& page = mem_map.page(pfn);
   if (!shared && vmf.write()) {
     // A write to a private mapping: its own copy at once (do_cow_fault).
-    page.refcount.fetch_add(1, std::memory_order_relaxed);  // CopyObjectPage drops it
+    // This fault's reference is the one CopyObjectPage drops.
     page.mapcount.fetch_add(1, std::memory_order_acq_rel);
     return CopyObjectPage(vmf, Pte::Anon(pfn, false, false).WithLocked().raw(),
                           /*mapped=*/false);
@@ -358,8 +372,7 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
   // first write is seen (seed 001); a write fault dirties it now.
   const bool map_writable = shared && writable && (!obj.backed() || vmf.write());
   if (map_writable) obj.MarkDirty(page);
-  page.refcount.fetch_add(1, std::memory_order_relaxed);
-  page.mapcount.fetch_add(1, std::memory_order_acq_rel);
+  page.mapcount.fetch_add(1, std::memory_order_acq_rel);  // with this fault's reference
   machine_->AddPoolVmas(2);
   if (!host.MapPool(page_range, pool.fd(), page.pool_off, prot, map_writable)) {
     const int err = errno;

@@ -6,14 +6,92 @@
 // slot each. One page at a time, synchronously: such frames are few next to
 // the pages in place, which go through ShrinkList's batches.
 #include "emu/mm.h"
+#include "emu/shmem.h"
 #include "rmap/rmap.h"
 #include "swap/vmscan.h"
 
 namespace emu {
 
+int Vmscan::ShrinkFilePage(Pfn pfn) {
+  // Linux: shrink_folio_list() for a file folio: referenced through a
+  // mapping -> activate; dirty -> pageout() (clear_page_dirty_for_io, whose
+  // page_mkclean write-protects every PTE, then ->writepage); then
+  // try_to_unmap() and __remove_mapping(). Clean pages go without I/O and
+  // come back by a read of the file at their next fault.
+  Page& page = mem_map_.page(pfn);
+  auto& file = *static_cast<ShmemObject*>(page.anchor);
+  VmStat& vmstat = machine_->vmstat();
+  auto rotate = [&](bool active) {
+    Putback(pfn, active);
+    vmstat.Add(active ? VmEvent::k_pgactivate : VmEvent::k_pgrotated);
+    return 0;
+  };
+  if (page.MaybePinned()) return rotate(true);
+  if (page.mapcount.load(std::memory_order_acquire) > 0 &&
+      PageReferenced(*machine_, pfn) > 0 && policy_ == ReclaimPolicy::kLru) {
+    return rotate(true);
+  }
+  if (page.Test(kPgDirty) && file.ClearDirty(page)) {
+    // page_mkclean through the reverse map, try-locking each address space
+    // (this may run in a fault that holds its own): a busy one keeps the
+    // page dirty for a later pass.
+    HostMmu& host = machine_->host();
+    bool failed = false;
+    RmapWalkStats seen = RmapWalk(*machine_, pfn, [&](AddressSpace& as, const Vma& vma,
+                                                      VirtAddr addr, std::atomic<uint64_t>* e) {
+      PageTable& pt = as.page_table();
+      {
+        SpinLockHolder l(pt.Ptl(addr));
+        Pte pte(e->load(std::memory_order_relaxed));
+        if (pte.locked()) {
+          failed = true;  // a fault may be making it writable
+          return false;
+        }
+        if (!pte.present() || pte.pfn() != pfn || !pte.write()) return true;
+        e->store(pte.Clean().raw(), std::memory_order_release);
+      }
+      failed |= !host.WriteProtect({addr, addr + kPageSize}, VmFlagsToProt(vma.vm_flags));
+      vmstat.Add(VmEvent::k_pgmkclean);
+      return !failed;
+    });
+    if (failed || seen.busy > 0) {
+      file.MarkDirty(page);
+      return rotate(false);
+    }
+    if (!file.WriteOut(page)) {
+      file.MarkDirty(page);  // Linux: a failed ->writepage redirties the folio
+      return rotate(true);
+    }
+    vmstat.Add(VmEvent::k_pgwriteback_reclaim);
+  }
+  if (page.mapcount.load(std::memory_order_acquire) > 0) {
+    // A PTE written since is writable again, and try_to_unmap leaves it.
+    UnmapResult r = TryToUnmap(*machine_, pfn, [](AddressSpace&, VirtAddr) { return Pte(); });
+    if (r == UnmapResult::kFail) {
+      page.flags.fetch_or(kPgMlocked, std::memory_order_relaxed);
+      Release(pfn);
+      return 0;
+    }
+    if (r != UnmapResult::kSuccess) return rotate(false);
+  }
+  // Reclaim's reference and the cache's, nobody else's: out of the cache.
+  if (!file.RemoveFromCache(pfn, 1)) return rotate(false);
+  {
+    SpinLockHolder l(&lru_lock_);
+    page.flags.fetch_and(~kPgIsolated, std::memory_order_relaxed);
+  }
+  page.Unlock();
+  machine_->FreePage(pfn);  // the count is frozen at 0: the frame is ours
+  if (FramePool* pool = machine_->frame_pool()) pool->Flush();
+  vmstat.Add(VmEvent::k_pgsteal_file);
+  vmstat.Add(VmEvent::k_pgsteal);
+  return 1;
+}
+
 int Vmscan::ShrinkPoolPage(Pfn pfn) {
   Page& page = mem_map_.page(pfn);
   VmStat& vmstat = machine_->vmstat();
+  if (page.Test(kPgFile)) return ShrinkFilePage(pfn);
   // TryToUnmap left mappings: an mlocked one keeps the frame off the lists,
   // else it goes back to the inactive list. No frame was freed.
   auto StillMapped = [&](UnmapResult r) {

@@ -54,6 +54,18 @@ constexpr int kBatch = 64;  // = SWAP_CLUSTER_MAX * 2
 
 inline uint64_t Load(std::atomic<uint64_t>* e) { return e->load(std::memory_order_acquire); }
 
+// Shared memory's pages stay off the lists (it is not swapped); a file's
+// pages are on them.
+inline bool OffLists(const Page& page) { return page.Test(kPgShmem) && !page.Test(kPgFile); }
+
+// Whether a page reclaim puts back belongs on a list: a mapped page, or a
+// file's page while its cache holds it (mapped or not; Linux keeps unmapped
+// page cache on the file LRU).
+inline bool Listed(const Page& page) {
+  if (page.Test(kPgFile)) return page.refcount.load(std::memory_order_relaxed) > 1;
+  return !page.Test(kPgShmem) && page.mapcount.load(std::memory_order_relaxed) > 0;
+}
+
 void FutexWaitTimeout(std::atomic<uint32_t>* word, uint32_t expected, long ns) {
   timespec ts{0, ns};
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, &ts,
@@ -177,8 +189,9 @@ void Vmscan::LruAddLocked(Page& page, Pfn pfn, bool active) {
 void Vmscan::LruAdd(Pfn pfn) {
   Page& page = mem_map_.page(pfn);
   SpinLockHolder l(&lru_lock_);
-  if (page.Test(kPgUnevictable | kPgLru | kPgShmem)) return;
-  // Linux (>= 5.9): new anonymous pages start on the inactive list.
+  if (page.Test(kPgUnevictable | kPgLru) || OffLists(page)) return;
+  // Linux (>= 5.9): new anonymous pages start on the inactive list (file
+  // pages always have).
   LruAddLocked(page, pfn, false);
 }
 
@@ -228,7 +241,7 @@ void Vmscan::Munlocked(Pfn pfn) {
   Page& page = mem_map_.page(pfn);
   SpinLockHolder l(&lru_lock_);
   // Shared memory's pages are not on the lists (not swapped yet).
-  if (page.Test(kPgLru | kPgIsolated | kPgUnevictable | kPgShmem)) return;
+  if (page.Test(kPgLru | kPgIsolated | kPgUnevictable) || OffLists(page)) return;
   if (page.refcount.load(std::memory_order_relaxed) == 0) return;
   LruAddLocked(page, pfn, false);
 }
@@ -251,9 +264,7 @@ void Vmscan::Putback(Pfn pfn, bool active) {
   {
     SpinLockHolder l(&lru_lock_);
     page.flags.fetch_and(~kPgIsolated, std::memory_order_relaxed);
-    if (!page.Test(kPgUnevictable) && page.mapcount.load(std::memory_order_relaxed) > 0) {
-      LruAddLocked(page, pfn, active);
-    }
+    if (!page.Test(kPgUnevictable) && Listed(page)) LruAddLocked(page, pfn, active);
   }
   page.Unlock();
   machine_->PutPage(pfn);
@@ -375,7 +386,7 @@ void Vmscan::RefillInactive(AddressSpace* held, int nr) {
     {
       SpinLockHolder l(&lru_lock_);
       page.flags.fetch_and(~kPgIsolated, std::memory_order_relaxed);
-      if (!page.Test(kPgUnevictable | kPgLru) && page.mapcount.load(std::memory_order_relaxed) > 0) {
+      if (!page.Test(kPgUnevictable | kPgLru) && Listed(page)) {
         LruAddLocked(page, items[i].pfn, false);
       }
     }

@@ -113,6 +113,9 @@ class Vmscan : public PageReclaim {
   // One isolated frame in the pool, through the reverse map (shrink_shared.cc);
   // returns the frames freed (0 or 1).
   int ShrinkPoolPage(Pfn pfn);
+  // One isolated page of a file's page cache (kPgFile): written back if
+  // dirty, unmapped and dropped (shrink_shared.cc); returns the frames freed.
+  int ShrinkFilePage(Pfn pfn);
   void DecidePages(AddressSpace* held, Victim* v, int n, SlotRun* run);
   void DecideOne(Victim& x, AddressSpace& as, SlotRun* run);
   void UndoWrite(Victim& x, PageTable& pt);
