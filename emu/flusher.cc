@@ -166,7 +166,10 @@ void Flusher::Loop() {
     if (periodic) last_periodic = now;
     if (!periodic && nr_dirty() <= background_thresh_) continue;
     busy_.store(true, std::memory_order_relaxed);
-    Pass(periodic);
+    {
+      absl::MutexLock l(&pass_mu_);
+      Pass(periodic);
+    }
     busy_.store(false, std::memory_order_relaxed);
     seen = wake_.load();
   }

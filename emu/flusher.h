@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 
 namespace emu {
 
@@ -64,6 +65,9 @@ class Flusher {
   void BalanceDirty();
   // Wakes the flusher now.
   void Kick();
+  // Held by the flusher over each pass; Machine::CheckInvariants holds it
+  // to see the counts at rest.
+  absl::Mutex* pass_mu() { return &pass_mu_; }
 
  private:
   void Loop();
@@ -75,6 +79,7 @@ class Flusher {
   uint64_t background_thresh_ = 0;  // set by the constructor, then read-only
   uint64_t dirty_thresh_ = 0;
   std::atomic<bool> busy_{false};     // the flusher is in a pass
+  absl::Mutex pass_mu_;
   std::atomic<uint64_t> nr_dirty_{0};
   std::atomic<uint64_t> nr_writeback_{0};
   std::atomic<uint32_t> wake_{0};      // futex word: bumped to wake the flusher

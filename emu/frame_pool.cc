@@ -1,5 +1,7 @@
 #include "emu/frame_pool.h"
 
+#include <sched.h>
+
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <sys/mman.h>
@@ -69,23 +71,45 @@ uint64_t FramePool::Place(Pfn pfn, VirtAddr addr) {
   }
   EMU_BUG_ON(ToU64(pfn) >= max_pages_);
   const uint64_t off = arena_.len_bytes() + ToU64(pfn) * kPageSize;
-  // A pending punch must not reach a frame placed again (a pfn freed and
-  // reused keeps its spill offset). Identity offsets in the pending run
-  // are still taken, so they never get here.
-  uint64_t start = 0, end = 0;
-  {
-    SpinLockHolder l(&pend_lock_);
-    if (off >= pend_start_ && off < pend_end_) {
-      start = pend_start_;
-      end = pend_end_;
-      pend_start_ = pend_end_ = 0;
+  // A punch must not reach a frame placed again (a pfn freed and reused
+  // keeps its spill offset): a pending run that holds the offset is punched
+  // now, and one being punched by another thread is waited for. Identity
+  // offsets in either are still taken, so they never get here.
+  for (;;) {
+    int slot = -1;
+    uint64_t start = 0, end = 0;
+    bool busy = false;
+    {
+      SpinLockHolder l(&pend_lock_);
+      for (const Run& r : punching_) busy |= off >= r.start && off < r.end;
+      if (!busy && off >= pend_start_ && off < pend_end_) {
+        slot = BeginPunchLocked(pend_start_, pend_end_);
+        if (slot >= 0) {
+          start = pend_start_;
+          end = pend_end_;
+          pend_start_ = pend_end_ = 0;
+        } else {
+          busy = true;
+        }
+      }
     }
+    if (slot >= 0) Punch(slot, start, end);
+    if (!busy) return off;
+    sched_yield();
   }
-  if (end > start) Punch(start, end);
-  return off;
 }
 
-void FramePool::Punch(uint64_t start, uint64_t end) {
+int FramePool::BeginPunchLocked(uint64_t start, uint64_t end) {
+  for (int i = 0; i < kMaxPunching; i++) {
+    if (punching_[i].end == 0) {
+      punching_[i] = Run{start, end};
+      return i;
+    }
+  }
+  return -1;
+}
+
+void FramePool::Punch(int slot, uint64_t start, uint64_t end) {
   // Punching the pages out frees their memory; nothing maps them any more.
   fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(start),
             static_cast<off_t>(end - start));
@@ -93,17 +117,28 @@ void FramePool::Punch(uint64_t start, uint64_t end) {
     uint64_t i = off >> kPageShift;
     identity_[i / 64].fetch_and(~(uint64_t{1} << (i % 64)), std::memory_order_acq_rel);
   }
+  SpinLockHolder l(&pend_lock_);
+  punching_[slot] = Run{};
 }
 
 void FramePool::Flush() {
-  uint64_t start, end;
-  {
-    SpinLockHolder l(&pend_lock_);
-    start = pend_start_;
-    end = pend_end_;
-    pend_start_ = pend_end_ = 0;
+  for (;;) {
+    int slot;
+    uint64_t start, end;
+    {
+      SpinLockHolder l(&pend_lock_);
+      if (pend_end_ <= pend_start_) return;
+      slot = BeginPunchLocked(pend_start_, pend_end_);
+      start = pend_start_;
+      end = pend_end_;
+      if (slot >= 0) pend_start_ = pend_end_ = 0;
+    }
+    if (slot >= 0) {
+      Punch(slot, start, end);
+      return;
+    }
+    sched_yield();
   }
-  if (end > start) Punch(start, end);
 }
 
 bool FramePool::Fill(uint64_t off, const void* src, size_t len) {
@@ -124,24 +159,37 @@ bool FramePool::Fill(uint64_t off, const void* src, size_t len) {
 
 void FramePool::Release(uint64_t off) {
   nr_frames_.fetch_sub(1, std::memory_order_relaxed);
-  uint64_t start = 0, end = 0;
-  {
-    SpinLockHolder l(&pend_lock_);
-    // Runs never cross the end of the identity span (Punch clears bits by
-    // offset, and spill offsets start there).
-    const bool extends = pend_end_ > pend_start_ && off == pend_end_ &&
-                         pend_end_ - pend_start_ < kMaxPendingBytes &&
-                         (off < arena_.len_bytes()) == (pend_start_ < arena_.len_bytes());
-    if (extends) {
-      pend_end_ += kPageSize;
+  for (;;) {
+    int slot = -1;
+    uint64_t start = 0, end = 0;
+    {
+      SpinLockHolder l(&pend_lock_);
+      // Runs never cross the end of the identity span (Punch clears bits by
+      // offset, and spill offsets start there).
+      const bool extends = pend_end_ > pend_start_ && off == pend_end_ &&
+                           pend_end_ - pend_start_ < kMaxPendingBytes &&
+                           (off < arena_.len_bytes()) == (pend_start_ < arena_.len_bytes());
+      if (extends) {
+        pend_end_ += kPageSize;
+        return;
+      }
+      const bool pending = pend_end_ > pend_start_;
+      if (pending) slot = BeginPunchLocked(pend_start_, pend_end_);
+      // With every slot punching, wait for one rather than lose track.
+      if (!pending || slot >= 0) {
+        start = pend_start_;
+        end = pend_end_;
+        pend_start_ = off;
+        pend_end_ = off + kPageSize;
+        if (!pending) return;
+      }
+    }
+    if (slot >= 0) {
+      Punch(slot, start, end);
       return;
     }
-    start = pend_start_;
-    end = pend_end_;
-    pend_start_ = off;
-    pend_end_ = off + kPageSize;
+    sched_yield();
   }
-  if (end > start) Punch(start, end);
 }
 
 }  // namespace emu

@@ -96,8 +96,20 @@ class FramePool {
   uint64_t pend_start_ ABSL_GUARDED_BY(pend_lock_) = 0;
   uint64_t pend_end_ ABSL_GUARDED_BY(pend_lock_) = 0;
   static constexpr uint64_t kMaxPendingBytes = uint64_t{2} << 20;
-  // fallocate(PUNCH_HOLE) of [start, end), then the identity bits it covers.
-  void Punch(uint64_t start, uint64_t end);
+  // Runs taken out of pending and being punched now: Place() waits for one
+  // that holds the spill offset it picked, or the punch would zero the
+  // frame placed there (a pfn freed and reused at once, as reclaim of file
+  // pages does).
+  struct Run {
+    uint64_t start = 0, end = 0;
+  };
+  static constexpr int kMaxPunching = 64;
+  Run punching_[kMaxPunching] ABSL_GUARDED_BY(pend_lock_);
+  // A free slot of punching_ for [start, end), or -1 when all are in use.
+  int BeginPunchLocked(uint64_t start, uint64_t end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pend_lock_);
+  // fallocate(PUNCH_HOLE) of [start, end), then the identity bits it
+  // covers, then the slot is free again.
+  void Punch(int slot, uint64_t start, uint64_t end);
 };
 
 }  // namespace emu

@@ -305,6 +305,7 @@ void Machine::ReleaseWindow(AddressSpace* as) {
 }
 
 absl::Status Machine::CheckInvariants() {
+  absl::MutexLock flusher(flusher_->pass_mu());  // counts at rest
   std::vector<AddressSpace*> spaces;
   {
     absl::MutexLock l(&lock_);
@@ -341,6 +342,20 @@ absl::Status Machine::CheckInvariants() {
       status = ErrnoError(EIO, absl::StrCat("pool frame ", pfn, ": ", n, " PTEs map it, mapcount ",
                                             page.mapcount.load(), ", refcount ",
                                             page.refcount.load()));
+    }
+  }
+  if (status.ok()) {
+    // Every object's cache, and the machine's dirty count as their sum.
+    absl::MutexLock l(&lock_);
+    uint64_t dirty = 0;
+    for (const auto& obj : shmem_) {
+      if (!status.ok()) break;
+      status = obj->CheckInvariants();
+      dirty += obj->nr_dirty();
+    }
+    if (status.ok() && dirty != flusher_->nr_dirty()) {
+      status = ErrnoError(EIO, absl::StrCat("machine nr_dirty ", flusher_->nr_dirty(),
+                                            " but its files hold ", dirty));
     }
   }
   if (status.ok() && reclaim_) status = reclaim_->CheckSwapRefs(refs, cached);

@@ -163,6 +163,7 @@ bool ShmemObject::WriteOut(Page& page) {
   Flusher& flusher = machine_->flusher();
   page.flags.fetch_or(kPgWriteback, std::memory_order_relaxed);
   flusher.AccountWriteback(1);
+  nr_writeback_.fetch_add(1, std::memory_order_acq_rel);
   bool ok = true;
   {
     ReadLockHolder io(&io_lock_);
@@ -186,6 +187,10 @@ bool ShmemObject::WriteOut(Page& page) {
   const int err = errno;
   page.flags.fetch_and(~kPgWriteback, std::memory_order_release);
   flusher.AccountWriteback(-1);
+  if (nr_writeback_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    writeback_done_.fetch_add(1, std::memory_order_release);
+    FutexWakeAll(&writeback_done_);
+  }
   if (ok) {
     machine_->vmstat().Add(VmEvent::k_pgwriteback);
     flusher.Cleaned();
@@ -245,8 +250,22 @@ absl::Status ShmemObject::Writeback(uint64_t first, uint64_t last, bool wait, ui
     machine_->PutPage(pfn);
   }
   if (written != nullptr) *written = nr;
-  if (wait && fdatasync(fd_) != 0 && status.ok()) status = ErrnoError(errno, "fdatasync");
+  if (wait) {
+    // Linux: filemap_write_and_wait_range() waits for pages already under
+    // writeback too: a page the flusher or reclaim took before this call
+    // is clean to the scan above but not in the file yet.
+    WaitWriteback();
+    if (fdatasync(fd_) != 0 && status.ok()) status = ErrnoError(errno, "fdatasync");
+  }
   return status;
+}
+
+void ShmemObject::WaitWriteback() {
+  for (;;) {
+    const uint32_t seq = writeback_done_.load(std::memory_order_acquire);
+    if (nr_writeback_.load(std::memory_order_acquire) == 0) return;
+    FutexWait(&writeback_done_, seq);
+  }
 }
 
 uint64_t ShmemObject::WritebackCyclic(uint64_t budget) {
@@ -266,6 +285,7 @@ uint64_t ShmemObject::WritebackCyclic(uint64_t budget) {
 absl::Status ShmemObject::Fsync() {
   if (!backed()) return absl::OkStatus();
   absl::Status status = Writeback(0, capacity_, false);
+  WaitWriteback();
   if (fsync(fd_) != 0 && status.ok()) status = ErrnoError(errno, "fsync");
   return status;
 }
@@ -369,6 +389,9 @@ Pfn ShmemObject::Add(uint64_t index, Pfn pfn) {
   if (pages_[index].compare_exchange_strong(expected, static_cast<uint32_t>(ToU64(pfn)),
                                             std::memory_order_acq_rel)) {
     nr_cached_.fetch_add(1, std::memory_order_relaxed);
+    for (uint64_t hw = high_water_.load(std::memory_order_relaxed);
+         index + 1 > hw && !high_water_.compare_exchange_weak(hw, index + 1);) {
+    }
     return pfn;
   }
   return Pfn{expected};
@@ -393,6 +416,42 @@ void ShmemObject::Put() {
     machine_->PutPage(Pfn{pfn});
   }
   if (FramePool* pool = machine_->frame_pool()) pool->Flush();
+}
+
+absl::Status ShmemObject::CheckInvariants() {
+  MemMap& mem_map = machine_->mem_map();
+  uint64_t cached = 0, dirty = 0;
+  const uint64_t end = high_water_.load();
+  for (uint64_t i = 0; i < end; i++) {
+    const uint32_t n = pages_[i].load();
+    if (n == 0) continue;
+    cached++;
+    const Page& page = mem_map.page(Pfn{n});
+    const uint32_t want = kPgShmem | kPgPool | (backed() ? kPgFile : 0);
+    if ((page.flags.load() & (want | kPgFile)) != want || page.anchor != this ||
+        page.index != i || page.refcount.load() < 1) {
+      return ErrnoError(EIO, absl::StrCat("object page ", i, " (pfn ", n, "): flags ",
+                                          page.flags.load(), ", index ", page.index,
+                                          ", refcount ", page.refcount.load()));
+    }
+    if (backed() && i >= nr_pages()) {
+      return ErrnoError(EIO, absl::StrCat("file page ", i, " cached past the end (", nr_pages(),
+                                          " pages)"));
+    }
+    if (backed() && page.Test(kPgDirty)) {
+      dirty++;
+      if (!(dirty_bits_[i / 64].load() & (uint64_t{1} << (i % 64)))) {
+        return ErrnoError(EIO, absl::StrCat("dirty file page ", i, " without its dirty bit"));
+      }
+    }
+  }
+  if (cached != nr_cached()) {
+    return ErrnoError(EIO, absl::StrCat("nr_cached ", nr_cached(), " but ", cached, " pages"));
+  }
+  if (backed() && dirty != nr_dirty()) {
+    return ErrnoError(EIO, absl::StrCat("nr_dirty ", nr_dirty(), " but ", dirty, " dirty pages"));
+  }
+  return absl::OkStatus();
 }
 
 void ShmemObject::AddSpace(AddressSpace* as) {

@@ -116,6 +116,11 @@ class ShmemObject final : public RmapAnchor {
   // zeros. EFBIG past the object's capacity; the file's own errors.
   absl::Status Truncate(uint64_t size_bytes);
 
+  // Invariant 1, the dirty count (nr_dirty() is the number of kPgDirty
+  // pages in the cache), and no page past a file's end. Call with no fault
+  // or mm call in flight and reclaim blocked.
+  absl::Status CheckInvariants();
+
   // False when the page cache's index could not be mapped (ENOMEM).
   bool ok() const { return pages_ != nullptr; }
 
@@ -158,6 +163,8 @@ class ShmemObject final : public RmapAnchor {
                    absl::FunctionRef<void(const Vma&, VirtAddr)> fn) override;
 
  private:
+  // Waits until no write of this object's pages is in flight.
+  void WaitWriteback();
   // Write-protects every PTE that maps `pfn` (seed 001's page_mkclean).
   void MkClean(Pfn pfn);
   // Calls fn for every address space on the list, holding object_walk_lock
@@ -178,6 +185,8 @@ class ShmemObject final : public RmapAnchor {
   std::atomic<uint64_t> nr_dirty_{0};
   std::atomic<uint64_t> dirtied_when_{0};
   std::atomic<uint64_t> writeback_index_{0};  // the flusher's cursor
+  std::atomic<uint32_t> nr_writeback_{0};     // WriteOut calls in flight
+  std::atomic<uint32_t> writeback_done_{0};   // futex word: bumped as they reach 0
   // Writes to the file hold it for read, a truncate for write: no write
   // past the end lands after the file was shortened.
   RwSem io_lock_;
@@ -189,6 +198,7 @@ class ShmemObject final : public RmapAnchor {
   std::atomic<uint64_t>* dirty_bits_ = nullptr;
   std::atomic<int64_t> vma_refs_{0};
   std::atomic<uint64_t> nr_cached_{0};
+  std::atomic<uint64_t> high_water_{0};  // 1 + the highest index ever cached
   SpinLock lock_;
   std::vector<AddressSpace*> spaces_ ABSL_GUARDED_BY(lock_);
 };

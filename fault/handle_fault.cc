@@ -371,8 +371,11 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
   // A shared writable mapping maps a clean file page read-only, so that its
   // first write is seen (seed 001); a write fault dirties it now.
   const bool map_writable = shared && writable && (!obj.backed() || vmf.write());
-  if (map_writable) obj.MarkDirty(page);
+  // The mapping counts before the page is dirtied: reclaim's page_mkclean,
+  // which cannot see a PTE being installed, then finds fewer PTEs than the
+  // count and keeps the page dirty.
   page.mapcount.fetch_add(1, std::memory_order_acq_rel);  // with this fault's reference
+  if (map_writable) obj.MarkDirty(page);
   machine_->AddPoolVmas(2);
   if (!host.MapPool(page_range, pool.fd(), page.pool_off, prot, map_writable)) {
     const int err = errno;

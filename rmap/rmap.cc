@@ -147,7 +147,17 @@ UnmapResult TryToUnmap(Machine& m, Pfn pfn,
   return UnmapResult::kAgain;
 }
 
-absl::Status CheckRmap(Machine& m) {
+static absl::Status CheckRmapBlocked(Machine& m);
+
+absl::Status CheckRmap(Machine& m) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  // Reclaim (kswapd) stays off: the PTEs and the walks are one snapshot.
+  if (m.reclaim() != nullptr) m.reclaim()->BlockReclaim();
+  absl::Status status = CheckRmapBlocked(m);
+  if (m.reclaim() != nullptr) m.reclaim()->UnblockReclaim();
+  return status;
+}
+
+static absl::Status CheckRmapBlocked(Machine& m) {
   using Where = std::pair<AddressSpace*, VirtAddr>;
   absl::flat_hash_map<uint64_t, std::set<Where>> ptes;
   m.ForEachSpaceUnlocked([&](AddressSpace* as) {

@@ -54,7 +54,10 @@ int Vmscan::ShrinkFilePage(Pfn pfn) {
       vmstat.Add(VmEvent::k_pgmkclean);
       return !failed;
     });
-    if (failed || seen.busy > 0) {
+    // A PTE being installed (claimed, not present yet) is not visited, but
+    // its mapping is counted before the page is dirtied (DoSharedPage).
+    if (failed || seen.busy > 0 ||
+        seen.found < page.mapcount.load(std::memory_order_acquire)) {
       file.MarkDirty(page);
       return rotate(false);
     }
