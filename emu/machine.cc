@@ -281,7 +281,17 @@ absl::StatusOr<ShmemObject*> Machine::OpenFile(const std::string& path, bool wri
     close(fd);
     return obj.status();
   }
-  (*obj)->SetBacking(fd, size, writable);
+  std::unique_ptr<SwapIo> io;
+  if (file_io_factory_) {
+    auto made = file_io_factory_(fd);
+    if (made.ok()) {
+      io = std::move(*made);
+    } else {
+      Log(Component::kEmu).warn("{}: io_uring unavailable ({}); pread/pwrite instead", path,
+                                made.status().ToString());
+    }
+  }
+  (*obj)->SetBacking(fd, size, writable, std::move(io));
   EMU_RETURN_IF_ERROR(flusher_->Start());
   return *obj;
 }

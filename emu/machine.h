@@ -30,6 +30,7 @@
 #include "emu/rmap.h"
 #include "emu/shmem.h"
 #include "emu/vmstat.h"
+#include "swap/swap_io.h"
 
 namespace emu {
 
@@ -196,6 +197,10 @@ class Machine {
   // (ShmemObject::MkClean), for write while an address space leaves every
   // object's list (its last step): a walk never visits a freed one.
   RwSem* object_walk_lock() { return &object_walk_lock_; }
+  // How emulated files do their I/O (io_uring: swap/swap_io.h), installed
+  // by CreateMachine; without one a file uses pread/pwrite.
+  using FileIoFactory = std::function<absl::StatusOr<std::unique_ptr<SwapIo>>(int fd)>;
+  void set_file_io_factory(FileIoFactory f) { file_io_factory_ = std::move(f); }
   // Calls fn for every emulated file (objects with a file behind them).
   // Takes lock_: not for the fault path.
   void ForEachFile(absl::FunctionRef<void(ShmemObject*)> fn);
@@ -279,6 +284,7 @@ class Machine {
   std::unique_ptr<PageReclaim> reclaim_;  // after host_: it is destroyed first
   std::unique_ptr<RmapMethod> rmap_;
   std::unique_ptr<Flusher> flusher_;
+  FileIoFactory file_io_factory_;
   HostMmuFactory host_factory_;           // kept for ChildLate (no fork events)
   std::unique_ptr<FramePool> frame_pool_owner_;  // set once, under lock_
   std::atomic<FramePool*> frame_pool_{nullptr};

@@ -53,8 +53,10 @@ ShmemObject::~ShmemObject() {
   if (fd_ >= 0) close(fd_);
 }
 
-void ShmemObject::SetBacking(int fd, uint64_t size_bytes, bool writable) {
+void ShmemObject::SetBacking(int fd, uint64_t size_bytes, bool writable,
+                             std::unique_ptr<SwapIo> io) {
   fd_ = fd;
+  io_ = std::move(io);
   size_bytes_.store(size_bytes, std::memory_order_release);
   writable_ = writable;
 }
@@ -78,6 +80,18 @@ bool ShmemObject::RefreshSize(uint64_t index) {
 
 bool ShmemObject::ReadPage(uint64_t index, void* dst) const {
   const off_t off = static_cast<off_t>(index << kPageShift);
+  if (io_ != nullptr && static_cast<uint64_t>(off) + kPageSize <= size_bytes()) {
+    // A whole page of the file: io_uring (a page that ends the file, or
+    // lies past it, is read with pread, which stops at the end).
+    SwapIoOp op{index, 1, dst, 0};
+    io_->Read(&op, 1);
+    if (op.result == static_cast<int64_t>(kPageSize)) return true;
+    if (op.result < 0) {
+      errno = static_cast<int>(-op.result);
+      return false;
+    }
+    // Short: the file shrank meanwhile; pread below reads what is there.
+  }
   for (size_t done = 0; done < kPageSize;) {
     ssize_t n = pread(fd_, static_cast<char*>(dst) + done, kPageSize - done,
                       off + static_cast<off_t>(done));
@@ -160,43 +174,91 @@ void ShmemObject::MkClean(Pfn pfn) {
 }
 
 bool ShmemObject::WriteOut(Page& page) {
+  Page* p = &page;
+  int err = 0;
+  if (WriteOutBatch(&p, 1, &err) == 1) return true;
+  errno = err;
+  return false;
+}
+
+int ShmemObject::WriteOutBatch(Page** pages, int n, int* err) {
+  EMU_BUG_ON(n > kWriteBatch);
   Flusher& flusher = machine_->flusher();
-  page.flags.fetch_or(kPgWriteback, std::memory_order_relaxed);
-  flusher.AccountWriteback(1);
-  nr_writeback_.fetch_add(1, std::memory_order_acq_rel);
-  bool ok = true;
+  FramePool& pool = *machine_->frame_pool();
+  for (int i = 0; i < n; i++) pages[i]->flags.fetch_or(kPgWriteback, std::memory_order_relaxed);
+  flusher.AccountWriteback(n);
+  nr_writeback_.fetch_add(static_cast<uint32_t>(n), std::memory_order_acq_rel);
+  // Per page: 0 written, else the errno of its failure.
+  int result[kWriteBatch] = {};
   {
     ReadLockHolder io(&io_lock_);
-    const uint64_t off = page.index << kPageShift;
     const uint64_t size = size_bytes_.load(std::memory_order_acquire);
-    // Past the end (a truncated file) nothing is written; in the last page
-    // only the bytes before the end.
-    const size_t len = off >= size ? 0 : static_cast<size_t>(std::min<uint64_t>(kPageSize, size - off));
-    const char* src = static_cast<const char*>(machine_->frame_pool()->view(page.pool_off));
-    for (size_t done = 0; done < len;) {
-      ssize_t n = pwrite(fd_, src + done, len - done, static_cast<off_t>(off + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        if (n == 0) errno = EIO;
-        ok = false;
-        break;
+    // Whole pages go to io_uring, neighbours in the file and the pool as
+    // one op; past the end (a truncated file) nothing is written, and of
+    // the last page only the bytes before the end (pwrite).
+    SwapIoOp ops[kWriteBatch];
+    int first[kWriteBatch];  // ops[k] covers pages[first[k] .. first[k] + nr_pages)
+    int nops = 0;
+    for (int i = 0; i < n; i++) {
+      const Page& page = *pages[i];
+      const uint64_t off = page.index << kPageShift;
+      if (off >= size) continue;
+      const char* src = static_cast<const char*>(pool.view(page.pool_off));
+      if (io_ == nullptr || off + kPageSize > size) {
+        const size_t len = static_cast<size_t>(std::min<uint64_t>(kPageSize, size - off));
+        for (size_t done = 0; done < len;) {
+          ssize_t w = pwrite(fd_, src + done, len - done, static_cast<off_t>(off + done));
+          if (w < 0 && errno == EINTR) continue;
+          if (w <= 0) {
+            result[i] = w == 0 ? EIO : errno;
+            break;
+          }
+          done += static_cast<size_t>(w);
+        }
+        continue;
       }
-      done += static_cast<size_t>(n);
+      if (nops > 0) {
+        SwapIoOp& last = ops[nops - 1];
+        const Page& prev = *pages[first[nops - 1] + last.nr_pages - 1];
+        if (first[nops - 1] + static_cast<int>(last.nr_pages) == i &&
+            prev.index + 1 == page.index && prev.pool_off + kPageSize == page.pool_off) {
+          last.nr_pages++;
+          continue;
+        }
+      }
+      first[nops] = i;
+      ops[nops++] = SwapIoOp{page.index, 1, const_cast<char*>(src), 0};
+    }
+    if (nops > 0) io_->Write(ops, nops);
+    for (int k = 0; k < nops; k++) {
+      const int64_t want = int64_t{ops[k].nr_pages} * static_cast<int64_t>(kPageSize);
+      if (ops[k].result == want) continue;
+      const int e = ops[k].result < 0 ? static_cast<int>(-ops[k].result) : EIO;
+      for (uint32_t j = 0; j < ops[k].nr_pages; j++) result[first[k] + j] = e;
     }
   }
-  const int err = errno;
-  page.flags.fetch_and(~kPgWriteback, std::memory_order_release);
-  flusher.AccountWriteback(-1);
-  if (nr_writeback_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+  int written = 0;
+  *err = 0;
+  for (int i = 0; i < n; i++) {
+    pages[i]->flags.fetch_and(~kPgWriteback, std::memory_order_release);
+    if (result[i] == 0) {
+      written++;
+    } else {
+      MarkDirty(*pages[i]);  // kept dirty: a later writeback tries again
+      if (*err == 0) *err = result[i];
+    }
+  }
+  flusher.AccountWriteback(-n);
+  if (nr_writeback_.fetch_sub(static_cast<uint32_t>(n), std::memory_order_acq_rel) ==
+      static_cast<uint32_t>(n)) {
     writeback_done_.fetch_add(1, std::memory_order_release);
     FutexWakeAll(&writeback_done_);
   }
-  if (ok) {
-    machine_->vmstat().Add(VmEvent::k_pgwriteback);
+  if (written > 0) {
+    machine_->vmstat().Add(VmEvent::k_pgwriteback, written);
     flusher.Cleaned();
   }
-  errno = err;
-  return ok;
+  return written;
 }
 
 Pfn ShmemObject::GetPage(uint64_t index) {
@@ -220,9 +282,20 @@ absl::Status ShmemObject::Writeback(uint64_t first, uint64_t last, bool wait, ui
   absl::Status status = absl::OkStatus();
   uint64_t nr = 0;
   last = std::min(last, capacity_);
+  Page* batch[kWriteBatch];
+  Pfn pfns[kWriteBatch];
+  int n = 0;
+  auto submit = [&] {
+    int err = 0;
+    nr += static_cast<uint64_t>(WriteOutBatch(batch, n, &err));
+    if (err != 0 && status.ok()) status = ErrnoError(err, "writeback");
+    for (int k = 0; k < n; k++) machine_->PutPage(pfns[k]);
+    n = 0;
+  };
   // The dirty bits a word at a time: the cost follows the dirty pages, not
   // the range (a clean word is one load).
-  for (uint64_t i = first; i < last && nr < budget && nr_dirty_.load(std::memory_order_relaxed) > 0;) {
+  for (uint64_t i = first; i < last && nr + static_cast<uint64_t>(n) < budget &&
+                           nr_dirty_.load(std::memory_order_relaxed) > 0;) {
     const uint64_t word = dirty_bits_[i / 64].load(std::memory_order_acquire) >> (i % 64);
     if (word == 0) {
       i = (i / 64 + 1) * 64;
@@ -237,18 +310,16 @@ absl::Status ShmemObject::Writeback(uint64_t first, uint64_t last, bool wait, ui
     // Linux: clear_page_dirty_for_io(): the flag first, then page_mkclean,
     // then the write; a write in between is in the bytes written or faults
     // and dirties the page again.
-    if (ClearDirty(page)) {
-      MkClean(pfn);
-      if (WriteOut(page)) {
-        nr++;
-      } else {
-        const int err = errno;
-        MarkDirty(page);  // kept dirty: a later writeback tries again
-        if (status.ok()) status = ErrnoError(err, absl::StrCat("writeback of page ", index));
-      }
+    if (!ClearDirty(page)) {
+      machine_->PutPage(pfn);
+      continue;
     }
-    machine_->PutPage(pfn);
+    MkClean(pfn);
+    batch[n] = &page;
+    pfns[n++] = pfn;
+    if (n == kWriteBatch) submit();
   }
+  if (n > 0) submit();
   if (written != nullptr) *written = nr;
   if (wait) {
     // Linux: filemap_write_and_wait_range() waits for pages already under
@@ -409,8 +480,10 @@ void ShmemObject::Put() {
     nr_cached_.fetch_sub(1, std::memory_order_relaxed);
     Page& page = machine_->mem_map().page(Pfn{pfn});
     if (backed() && ClearDirty(page) && !WriteOut(page)) {
+      const int err = errno;
+      ClearDirty(page);  // the page goes: its data is lost, as Linux's on a failed final write
       Log(Component::kEmu).error("writeback of page {} failed as its last mapping went: {}",
-                                 i, strerror(errno));
+                                 i, strerror(err));
     }
     EMU_BUG_ON(machine_->mem_map().page(Pfn{pfn}).mapcount.load() != 0);
     machine_->PutPage(Pfn{pfn});

@@ -38,12 +38,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "emu/rmap.h"
 #include "emu/sync.h"
+#include "swap/swap_io.h"
 #include "emu/types.h"
 
 namespace emu {
@@ -65,7 +67,8 @@ class ShmemObject final : public RmapAnchor {
 
   // A file's object: `fd` (the object owns it) of `size_bytes`, opened
   // read-write or read-only. Before any mapping.
-  void SetBacking(int fd, uint64_t size_bytes, bool writable);
+  // `io` (may be null: pread/pwrite) moves its pages.
+  void SetBacking(int fd, uint64_t size_bytes, bool writable, std::unique_ptr<SwapIo> io = nullptr);
   bool backed() const { return fd_ >= 0; }
   // Whether a shared mapping may write it (a file opened read-only may not).
   bool may_write() const { return !backed() || writable_; }
@@ -95,6 +98,11 @@ class ShmemObject final : public RmapAnchor {
   // False with errno on a write error. Not under any emulator lock but the
   // page lock.
   bool WriteOut(Page& page);
+  // The same for up to kWriteBatch pages at once, in one submission: the
+  // pages whose write failed are dirtied again. Returns the pages written;
+  // *err gets the first failure's errno.
+  static constexpr int kWriteBatch = 64;
+  int WriteOutBatch(Page** pages, int n, int* err);
   // Writes the dirty pages with index in [first, last) back to the file
   // (Linux: filemap_write_and_wait_range; each page cleaned with
   // page_mkclean first), then, with `wait`, fdatasync. The caller holds no
@@ -180,6 +188,7 @@ class ShmemObject final : public RmapAnchor {
   const uint64_t capacity_;
   std::atomic<uint64_t> nr_pages_;
   int fd_ = -1;
+  std::unique_ptr<SwapIo> io_;  // io_uring over fd_, or null
   std::atomic<uint64_t> size_bytes_{0};
   bool writable_ = true;
   std::atomic<uint64_t> nr_dirty_{0};

@@ -3,6 +3,7 @@
 #include "fault/handle_fault.h"
 #include "fault/host_backends.h"
 #include "rmap/rmap.h"
+#include "swap/swap_io.h"
 #include "swap/vmscan.h"
 
 namespace emu {
@@ -24,7 +25,14 @@ absl::StatusOr<std::unique_ptr<Machine>> CreateMachine(const MachineOptions& opt
     return std::unique_ptr<PageReclaim>(std::move(*v));
   };
   auto rmap = [](Machine* m) { return CreateRmapMethod(m->options().rmap); };
-  return Machine::CreateWith(options, factory, handler, reclaim, rmap);
+  auto m = Machine::CreateWith(options, factory, handler, reclaim, rmap);
+  if (m.ok()) {
+    // Emulated files read and write their pages with io_uring: a batch of
+    // writeback goes out with queue depth (two rings: a fault's reclaim may
+    // interrupt a thread that holds one).
+    (*m)->set_file_io_factory([](int fd) { return CreateUringSwapIo(fd, 64, 2); });
+  }
+  return m;
 }
 
 }  // namespace emu
