@@ -3,13 +3,20 @@
 //
 // THE LOCK ORDER (the one place it is written down; mirrors Linux):
 //
+//   Flusher::pass_mu_             (Mutex; the flusher over a pass, invariant
+//                                  checks over theirs; emu/flusher.h)
+//   ShmemObject::truncate_mu_     (Mutex; one truncate of a file at a time)
 //   Vmscan::lifetime_             (RwSem; reclaim passes read, teardown and
 //                                  invariant checks write; swap/vmscan.h)
-//   Machine::object_walk_lock_    (RwSem; writeback's page_mkclean read, an
-//                                  address space leaving the objects' lists
-//                                  write, holding nothing else)
+//   Machine::object_walk_lock_    (RwSem; writeback's page_mkclean and
+//                                  truncate's zap read, an address space
+//                                  leaving the objects' lists write, holding
+//                                  nothing else)
 //     AddressSpace::mmap_lock_    (RwSem, = mmap_lock; reclaim only try-locks
-//                                  an address space other than the faulting one)
+//                                  an address space other than the faulting
+//                                  one; truncate takes it for write)
+//       ShmemObject::io_lock_     (RwSem; a file's writes read, truncate's
+//                                  ftruncate write with nothing under it)
 //       PageTable::Ptl(addr)      (SpinLock, = the pte lock; one per leaf table)
 //         MemMap::lock_           (SpinLock, = the zone lock of the buddy allocator)
 //   Vmscan::lru_lock_ (= the lruvec lock), SwapDevice::swap_lock_ (= swap_lock),

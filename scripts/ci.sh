@@ -43,8 +43,8 @@ clang_tsa() {
 step "build clang -Wthread-safety" clang_tsa
 echo "=== tsan (concurrency tests)"
 if cmake --preset tsan -DEMU_BUILD_BENCH=OFF >/dev/null &&
-   cmake --build build/tsan --target stress_test model_test demand_paging_test reclaim_test swap_device_test fork_test rmap_test pin_test volatile_test shmem_test file_map_test; then
-  for t in stress_test model_test demand_paging_test reclaim_test swap_device_test fork_test rmap_test pin_test volatile_test shmem_test file_map_test; do
+   cmake --build build/tsan --target stress_test model_test demand_paging_test reclaim_test swap_device_test fork_test rmap_test pin_test volatile_test shmem_test file_map_test file_writeback_test; then
+  for t in stress_test model_test demand_paging_test reclaim_test swap_device_test fork_test rmap_test pin_test volatile_test shmem_test file_map_test file_writeback_test; do
     TSAN_OPTIONS=halt_on_error=1 build/tsan/tests/$t || failed+=("tsan $t")
   done
 else
