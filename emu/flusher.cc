@@ -65,11 +65,13 @@ Flusher::Flusher(Machine* machine) : machine_(machine) {
   if (background_thresh_ >= dirty_thresh_) background_thresh_ = dirty_thresh_ / 2;
 }
 
-Flusher::~Flusher() {
+Flusher::~Flusher() { Stop(); }
+
+void Flusher::Stop() {
   stop_.store(true);
   wake_.fetch_add(1);
   FutexWakeAll(&wake_);
-  if (started_.load()) pthread_join(thread_, nullptr);
+  if (started_.exchange(false)) pthread_join(thread_, nullptr);
 }
 
 absl::Status Flusher::Start() {

@@ -45,6 +45,8 @@ class Flusher {
 
   // Starts the thread once. Not async-signal-safe.
   absl::Status Start();
+  // Stops the thread (the machine's teardown); BalanceDirty stays callable.
+  void Stop();
 
   // Linux's NR_FILE_DIRTY and NR_WRITEBACK over the machine. async-signal-safe.
   void AccountDirty(int64_t d) { nr_dirty_.fetch_add(static_cast<uint64_t>(d), std::memory_order_relaxed); }

@@ -194,7 +194,9 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::CreateWith(
 
 Machine::~Machine() {
   EMU_BUG_ON(nr_address_spaces_.load() != 0);  // address spaces must go first
-  flusher_.reset();  // stops the flusher before anything it writes with goes
+  // The flusher stops before anything it writes with goes; the object
+  // stays until the fault threads (host_) are gone.
+  flusher_->Stop();
   reclaim_.reset();  // stops the background reclaimer
   host_.reset();  // unregisters the fault source before the arena goes
   sys::Munmap(reinterpret_cast<void*>(arena_.start), arena_.len_bytes());

@@ -177,12 +177,14 @@ TEST_CASE("File writeback: the flusher writes above the background threshold and
   CHECK(most <= 128 + 1);
   CHECK(Stat(m, VmEvent::k_pgwriteback_background) > 0);
   // The flusher brings it under the background threshold.
+  // (A page leaves nr_dirty as its write starts, and nr_writeback as it ends.)
   auto wait_for = [&](uint64_t dirty) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    while (m.flusher().nr_dirty() > dirty && std::chrono::steady_clock::now() < deadline) {
+    auto done = [&] { return m.flusher().nr_dirty() <= dirty && m.flusher().nr_writeback() == 0; };
+    while (!done() && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    return m.flusher().nr_dirty() <= dirty;
+    return done();
   };
   CHECK(wait_for(64));
   // What is left below the background threshold waits for the expiry.
