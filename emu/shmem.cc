@@ -103,6 +103,42 @@ bool ShmemObject::ReadPage(uint64_t index, void* dst) const {
   return true;
 }
 
+void ShmemObject::ReadPages(const uint64_t* index, void* const* dst, int n, bool* ok) const {
+  EMU_BUG_ON(n > kWriteBatch);
+  const uint64_t size = size_bytes();
+  SwapIoOp ops[kWriteBatch];
+  int first[kWriteBatch];
+  int nops = 0;
+  for (int i = 0; i < n; i++) {
+    ok[i] = false;
+    if (io_ == nullptr || (index[i] << kPageShift) + kPageSize > size) {
+      ok[i] = ReadPage(index[i], dst[i]);  // the end of the file: pread stops there
+      continue;
+    }
+    if (nops > 0) {
+      SwapIoOp& last = ops[nops - 1];
+      const int prev = first[nops - 1] + static_cast<int>(last.nr_pages) - 1;
+      if (prev == i - 1 && index[prev] + 1 == index[i] &&
+          static_cast<char*>(dst[prev]) + kPageSize == dst[i]) {
+        last.nr_pages++;
+        continue;
+      }
+    }
+    first[nops] = i;
+    ops[nops++] = SwapIoOp{index[i], 1, dst[i], 0};
+  }
+  if (nops == 0) return;
+  io_->Read(ops, nops);
+  for (int k = 0; k < nops; k++) {
+    const bool whole = ops[k].result == int64_t{ops[k].nr_pages} * static_cast<int64_t>(kPageSize);
+    for (uint32_t j = 0; j < ops[k].nr_pages; j++) {
+      const int i = first[k] + static_cast<int>(j);
+      // A short read (the file shrank meanwhile): pread what is there.
+      ok[i] = whole || ReadPage(index[i], dst[i]);
+    }
+  }
+}
+
 void ShmemObject::MarkDirty(Page& page) {
   // Linux: set_page_dirty() from the write fault (seed 001). The flag
   // first, then the bit: a writeback that clears the bit first and then

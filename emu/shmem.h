@@ -81,6 +81,10 @@ class ShmemObject final : public RmapAnchor {
   // end of the file stays as it is, zeros). async-signal-safe; false with
   // errno on a read error.
   bool ReadPage(uint64_t index, void* dst) const;
+  // Reads pages index[i] into dst[i] for i < n (at most kWriteBatch), in
+  // one io_uring submission (neighbours in the file and in memory as one
+  // op); ok[i] says whether page i was read. async-signal-safe.
+  void ReadPages(const uint64_t* index, void* const* dst, int n, bool* ok) const;
 
   // ---- Dirty pages (seed 001) ----
   // A write fault dirtied `page` (a page of this object): counts it.

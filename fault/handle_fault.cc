@@ -315,6 +315,10 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
     NoteResolution(FaultResolution::kSigbus);
     return kFaultSigbus;
   }
+  if (!vmf.write()) {
+    const AddrRange window = FaultAroundRange(vmf, false);
+    if (window.nr_pages() > 1) return DoObjectFaultAround(vmf, window);
+  }
   {
     SpinLockHolder l(pt.Ptl(vmf.address));
     if (Load(vmf.pte) != 0) return kFaultRetry;
@@ -393,6 +397,165 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
   }
   vmf.as->AddRssAnon(1);
   machine_->vmstat().Add(vmf.write() ? VmEvent::k_pgfault_write : VmEvent::k_pgfault_read);
+  NoteResolution(FaultResolution::kNewPage);
+  return kFaultOk;
+}
+
+unsigned AnonFaultHandler::DoObjectFaultAround(VmFault& vmf, AddrRange window) {
+  // Linux: do_fault_around() -> filemap_map_pages(), with the file's
+  // readahead: the pages of the aligned window not mapped here yet are
+  // mapped by this fault, a file's uncached ones read first in one io_uring
+  // submission. Shared memory maps only the pages it holds (Linux's
+  // fault-around never allocates) and makes the faulting one.
+  const Vma& vma = *vmf.vma;
+  ShmemObject& obj = *vma.file;
+  MemMap& mem_map = machine_->mem_map();
+  HostMmu& host = machine_->host();
+  FramePool& pool = *machine_->frame_pool();
+  const Prot prot = VmFlagsToProt(vma.vm_flags);
+  // Read faults map a file's pages read-only (clean, seed 001); shared
+  // memory's shared writable mappings map them writable at once.
+  const bool map_writable = (vma.vm_flags & kVmShared) && vma.writable() && !obj.backed();
+  auto index_of = [&](VirtAddr a) { return vma.pgoff + ((a - vma.start) >> kPageShift); };
+  // Not past the object's end (the faulting page is inside it).
+  const uint64_t end_index = obj.nr_pages();
+  window.end = std::min<VirtAddr>(window.end, vma.start + ((end_index - vma.pgoff) << kPageShift));
+  const AddrRange run = ClaimNoneRun(vmf, window);
+  if (run.empty()) return kFaultRetry;
+  constexpr int kMax = 64;
+  const int n = static_cast<int>(run.nr_pages());
+  EMU_BUG_ON(n > kMax);
+  const int self = static_cast<int>((vmf.address - run.start) >> kPageShift);
+  Pfn pfns[kMax];     // the page for each PTE of the run, with this fault's reference, or 0
+  bool fresh[kMax];   // a frame made here, not in the cache yet
+  int need = 0;
+  for (int i = 0; i < n; i++) {
+    pfns[i] = obj.GetPage(index_of(run.start + (uint64_t(i) << kPageShift)));
+    fresh[i] = false;
+    if (ToU64(pfns[i]) == 0 && (obj.backed() || i == self)) need++;
+  }
+  // Gives up: every reference back, every claimed PTE none again.
+  auto abandon = [&](unsigned ret) {
+    for (int i = 0; i < n; i++) {
+      if (ToU64(pfns[i]) != 0) machine_->PutPage(pfns[i]);
+    }
+    PublishRun(vmf, run, [](VirtAddr) { return Pte(); });
+    return ret;
+  };
+  Pfn frames[kMax];
+  const bool self_cached = ToU64(pfns[self]) != 0;
+  const int got = need > 0 ? machine_->AllocFrames(vmf.as, frames, need, self_cached ? 0 : 1) : 0;
+  if (!self_cached && got == 0) return abandon(kFaultOom);
+  // The frames: the faulting page's first, then its neighbours in order.
+  int used = 0;
+  auto make = [&](int i) {
+    if (used >= got) return;
+    const Pfn f = frames[used++];
+    Page& page = mem_map.page(f);
+    page.mapping = nullptr;
+    page.anchor = &obj;
+    page.index = index_of(run.start + (uint64_t(i) << kPageShift));
+    page.pool_off = pool.Place(f, run.start + (uint64_t(i) << kPageShift));
+    page.flags.fetch_or(kPgShmem | kPgPool | (obj.backed() ? kPgFile : 0), std::memory_order_release);
+    pfns[i] = f;
+    fresh[i] = true;
+  };
+  if (!self_cached) make(self);
+  for (int i = 0; i < n && obj.backed(); i++) {
+    if (i != self && ToU64(pfns[i]) == 0) make(i);
+  }
+  bool self_failed = false;
+  if (obj.backed()) {
+    uint64_t idx[kMax];
+    void* dst[kMax];
+    int which[kMax];
+    bool ok[kMax];
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+      if (!fresh[i]) continue;
+      const Page& page = mem_map.page(pfns[i]);
+      idx[k] = page.index;
+      dst[k] = pool.writable_view(page.pool_off);
+      which[k++] = i;
+    }
+    obj.ReadPages(idx, dst, k, ok);
+    for (int j = 0; j < k; j++) {
+      if (ok[j]) continue;
+      const int i = which[j];
+      machine_->FreePage(pfns[i]);
+      pfns[i] = Pfn{0};
+      fresh[i] = false;
+      self_failed |= i == self;  // Linux: a read error in filemap_fault is SIGBUS
+    }
+  }
+  // Into the cache: the allocation's reference is the cache's, and the
+  // fault takes its own. A page another fault cached first is used instead.
+  for (int i = 0; i < n; i++) {
+    if (!fresh[i]) continue;
+    const Pfn f = pfns[i];
+    Page& page = mem_map.page(f);
+    if (obj.Add(page.index, f) != f) {
+      const uint64_t index = page.index;
+      machine_->FreePage(f);
+      pfns[i] = obj.GetPage(index);
+      continue;
+    }
+    page.refcount.fetch_add(1, std::memory_order_relaxed);
+    if (obj.backed() && machine_->reclaim() != nullptr) machine_->reclaim()->LruAdd(f);
+    machine_->vmstat().Add(obj.backed() ? VmEvent::k_file_read : VmEvent::k_shmem_alloc);
+  }
+  if (self_failed) {
+    NoteResolution(FaultResolution::kSigbus);
+    return abandon(kFaultSigbus);
+  }
+  if (ToU64(pfns[self]) == 0) return abandon(kFaultRetry);
+  // Counted as mapped before any page is dirtied (see DoSharedPage).
+  for (int i = 0; i < n; i++) {
+    if (ToU64(pfns[i]) == 0) continue;
+    Page& page = mem_map.page(pfns[i]);
+    page.mapcount.fetch_add(1, std::memory_order_acq_rel);
+    if (map_writable) obj.MarkDirty(page);
+  }
+  // One host mapping per stretch of the run that is contiguous in the pool
+  // (new pages sit at their identity offsets, so a run read in is one).
+  unsigned self_err = kFaultOk;
+  int mapped = 0;
+  for (int a = 0; a < n;) {
+    if (ToU64(pfns[a]) == 0) {
+      a++;
+      continue;
+    }
+    int b = a + 1;
+    while (b < n && ToU64(pfns[b]) != 0 &&
+           mem_map.page(pfns[b]).pool_off == mem_map.page(pfns[b - 1]).pool_off + kPageSize) {
+      b++;
+    }
+    const AddrRange r{run.start + (uint64_t(a) << kPageShift), run.start + (uint64_t(b) << kPageShift)};
+    machine_->AddPoolVmas(2);
+    if (host.MapPool(r, pool.fd(), mem_map.page(pfns[a]).pool_off, prot, map_writable)) {
+      mapped += b - a;
+    } else {
+      const int err = errno;
+      for (int i = a; i < b; i++) {
+        mem_map.page(pfns[i]).mapcount.fetch_sub(1, std::memory_order_acq_rel);
+        machine_->PutPage(pfns[i]);
+        if (i == self) self_err = err == ENOMEM ? kFaultHostLimit : kFaultSigbus;
+        pfns[i] = Pfn{0};
+      }
+      host.Reserve(r);
+      if (!host.prot_encodes_ptes()) host.Protect(r, prot);
+    }
+    a = b;
+  }
+  PublishRun(vmf, run, [&](VirtAddr a) {
+    const Pfn pfn = pfns[(a - run.start) >> kPageShift];
+    return ToU64(pfn) == 0 ? Pte() : Pte::Anon(pfn, map_writable, /*dirty=*/map_writable);
+  });
+  if (self_err != kFaultOk) return self_err;
+  vmf.as->AddRssAnon(mapped);
+  VmStat& vmstat = machine_->vmstat();
+  vmstat.Add(VmEvent::k_pgfault_read);
+  vmstat.Add(VmEvent::k_fault_around_pages, static_cast<uint64_t>(mapped - 1));
   NoteResolution(FaultResolution::kNewPage);
   return kFaultOk;
 }

@@ -90,6 +90,9 @@ class AnonFaultHandler : public FaultHandler {
   // first use, mapped from the frame pool; a write to a write-protected
   // PTE makes it writable in place.
   unsigned DoSharedPage(VmFault& vmf, uint64_t orig);
+  // A read fault on an object's page: the none PTEs of `window` around it
+  // mapped too (a file's missing pages read in one submission).
+  unsigned DoObjectFaultAround(VmFault& vmf, AddrRange window);
   // A private mapping's copy of the object's page: `locked` is the claimed
   // PTE's value (the object's page, kLocked); `mapped` when that PTE mapped
   // the page (a write to it), else the fault holds the page for the copy.

@@ -229,6 +229,69 @@ TEST_CASE("File mappings: Linux's errors: EACCES, SIGBUS past the end, bad msync
   RequireAll(m);
 }
 
+TEST_CASE("File mappings: a read fault maps its aligned window, reading the missing pages in "
+          "one submission; shared memory maps only what it holds",
+          "[file][fault-around]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode);
+  AddressSpace& a = *env->as;
+  Machine& m = *env->machine;
+  constexpr size_t kPages = 40;
+  TempFile f(kPages, 500);
+  ShmemObject* file = Open(m, f, true);
+  char* p = MapFile(a, file, 48 * kPageSize, kRW, MAP_SHARED);
+  const uint64_t faults = Stat(m, VmEvent::k_pgfault);
+  CHECK(W(p, 3) == 503);
+  CHECK(Stat(m, VmEvent::k_pgfault) == faults + 1);
+  CHECK(Stat(m, VmEvent::k_file_read) == 16);
+  CHECK(Stat(m, VmEvent::k_fault_around_pages) == 15);
+  for (size_t i = 0; i < 16; i++) {
+    Pte pte = a.GetPte(A(p) + i * kPageSize);
+    CHECK(pte.present());
+    CHECK_FALSE(pte.write());  // clean: the first write is seen (seed 001)
+  }
+  CHECK(a.GetPte(A(p) + 16 * kPageSize).none());
+  for (size_t i = 0; i < 16; i++) REQUIRE(W(p, i) == 500 + i);
+  CHECK(Stat(m, VmEvent::k_pgfault) == faults + 1);
+  // The window stops at the end of the file; past it is SIGBUS.
+  CHECK(W(p, 37) == 537);
+  CHECK(Stat(m, VmEvent::k_file_read) == 24);
+  CHECK(ToErrno(a.FaultInPages(A(p) + 40 * kPageSize, kPageSize, false)) == EFAULT);
+  // A write still dirties one page.
+  W(p, 33) = 1;
+  CHECK(file->nr_dirty() == 1);
+  RequireAll(m);
+  // Another address space: its window of cached pages, nothing read.
+  auto other = m.CreateAddressSpace(uint64_t{2} << 30);
+  REQUIRE(other.ok());
+  char* q = MapFile(**other, file, kPages * kPageSize, PROT_READ, MAP_PRIVATE);
+  const uint64_t around = Stat(m, VmEvent::k_fault_around_pages);
+  CHECK(W(q, 5) == 505);
+  CHECK(Stat(m, VmEvent::k_file_read) == 24);
+  CHECK(Stat(m, VmEvent::k_fault_around_pages) > around);
+  RequireAll(m);
+  // Shared memory: fault-around maps the pages the object holds, and makes
+  // only the faulting one.
+  auto s = a.Mmap(0, 32 * kPageSize, kRW, MAP_SHARED | MAP_ANONYMOUS);
+  REQUIRE(s.ok());
+  char* sp = reinterpret_cast<char*>(*s);
+  W(sp, 0) = 10;
+  W(sp, 2) = 12;
+  const uint64_t made = Stat(m, VmEvent::k_shmem_alloc);
+  REQUIRE(a.Madvise(*s, 32 * kPageSize, MADV_DONTNEED).ok());
+  CHECK(W(sp, 1) == 0);
+  CHECK(Stat(m, VmEvent::k_shmem_alloc) == made + 1);
+  CHECK(a.GetPte(*s).present());
+  CHECK(a.GetPte(*s + 2 * kPageSize).present());
+  CHECK(a.GetPte(*s + 3 * kPageSize).none());
+  CHECK(W(sp, 0) == 10);
+  CHECK(W(sp, 2) == 12);
+  RequireAll(m);
+  other->reset();
+  RequireAll(m);
+}
+
 // Writers race msync: every value a writer stored before the last msync is
 // in the file, so no write is lost between cleaning and writing a page.
 TEST_CASE("File mappings: no write is lost to concurrent msync", "[file][dirty][race]") {
