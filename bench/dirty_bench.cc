@@ -519,7 +519,7 @@ uint64_t Faults(const Mapping& m, const Probe& a, const Probe& b) {
 
 // A fresh file of `pages`, mapped and every page read once: cached, clean.
 Result Prepare(const Context& ctx, bool emu, size_t pages, const FolioSpec& folio, TempFile* f,
-               Mapping* m) {
+               Mapping* m, uint64_t* read_ns = nullptr) {
   Result r = CreateFile(ctx.o.dir, pages, folio.write_pages, f);
   if (r.ok)
     r = emu ? MapEmu(ctx, f->path, pages * kHostPageSize, m)
@@ -527,7 +527,9 @@ Result Prepare(const Context& ctx, bool emu, size_t pages, const FolioSpec& foli
   f->Unlink();  // the side and the data check hold descriptors
   if (!r.ok) return r;
   const Probe p0 = Sample(*m);
+  const uint64_t t0 = NowNs();
   ReadEveryPage(m->base, pages);
+  if (read_ns != nullptr) *read_ns = NowNs() - t0;
   const Probe p1 = Sample(*m);
   if (emu && (D(p0.emu, p1.emu, VmEvent::k_file_read) != pages || m->file->nr_dirty() != 0)) {
     return Result::Fail("reading every page of a fresh mapping: file_read " +
@@ -577,6 +579,7 @@ void ReportSkip(const Context& ctx, const char* name, const std::string& why) {
 struct LoopResult {
   uint64_t total_ns = 0, msync_ns = 0, msyncs = 0, pgwriteback = 0, host_pages = 0, dev_pages = 0,
            faults = 0;
+  uint64_t read_ns = 0;  // the first read of every page (emu: faults with fault-around, read in)
   std::string why;  // non-empty: a call failed
 };
 
@@ -615,7 +618,7 @@ uint64_t PagesTouched(size_t bytes, const Options& o) {
 
 Result RunLoop(const Context& ctx, bool emu, size_t pages, const FolioSpec& folio, TempFile* f,
                Mapping* m, LoopResult* r) {
-  Result res = Prepare(ctx, emu, pages, folio, f, m);
+  Result res = Prepare(ctx, emu, pages, folio, f, m, &r->read_ns);
   if (!res.ok) return res;
   const Probe p0 = Sample(*m);
   RandomWrites(*m, ctx.o, r);
@@ -698,9 +701,16 @@ void RunLoopVariant(Context& ctx, const FolioSpec& folio, size_t pages) {
     j.Int("mismatch", static_cast<int64_t>(mismatch))
         .Int("changed_pages", static_cast<int64_t>(changed));
     j.Int("pages_touched", static_cast<int64_t>(touched));
+    j.Num("first_read_ns_per_page", static_cast<double>(e.read_ns) / static_cast<double>(pages));
+    j.Num("peer_first_read_ns_per_page", static_cast<double>(k.read_ns) / static_cast<double>(pages));
     JsonCommon(j, ctx);
     j.Print();
   } else {
+    std::printf("  first read of every page (untimed above): emu %.0f ns/page, kernel %.0f "
+                "ns/page, emu / kernel %s\n",
+                static_cast<double>(e.read_ns) / static_cast<double>(pages),
+                static_cast<double>(k.read_ns) / static_cast<double>(pages),
+                Ratio(static_cast<double>(e.read_ns), static_cast<double>(k.read_ns)).c_str());
     std::printf(
         "  emu / kernel (%s): total %s, ns/write w/o msync %s, msync %s; data read back: "
         "%llu pages mismatch, emu file pages changed %llu of %llu written\n",
