@@ -162,6 +162,7 @@ struct Options {
   int64_t seed = 1;
   std::vector<int> folios = {0, 1};  // kFolioSpecs indices
   std::string dir;
+  std::string file_io = MachineOptions{}.file_io;
   bool json = false;
   bool quick = false;
 };
@@ -395,6 +396,7 @@ Result MapEmu(const Context& ctx, const std::string& path, size_t bytes, Mapping
   MachineOptions mo;
   mo.fault_mode = ctx.o.mode;
   mo.arena_bytes = kArenaBytes;
+  mo.file_io = ctx.o.file_io;
   auto machine = CreateMachine(mo);
   if (!machine.ok())
     return Result::Fail("CreateMachine(" + mo.ToString() + "): " + Msg(machine.status()));
@@ -1237,6 +1239,7 @@ void PrintHelp() {
       "WP_ASYNC + PAGEMAP_SCAN primitive (emu's mode is not implemented yet).\n\n"
       "  --mode M          sigbus, thread or sigsegv (default sigbus)\n"
       "  --parts LIST      writes, msync, wp; comma-separated (default all)\n"
+      "  --file-io IO      emu's file I/O: uring or psync (MachineOptions::file_io)\n"
       "  --file-mib N      part 1's file (default 256)\n"
       "  --writes N        part 1's random writes (default 1000000)\n"
       "  --sync-every N    part 1: msync after every N writes; part 3: writes per\n"
@@ -1332,6 +1335,11 @@ int ParseOptions(int argc, char** argv, Options* o) {
       if (args.Value(&v) && !ParseFaultMode(v, &o->mode)) {
         args.Fail("--mode '%s': want sigbus, thread or sigsegv", v.c_str());
       }
+    } else if (args.Is("--file-io")) {
+      if (args.Value(&v) && v != "uring" && v != "psync") {
+        args.Fail("--file-io '%s': want uring or psync", v.c_str());
+      }
+      o->file_io = v;
     } else if (args.Is("--parts")) {
       ParseParts(args, o->part);
     } else if (args.Is("--file-mib")) {
@@ -1393,6 +1401,7 @@ int Main(int argc, char** argv) {
   MachineOptions mo;
   mo.fault_mode = o.mode;
   mo.arena_bytes = kArenaBytes;
+  mo.file_io = o.file_io;
   ctx.config = mo.ToString();
   dev_stat_path = DeviceStatPath(o.dir);
   const uint64_t t0 = NowNs();

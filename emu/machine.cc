@@ -107,6 +107,9 @@ absl::Status MachineOptions::Validate() const {
     return ErrnoError(EINVAL, absl::StrCat("dirty ratios ", dirty_background_ratio, "/",
                                            dirty_ratio, ": want 1 to 100"));
   }
+  if (file_io != "psync" && file_io != "uring") {
+    return ErrnoError(EINVAL, absl::StrCat("file I/O '", file_io, "': want psync or uring"));
+  }
   if (dirty_writeback_ms < 0 || dirty_expire_ms < 0) {
     return ErrnoError(EINVAL, "dirty_writeback_ms and dirty_expire_ms: want >= 0");
   }
@@ -134,6 +137,7 @@ std::string MachineOptions::ToString() const {
                           reclaim_policy, swap_readahead_pages);
     if (no_swap) absl::StrAppend(&s, " swap=none");
   }
+  if (file_io != "psync") absl::StrAppend(&s, " file_io=", file_io);
   return s;
 }
 

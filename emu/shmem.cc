@@ -106,15 +106,12 @@ bool ShmemObject::ReadPage(uint64_t index, void* dst) const {
 void ShmemObject::ReadPages(const uint64_t* index, void* const* dst, int n, bool* ok) const {
   EMU_BUG_ON(n > kWriteBatch);
   const uint64_t size = size_bytes();
+  // Runs of pages neighbours both in the file and in memory: one op each.
   SwapIoOp ops[kWriteBatch];
   int first[kWriteBatch];
   int nops = 0;
   for (int i = 0; i < n; i++) {
     ok[i] = false;
-    if (io_ == nullptr || (index[i] << kPageShift) + kPageSize > size) {
-      ok[i] = ReadPage(index[i], dst[i]);  // the end of the file: pread stops there
-      continue;
-    }
     if (nops > 0) {
       SwapIoOp& last = ops[nops - 1];
       const int prev = first[nops - 1] + static_cast<int>(last.nr_pages) - 1;
@@ -127,14 +124,37 @@ void ShmemObject::ReadPages(const uint64_t* index, void* const* dst, int n, bool
     first[nops] = i;
     ops[nops++] = SwapIoOp{index[i], 1, dst[i], 0};
   }
-  if (nops == 0) return;
-  io_->Read(ops, nops);
   for (int k = 0; k < nops; k++) {
-    const bool whole = ops[k].result == int64_t{ops[k].nr_pages} * static_cast<int64_t>(kPageSize);
-    for (uint32_t j = 0; j < ops[k].nr_pages; j++) {
+    SwapIoOp& op = ops[k];
+    const size_t len = size_t{op.nr_pages} << kPageShift;
+    // The pool's pages are holes: populating them in one call spares the
+    // copy below a fault per page (best effort; before Linux 5.14 it fails).
+    if (op.nr_pages > 1) madvise(op.buf, len, MADV_POPULATE_WRITE);
+    const bool whole = (op.slot << kPageShift) + len <= size;
+    if (io_ != nullptr && whole) {
+      io_->Read(&op, 1);
+    } else {
+      // pread stops at the end of the file: the rest stays zeros.
+      op.result = 0;
+      for (size_t done = 0; done < len;) {
+        ssize_t r = pread(fd_, static_cast<char*>(op.buf) + done, len - done,
+                          static_cast<off_t>((op.slot << kPageShift) + done));
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+          op.result = -errno;
+          break;
+        }
+        if (r == 0) break;
+        done += static_cast<size_t>(r);
+        op.result = static_cast<int64_t>(done);
+      }
+      if (op.result >= 0) op.result = static_cast<int64_t>(len);  // short at the end: zeros
+    }
+    const bool all = op.result == static_cast<int64_t>(len);
+    for (uint32_t j = 0; j < op.nr_pages; j++) {
       const int i = first[k] + static_cast<int>(j);
-      // A short read (the file shrank meanwhile): pread what is there.
-      ok[i] = whole || ReadPage(index[i], dst[i]);
+      // A short io_uring read (the file shrank meanwhile): pread what is there.
+      ok[i] = all || ReadPage(index[i], dst[i]);
     }
   }
 }

@@ -26,7 +26,7 @@ absl::StatusOr<std::unique_ptr<Machine>> CreateMachine(const MachineOptions& opt
   };
   auto rmap = [](Machine* m) { return CreateRmapMethod(m->options().rmap); };
   auto m = Machine::CreateWith(options, factory, handler, reclaim, rmap);
-  if (m.ok()) {
+  if (m.ok() && options.file_io == "uring") {
     // Emulated files read and write their pages with io_uring: a batch of
     // writeback goes out with queue depth (two rings: a fault's reclaim may
     // interrupt a thread that holds one).

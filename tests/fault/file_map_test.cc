@@ -14,68 +14,24 @@
 #include <thread>
 #include <vector>
 
-#include "rmap/rmap.h"
-#include "test_util.h"
+#include "fault/file_test_util.h"
 
 namespace emu {
 namespace {
 
 using test::MakeEnv;
+using test::MapFile;
+using test::Open;
+using test::RequireAll;
 using test::Stat;
+using test::TempFile;
 
 constexpr int kRW = PROT_READ | PROT_WRITE;
 
 VirtAddr A(const void* p) { return reinterpret_cast<VirtAddr>(p); }
 
-// A temporary file of `pages` pages, page i starting with the word i + tag.
-struct TempFile {
-  std::string path;
-  explicit TempFile(size_t pages, uint64_t tag = 0, size_t extra_bytes = 0) {
-    char tmpl[] = "/tmp/emu-file-map-test.XXXXXX";
-    int fd = mkstemp(tmpl);
-    REQUIRE(fd >= 0);
-    path = tmpl;
-    std::vector<char> buf(pages * kPageSize + extra_bytes, 0);
-    for (size_t i = 0; i < pages; i++) *reinterpret_cast<uint64_t*>(&buf[i * kPageSize]) = i + tag;
-    REQUIRE(write(fd, buf.data(), buf.size()) == static_cast<ssize_t>(buf.size()));
-    close(fd);
-  }
-  ~TempFile() { unlink(path.c_str()); }
-  // The word at the start of page `i`, read with a descriptor of its own.
-  uint64_t Word(size_t i) const {
-    int fd = open(path.c_str(), O_RDONLY);
-    uint64_t w = 0;
-    CHECK(pread(fd, &w, sizeof(w), static_cast<off_t>(i * kPageSize)) == sizeof(w));
-    close(fd);
-    return w;
-  }
-};
-
-ShmemObject* Open(Machine& m, const TempFile& f, bool writable) {
-  auto obj = m.OpenFile(f.path, writable);
-  INFO(obj.status().ToString());
-  REQUIRE(obj.ok());
-  return *obj;
-}
-
-char* MapFile(AddressSpace& as, ShmemObject* file, size_t len, int prot, int flags,
-              off_t off = 0) {
-  auto p = as.MmapFile(0, len, prot, flags, file, off);
-  INFO(p.status().ToString());
-  REQUIRE(p.ok());
-  return reinterpret_cast<char*>(*p);
-}
-
 uint64_t& W(char* p, size_t page) { return *reinterpret_cast<uint64_t*>(p + page * kPageSize); }
 
-void RequireAll(Machine& m) {
-  absl::Status s = m.CheckInvariants();
-  INFO(s.ToString());
-  REQUIRE(s.ok());
-  absl::Status r = CheckRmap(m);
-  INFO(r.ToString());
-  REQUIRE(r.ok());
-}
 
 TEST_CASE("File mappings: shared writes reach the file at msync, and only dirty pages are written",
           "[file][dirty]") {
