@@ -81,9 +81,10 @@ class ShmemObject final : public RmapAnchor {
   // end of the file stays as it is, zeros). async-signal-safe; false with
   // errno on a read error.
   bool ReadPage(uint64_t index, void* dst) const;
-  // Reads pages index[i] into dst[i] for i < n (at most kWriteBatch), in
-  // one io_uring submission (neighbours in the file and in memory as one
-  // op); ok[i] says whether page i was read. async-signal-safe.
+  // Reads pages index[i] into dst[i] for i < n (at most kWriteBatch):
+  // neighbours in the file and in memory as one read (a pread, or an
+  // io_uring op), their destination populated first; ok[i] says whether
+  // page i was read. async-signal-safe.
   void ReadPages(const uint64_t* index, void* const* dst, int n, bool* ok) const;
 
   // ---- Dirty pages (seed 001) ----
@@ -102,8 +103,9 @@ class ShmemObject final : public RmapAnchor {
   // False with errno on a write error. Not under any emulator lock but the
   // page lock.
   bool WriteOut(Page& page);
-  // The same for up to kWriteBatch pages at once, in one submission: the
-  // pages whose write failed are dirtied again. Returns the pages written;
+  // The same for up to kWriteBatch pages at once (one io_uring submission
+  // with MachineOptions::file_io "uring", else a pwrite each): the pages
+  // whose write failed are dirtied again. Returns the pages written;
   // *err gets the first failure's errno.
   static constexpr int kWriteBatch = 64;
   int WriteOutBatch(Page** pages, int n, int* err);

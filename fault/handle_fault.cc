@@ -404,8 +404,8 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
 unsigned AnonFaultHandler::DoObjectFaultAround(VmFault& vmf, AddrRange window) {
   // Linux: do_fault_around() -> filemap_map_pages(), with the file's
   // readahead: the pages of the aligned window not mapped here yet are
-  // mapped by this fault, a file's uncached ones read first in one io_uring
-  // submission. Shared memory maps only the pages it holds (Linux's
+  // mapped by this fault, a file's uncached ones read first (one read per
+  // run, ShmemObject::ReadPages). Shared memory maps only the pages it holds (Linux's
   // fault-around never allocates) and makes the faulting one.
   const Vma& vma = *vmf.vma;
   ShmemObject& obj = *vma.file;

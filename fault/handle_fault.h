@@ -91,7 +91,7 @@ class AnonFaultHandler : public FaultHandler {
   // PTE makes it writable in place.
   unsigned DoSharedPage(VmFault& vmf, uint64_t orig);
   // A read fault on an object's page: the none PTEs of `window` around it
-  // mapped too (a file's missing pages read in one submission).
+  // mapped too (a file's missing pages read a run at a time).
   unsigned DoObjectFaultAround(VmFault& vmf, AddrRange window);
   // A private mapping's copy of the object's page: `locked` is the claimed
   // PTE's value (the object's page, kLocked); `mapped` when that PTE mapped

@@ -186,7 +186,7 @@ TEST_CASE("File mappings: Linux's errors: EACCES, SIGBUS past the end, bad msync
 }
 
 TEST_CASE("File mappings: a read fault maps its aligned window, reading the missing pages in "
-          "one submission; shared memory maps only what it holds",
+          "one read per run; shared memory maps only what it holds",
           "[file][fault-around]") {
   FaultMode mode = EMU_ALL_MODES();
   INFO("mode " << FaultModeName(mode));
