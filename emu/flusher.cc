@@ -132,7 +132,9 @@ uint64_t Flusher::Pass(bool periodic) {
       }
     }
     if (oldest == nullptr) break;
-    const uint64_t n = oldest->WritebackCyclic(kChunk);
+    // Down to the threshold, not below: the rest waits for its expiry.
+    const uint64_t over = nr_dirty() - std::min(nr_dirty(), background_thresh_);
+    const uint64_t n = oldest->WritebackCyclic(std::clamp<uint64_t>(over, 1, kChunk));
     machine_->vmstat().Add(VmEvent::k_pgwriteback_background, n);
     written += n;
     if (n == 0) break;  // nothing could be written (errors): the next turn tries again
