@@ -140,7 +140,8 @@ TEST_CASE("ParseSize: human sizes parse and garbage is rejected with EINVAL", "[
   }
 }
 
-TEST_CASE("MachineOptions: bad fault-around and arena sizes are refused with EINVAL",
+TEST_CASE("MachineOptions: bad fault-around, arena sizes, dirty limits and file I/O are refused "
+          "with EINVAL",
           "[model]") {
   MachineOptions o;
   CHECK(o.Validate().ok());
@@ -151,6 +152,21 @@ TEST_CASE("MachineOptions: bad fault-around and arena sizes are refused with EIN
   o = MachineOptions{};
   o.arena_bytes = 12345;
   CHECK(ToErrno(o.Validate()) == EINVAL);
+  // The dirty limits and the file I/O of emulated files.
+  o = MachineOptions{};
+  o.dirty_ratio = 0;
+  CHECK(ToErrno(o.Validate()) == EINVAL);
+  o = MachineOptions{};
+  o.dirty_background_ratio = 101;
+  CHECK(ToErrno(o.Validate()) == EINVAL);
+  o = MachineOptions{};
+  o.dirty_expire_ms = -1;
+  CHECK(ToErrno(o.Validate()) == EINVAL);
+  o = MachineOptions{};
+  o.file_io = "aio";
+  CHECK(ToErrno(o.Validate()) == EINVAL);
+  o.file_io = "uring";
+  CHECK(o.Validate().ok());
   FaultMode m;
   CHECK(ParseFaultMode("thread", &m));
   CHECK(m == FaultMode::kUffdThread);

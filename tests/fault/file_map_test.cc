@@ -189,8 +189,10 @@ TEST_CASE("File mappings: a read fault maps its aligned window, reading the miss
           "one read per run; shared memory maps only what it holds",
           "[file][fault-around]") {
   FaultMode mode = EMU_ALL_MODES();
-  INFO("mode " << FaultModeName(mode));
-  auto env = MakeEnv(mode);
+  MachineOptions o;
+  o.file_io = GENERATE("psync", "uring");
+  INFO("mode " << FaultModeName(mode) << " file_io " << o.file_io);
+  auto env = MakeEnv(mode, o);
   AddressSpace& a = *env->as;
   Machine& m = *env->machine;
   constexpr size_t kPages = 40;

@@ -154,7 +154,10 @@ TEST_CASE("File writeback: the flusher writes above the background threshold and
 }
 
 TEST_CASE("File writeback: dirty counts are exact", "[file][dirty]") {
-  auto env = MakeEnv(FaultMode::kUffdSigbus, Quiet());
+  MachineOptions o = Quiet();
+  o.file_io = GENERATE("psync", "uring");
+  INFO("file_io " << o.file_io);
+  auto env = MakeEnv(FaultMode::kUffdSigbus, o);
   AddressSpace& as = *env->as;
   Machine& m = *env->machine;
   auto other = m.CreateAddressSpace(uint64_t{2} << 30);
