@@ -24,6 +24,22 @@ namespace {
 size_t DirtyBitsBytes(uint64_t nr_pages) { return ((nr_pages + 63) / 64 + 1) * sizeof(uint64_t); }
 size_t IndexBytes(uint64_t nr_pages) { return std::max<uint64_t>(nr_pages, 1) * sizeof(uint32_t); }
 
+// pread of up to `len` bytes at `off`, again after EINTR and for the rest
+// of a short read; stops at the end of the file (the rest of `buf` stays as
+// it is). Returns the bytes read, or -1 with errno. async-signal-safe.
+ssize_t PreadFull(int fd, void* buf, size_t len, off_t off) {
+  size_t done = 0;
+  while (done < len) {
+    const ssize_t n = pread(fd, static_cast<char*>(buf) + done, len - done,
+                            off + static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -1;
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return static_cast<ssize_t>(done);
+}
+
 uint64_t NowNs() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -92,15 +108,7 @@ bool ShmemObject::ReadPage(uint64_t index, void* dst) const {
     }
     // Short: the file shrank meanwhile; pread below reads what is there.
   }
-  for (size_t done = 0; done < kPageSize;) {
-    ssize_t n = pread(fd_, static_cast<char*>(dst) + done, kPageSize - done,
-                      off + static_cast<off_t>(done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return false;
-    if (n == 0) break;  // the end of the file: the rest reads as zeros
-    done += static_cast<size_t>(n);
-  }
-  return true;
+  return PreadFull(fd_, dst, kPageSize, off) >= 0;
 }
 
 void ShmemObject::ReadPages(const uint64_t* index, void* const* dst, int n, bool* ok) const {
@@ -135,20 +143,8 @@ void ShmemObject::ReadPages(const uint64_t* index, void* const* dst, int n, bool
       io_->Read(&op, 1);
     } else {
       // pread stops at the end of the file: the rest stays zeros.
-      op.result = 0;
-      for (size_t done = 0; done < len;) {
-        ssize_t r = pread(fd_, static_cast<char*>(op.buf) + done, len - done,
-                          static_cast<off_t>((op.slot << kPageShift) + done));
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) {
-          op.result = -errno;
-          break;
-        }
-        if (r == 0) break;
-        done += static_cast<size_t>(r);
-        op.result = static_cast<int64_t>(done);
-      }
-      if (op.result >= 0) op.result = static_cast<int64_t>(len);  // short at the end: zeros
+      const ssize_t r = PreadFull(fd_, op.buf, len, static_cast<off_t>(op.slot << kPageShift));
+      op.result = r < 0 ? -errno : static_cast<int64_t>(len);
     }
     const bool all = op.result == static_cast<int64_t>(len);
     for (uint32_t j = 0; j < op.nr_pages; j++) {
