@@ -260,6 +260,27 @@ static AddrRange ClaimNoneRun(VmFault& vmf, AddrRange window) {
 template <typename Make>
 static void PublishRun(VmFault& vmf, AddrRange run, Make&& make);
 
+// A new frame `f` becomes page `index` of `obj`, placed in the pool for
+// `addr` (its identity offset when free). Not in the cache yet.
+static void MakeObjectPage(MemMap& mem_map, FramePool& pool, ShmemObject& obj, Pfn f,
+                           uint64_t index, VirtAddr addr) {
+  Page& page = mem_map.page(f);
+  page.mapping = nullptr;
+  page.anchor = &obj;
+  page.index = index;
+  page.pool_off = pool.Place(f, addr);
+  page.flags.fetch_or(kPgShmem | kPgPool | (obj.backed() ? kPgFile : 0), std::memory_order_release);
+}
+
+// A new page went into the cache (its allocation reference is the cache's):
+// the fault takes its own, and a file's page joins the reclaim lists, mapped
+// or not (Linux: the file LRU); shared memory's stays off them.
+static void CachedNewPage(Machine& m, ShmemObject& obj, Pfn f) {
+  m.mem_map().page(f).refcount.fetch_add(1, std::memory_order_relaxed);
+  if (obj.backed() && m.reclaim() != nullptr) m.reclaim()->LruAdd(f);
+  m.vmstat().Add(obj.backed() ? VmEvent::k_file_read : VmEvent::k_shmem_alloc);
+}
+
 unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
   // Linux: do_read_fault() / do_cow_fault() / do_shared_fault() over the
   // object's page cache (shmem_fault, filemap_fault), and for a write to a
@@ -339,13 +360,8 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
       unclaim();
       return kFaultOom;
     }
-    Page& page = mem_map.page(fresh);
-    page.mapping = nullptr;
-    page.anchor = &obj;
-    page.index = index;
-    page.pool_off = pool.Place(fresh, vmf.address);
-    page.flags.fetch_or(kPgShmem | kPgPool | (obj.backed() ? kPgFile : 0),
-                        std::memory_order_release);
+    MakeObjectPage(mem_map, pool, obj, fresh, index, vmf.address);
+    const Page& page = mem_map.page(fresh);
     if (obj.backed() && !obj.ReadPage(index, pool.writable_view(page.pool_off))) {
       machine_->FreePage(fresh);
       unclaim();
@@ -358,11 +374,7 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
       unclaim();
       return kFaultRetry;
     }
-    page.refcount.fetch_add(1, std::memory_order_relaxed);  // this fault's
-    // A file's page is on the reclaim lists, mapped or not (Linux: the file
-    // LRU); shared memory's stays off them.
-    if (obj.backed() && machine_->reclaim() != nullptr) machine_->reclaim()->LruAdd(fresh);
-    machine_->vmstat().Add(obj.backed() ? VmEvent::k_file_read : VmEvent::k_shmem_alloc);
+    CachedNewPage(*machine_, obj, fresh);
   }
   Page& page = mem_map.page(pfn);
   if (!shared && vmf.write()) {
@@ -451,12 +463,8 @@ unsigned AnonFaultHandler::DoObjectFaultAround(VmFault& vmf, AddrRange window) {
   auto make = [&](int i) {
     if (used >= got) return;
     const Pfn f = frames[used++];
-    Page& page = mem_map.page(f);
-    page.mapping = nullptr;
-    page.anchor = &obj;
-    page.index = index_of(run.start + (uint64_t(i) << kPageShift));
-    page.pool_off = pool.Place(f, run.start + (uint64_t(i) << kPageShift));
-    page.flags.fetch_or(kPgShmem | kPgPool | (obj.backed() ? kPgFile : 0), std::memory_order_release);
+    const VirtAddr addr = run.start + (uint64_t(i) << kPageShift);
+    MakeObjectPage(mem_map, pool, obj, f, index_of(addr), addr);
     pfns[i] = f;
     fresh[i] = true;
   };
@@ -500,9 +508,7 @@ unsigned AnonFaultHandler::DoObjectFaultAround(VmFault& vmf, AddrRange window) {
       pfns[i] = obj.GetPage(index);
       continue;
     }
-    page.refcount.fetch_add(1, std::memory_order_relaxed);
-    if (obj.backed() && machine_->reclaim() != nullptr) machine_->reclaim()->LruAdd(f);
-    machine_->vmstat().Add(obj.backed() ? VmEvent::k_file_read : VmEvent::k_shmem_alloc);
+    CachedNewPage(*machine_, obj, f);
   }
   if (self_failed) {
     NoteResolution(FaultResolution::kSigbus);
