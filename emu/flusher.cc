@@ -53,6 +53,9 @@ uint64_t Thresh(uint64_t bytes, int ratio, uint64_t base) {
 // does not hold the others back (Linux: MAX_WRITEBACK_PAGES, 1024).
 constexpr uint64_t kChunk = 1024;
 
+// Dirty tracking "async": the longest the flusher goes without a harvest.
+constexpr int64_t kHarvestMs = 1000;
+
 }  // namespace
 
 Flusher::Flusher(Machine* machine) : machine_(machine) {
@@ -159,20 +162,31 @@ void Flusher::Loop() {
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, nullptr);
   const int period_ms = machine_->options().dirty_writeback_ms;
+  // Dirty tracking "async": writes are dirty pages only once harvested, so
+  // the flusher harvests every file at each wake, at least every
+  // kHarvestMs, and the thresholds act on what it found.
+  const bool harvest = machine_->host().tracks_writes();
+  int64_t wait_ms = period_ms > 0 ? period_ms : 1000;
+  if (harvest) wait_ms = std::min<int64_t>(wait_ms, kHarvestMs);
   uint64_t last_periodic = NowNs();
   uint32_t seen = wake_.load();
   while (!stop_.load()) {
-    FutexWaitTimeout(&wake_, seen, period_ms > 0 ? int64_t{period_ms} * 1000000 : 1000000000);
+    FutexWaitTimeout(&wake_, seen, wait_ms * 1000000);
     seen = wake_.load();
     if (stop_.load()) break;
     const uint64_t now = NowNs();
     const bool periodic = period_ms > 0 && now - last_periodic >= uint64_t(period_ms) * 1000000;
     if (periodic) last_periodic = now;
-    if (!periodic && nr_dirty() <= background_thresh_) continue;
+    if (!harvest && !periodic && nr_dirty() <= background_thresh_) continue;
     busy_.store(true, std::memory_order_relaxed);
     {
       absl::MutexLock l(&pass_mu_);
-      Pass(periodic);
+      if (harvest) {
+        std::vector<ShmemObject*> files;  // as in Pass: no machine lock while harvesting
+        machine_->ForEachFile([&](ShmemObject* f) { files.push_back(f); });
+        for (ShmemObject* f : files) f->Harvest(0, f->nr_pages());
+      }
+      if (periodic || nr_dirty() > background_thresh_) Pass(periodic);
     }
     busy_.store(false, std::memory_order_relaxed);
     seen = wake_.load();

@@ -117,11 +117,15 @@ absl::Status AddressSpace::CopySharedPteRangeLocked(AddressSpace& child, const V
   VirtAddr run_start = 0, run_end = 0;
   uint64_t run_off = 0;
   bool run_write = false;
+  // A file's pages keep their writes tracked by the host in the child too
+  // (dirty tracking "async").
+  const bool tracked = machine_->Tracked(v);
   auto flush = [&] {
     if (run_end > run_start && status.ok()) {
       machine_->AddPoolVmas(2);
-      if (!host.MapPool({run_start + delta, run_end + delta}, pool.fd(), run_off, prot,
-                        run_write)) {
+      const AddrRange r{run_start + delta, run_end + delta};
+      if (!(tracked ? host.MapPoolTracked(r, pool.fd(), run_off, prot)
+                    : host.MapPool(r, pool.fd(), run_off, prot, run_write))) {
         status = ErrnoError(errno, "fork: the host refused to map the child's shared pages");
       }
     }

@@ -58,13 +58,21 @@ absl::StatusOr<size_t> AddressSpace::PinUserPages(VirtAddr addr, size_t nr, unsi
                                   !page.Test(kPgSwapCache));
           const bool ok = exclusive && (!write || pte.write() || (force && !v->writable()));
           if (ok) {
-            SpinLockHolder ptl(pt_.Ptl(a));
-            if (e->load(std::memory_order_relaxed) == pte.raw()) {
-              page.refcount.fetch_add(kPinBias, std::memory_order_acq_rel);
-              pages[i] = pte.pfn();
-              break;
+            bool pinned = false;
+            {
+              SpinLockHolder ptl(pt_.Ptl(a));
+              if (e->load(std::memory_order_relaxed) == pte.raw()) {
+                page.refcount.fetch_add(kPinBias, std::memory_order_acq_rel);
+                pages[i] = pte.pfn();
+                pinned = true;
+              }
             }
-            continue;
+            if (!pinned) continue;
+            // A file's page pinned for writing is dirtied now: the holder
+            // writes it through the pool, where the host's tracking of the
+            // mapping's writes (dirty tracking "async") does not look.
+            if (write && machine_->Tracked(*v)) v->file->MarkDirty(page);
+            break;
           }
         }
         // Fault it in, breaking COW: a write fault where the VMA allows

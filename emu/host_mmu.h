@@ -8,6 +8,7 @@
 #ifndef EMU_HOST_MMU_H_
 #define EMU_HOST_MMU_H_
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "emu/types.h"
 
@@ -59,6 +60,29 @@ class HostMmu {
   // like the arena; SIGSEGV mode: the protection). The pages are present
   // in the host afterwards.
   virtual bool MapPool(AddrRange r, int fd, uint64_t off, Prot vma_prot, bool writable) = 0;
+  // ---- Writes tracked by the host (MachineOptions::dirty_tracking "async")
+  // Whether the host records writes to the pages MapPoolTracked maps
+  // (userfaultfd WP_ASYNC on a second descriptor): such a write goes
+  // through without a fault, and Harvest reports it later.
+  virtual bool tracks_writes() const { return false; }
+  // MapPool for pages of a shared file mapping whose writes the host
+  // tracks: accessible as the VMA allows, writable when it allows writes,
+  // every page write-protected for the tracker before any write can reach
+  // it, so that the first write to each is recorded.
+  virtual bool MapPoolTracked(AddrRange /*r*/, int /*fd*/, uint64_t /*off*/, Prot /*vma_prot*/) {
+    errno = EOPNOTSUPP;
+    return false;
+  }
+  // Calls written(run) for each run of pages of `r` written since
+  // MapPoolTracked mapped them or a harvest last saw them, and
+  // write-protects them again in the same step (PAGEMAP_SCAN with
+  // PM_SCAN_WP_MATCHING), so that a later write is recorded anew. Pages not
+  // mapped by MapPoolTracked are skipped. async-signal-safe; false with
+  // errno when the scan failed.
+  virtual bool Harvest(AddrRange /*r*/, absl::FunctionRef<void(AddrRange)> /*written*/) {
+    return true;
+  }
+
   // Replaces the pool mapping at `r` by exclusive pages in place holding a
   // copy of `src` (copy-on-write of a shared frame), writable as the VMA
   // allows. No other thread sees the range half done: it is PROT_NONE until

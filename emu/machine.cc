@@ -110,6 +110,13 @@ absl::Status MachineOptions::Validate() const {
   if (file_io != "psync" && file_io != "uring") {
     return ErrnoError(EINVAL, absl::StrCat("file I/O '", file_io, "': want psync or uring"));
   }
+  if (dirty_tracking != "auto" && dirty_tracking != "fault" && dirty_tracking != "async") {
+    return ErrnoError(EINVAL, absl::StrCat("dirty tracking '", dirty_tracking,
+                                           "': want auto, fault or async"));
+  }
+  if (dirty_tracking == "async" && fault_mode == FaultMode::kSigsegv) {
+    return ErrnoError(EINVAL, "dirty tracking 'async' needs a userfaultfd fault mode");
+  }
   if (dirty_writeback_ms < 0 || dirty_expire_ms < 0) {
     return ErrnoError(EINVAL, "dirty_writeback_ms and dirty_expire_ms: want >= 0");
   }
@@ -138,7 +145,13 @@ std::string MachineOptions::ToString() const {
     if (no_swap) absl::StrAppend(&s, " swap=none");
   }
   if (file_io != "psync") absl::StrAppend(&s, " file_io=", file_io);
+  if (dirty_tracking != "auto") absl::StrAppend(&s, " dirty_tracking=", dirty_tracking);
   return s;
+}
+
+bool Machine::Tracked(const Vma& v) const {
+  return v.file != nullptr && (v.vm_flags & kVmShared) && v.file->backed() &&
+         host_->tracks_writes();
 }
 
 Machine::Machine(const MachineOptions& options, AddrRange arena)

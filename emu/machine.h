@@ -95,6 +95,13 @@ struct MachineOptions {
   // one page per call) or "uring" (io_uring batches; two rings per file).
   // psync by default: measured faster on buffered files (docs/DESIGN.md).
   std::string file_io = "psync";
+  // How writes to shared file mappings dirty their pages: "fault" (seed
+  // 001: a clean page is mapped read-only and its first write faults),
+  // "async" (the host records writes, userfaultfd WP_ASYNC, and harvests
+  // them in bulk with PAGEMAP_SCAN before writeback, reclaim and unmap; the
+  // userfaultfd modes on Linux 6.7 or later), or "auto": async where the
+  // host offers it, else fault. docs/DESIGN.md section 8 has the trade-off.
+  std::string dirty_tracking = "auto";
 
   // Checks ranges; returns EINVAL with a message naming the bad option.
   absl::Status Validate() const;
@@ -146,6 +153,9 @@ class Machine {
   const MachineOptions& options() const { return options_; }
   AddrRange arena() const { return arena_; }
   HostMmu& host() { return *host_; }
+  // Whether writes to `v`'s pages are tracked by the host (dirty tracking
+  // "async": a shared mapping of a file; HostMmu::MapPoolTracked).
+  bool Tracked(const Vma& v) const;
   FaultHandler& fault_handler() { return *fault_handler_; }
   MemMap& mem_map() { return *mem_map_; }
   // The memory limit's reclaim and swap, or nullptr without a limit.

@@ -111,7 +111,10 @@ void AddressSpace::ZapRangeLocked(AddrRange r) {
     if (page.MaybePinned() && !page.Test(kPgPool)) KeepPinnedBytesLocked(page, pte.pfn(), a);
     pooled |= page.Test(kPgPool);
   });
-  if (pooled) UnpoolHostLocked(r);
+  if (pooled) {
+    HarvestBeforeUnmapLocked(r);
+    UnpoolHostLocked(r);
+  }
   // Linux: mm/memory.c zap_pte_range(). A page that reclaim has isolated
   // (its own reference) survives the zap and is freed by reclaim.
   pt_.ForEachEntry(r, [&](VirtAddr a, std::atomic<uint64_t>* e) {
@@ -144,6 +147,33 @@ void AddressSpace::ZapRangeLocked(AddrRange r) {
   nr_swap_ptes_.fetch_sub(swap, std::memory_order_relaxed);
   machine_->vmstat().Add(VmEvent::k_zap_pages, anon + zero);
   machine_->vmstat().Add(VmEvent::k_pgfree, anon);
+}
+
+void AddressSpace::HarvestBeforeUnmapLocked(AddrRange r) {
+  HostMmu& host = machine_->host();
+  if (!host.tracks_writes()) return;
+  for (VirtAddr a = r.start; a < r.end;) {
+    const Vma* v = vmas_.FindVma(a);
+    if (v == nullptr || v->start >= r.end) break;
+    const AddrRange piece = v->range().Intersect(r);
+    if (machine_->Tracked(*v)) {
+      if (v->writable()) host.Protect(piece, VmFlagsToProt(v->vm_flags) & ~PROT_WRITE);
+      v->file->HarvestMapping(*v, piece);
+    }
+    a = piece.end;
+  }
+}
+
+void AddressSpace::HarvestObject(ShmemObject* file, uint64_t first, uint64_t last) {
+  ReadLockHolder l(&mmap_lock_);
+  for (const auto& [start, v] : vmas_) {
+    if (v.file != file || !machine_->Tracked(v)) continue;
+    const uint64_t lo = std::max(first, v.pgoff);
+    const uint64_t hi = std::min(last, v.pgoff + v.range().nr_pages());
+    if (lo >= hi) continue;
+    file->HarvestMapping(v, {v.start + ((lo - v.pgoff) << kPageShift),
+                             v.start + ((hi - v.pgoff) << kPageShift)});
+  }
 }
 
 void AddressSpace::KeepPinnedBytesLocked(Page& page, Pfn pfn, VirtAddr a) {
@@ -554,6 +584,7 @@ absl::StatusOr<VirtAddr> AddressSpace::Mremap(VirtAddr old_addr, size_t old_len,
 absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, VirtAddr dst,
                                            size_t dst_len, bool dontunmap) {
   const uint32_t vm_flags = src_vma.vm_flags;
+  const bool tracked = machine_->Tracked(src_vma);  // (src_vma may move with the tree's inserts)
   // Linux: move_vma() -> move_page_tables(). mmap_lock held for write keeps
   // faults and reclaim's PTE edits out; a page that reclaim holds isolated
   // keeps its reference and finds its PTE gone from the address it knew,
@@ -595,6 +626,9 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, Vi
   vmas_.Insert(moved);
   const bool encodes = host.prot_encodes_ptes();
   if (!encodes) SyncHostProtLocked(moved, dst_range);
+  // Writes the host recorded at the old address are dirty pages before
+  // that mapping goes (dirty tracking "async").
+  HarvestBeforeUnmapLocked(src);
   // The copy reads the old host pages: make them readable meanwhile.
   const bool unreadable = !(prot & PROT_READ);
   if (unreadable) host.Protect(src, PROT_READ);
@@ -612,7 +646,9 @@ absl::Status AddressSpace::MoveRangeLocked(AddrRange src, const Vma& src_vma, Vi
     if (run_kind == kZero) {
       ok &= host.InstallZero(to, prot);
     } else if (run_kind == kPoolRo || run_kind == kPoolRw) {
-      ok &= host.MapPool(to, machine_->frame_pool()->fd(), run_off, prot, run_kind == kPoolRw);
+      const int fd = machine_->frame_pool()->fd();
+      ok &= tracked ? host.MapPoolTracked(to, fd, run_off, prot)
+                    : host.MapPool(to, fd, run_off, prot, run_kind == kPoolRw);
       machine_->AddPoolVmas(2);
     } else {
       ok &= host.InstallCopy(to, reinterpret_cast<const void*>(run_src), prot,
@@ -771,6 +807,10 @@ absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
     // writable, nor does a swap-cache page (can_change_pte_writable(): its
     // write fault must free the slot first).
     bool write = vma.writable();
+    // A file's page in a shared mapping whose writes the host tracks
+    // (dirty tracking "async") follows the VMA: the host's protection,
+    // set below, keeps its record of writes.
+    const bool tracked = machine_->Tracked(vma);
     MemMap& mem_map = machine_->mem_map();
     pt_.ForEachEntry(vma.range(), [&](VirtAddr a, std::atomic<uint64_t>* e) {
       Pte pte(e->load(std::memory_order_relaxed));
@@ -778,6 +818,10 @@ absl::Status AddressSpace::Mprotect(VirtAddr addr, size_t len, Prot prot) {
       SpinLockHolder ptl(pt_.Ptl(a));
       pte = Pte(e->load(std::memory_order_relaxed));
       if (!pte.present() || pte.special() || pte.locked()) return;
+      if (tracked) {
+        e->store(pte.WithWrite(write).raw(), std::memory_order_release);
+        return;
+      }
       const Page& page = mem_map.page(pte.pfn());
       // Nor a lazily freed one: its next write must be seen (the PTE's
       // dirty bit is all that keeps reclaim from discarding it).
@@ -1287,7 +1331,7 @@ absl::Status AddressSpace::CheckInvariantsLocked() {
       if (pte.write() && !(v->vm_flags & kVmShared)) {
         return fail(a, "writable PTE of a page cache page in a private mapping");
       }
-      if (pte.write() && v->file->backed() && !(flags & kPgDirty)) {
+      if (pte.write() && v->file->backed() && !(flags & kPgDirty) && !machine_->Tracked(*v)) {
         return fail(a, "writable PTE of a clean file page (a write would go unseen)");
       }
       return;

@@ -125,6 +125,10 @@ class AddressSpace {
   // from page offset `first` on, in shared and private mappings alike
   // (Linux: unmap_mapping_range with even_cows). Takes mmap_lock for write.
   void ZapObjectFrom(ShmemObject* file, uint64_t first);
+  // Dirty tracking "async": harvests the host's record of writes to the
+  // pages [first, last) of `file` in this address space's shared mappings
+  // of it (ShmemObject::HarvestMapping). Takes mmap_lock for read.
+  void HarvestObject(ShmemObject* file, uint64_t first, uint64_t last);
   // Linux: mm/mmap.c do_munmap(). Unmapping a hole succeeds.
   // A native mapping inside the window (the preload: a program maps a file
   // or shared memory with MAP_FIXED over memory it reserved from the
@@ -301,6 +305,13 @@ class AddressSpace {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   // Clears the PTEs of `r`, frees their pages, drops them from the host.
   void ZapRangeLocked(AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
+  // Dirty tracking "async", before the host mappings of `r` go (zap,
+  // mremap): the tracked pieces stop taking writes (a write meanwhile
+  // traps and is retried once the range is the emulator's again), then
+  // their written pages are dirtied, so that no write is forgotten with
+  // the mapping (Linux: zap_pte_range moves the PTE's dirty bit to the
+  // folio).
+  void HarvestBeforeUnmapLocked(AddrRange r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mmap_lock_);
   // Puts the arena's reservation back over `r`, where pool frames were
   // mapped (a file page left mapped would be found again by the host
   // without a fault), with the protection of the VMAs still there.

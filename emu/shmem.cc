@@ -172,6 +172,29 @@ void ShmemObject::MarkDirty(Page& page) {
   }
 }
 
+void ShmemObject::Harvest(uint64_t first, uint64_t last) {
+  if (!backed() || !machine_->host().tracks_writes()) return;
+  ForEachSpace([&](AddressSpace& as) { as.HarvestObject(this, first, last); });
+}
+
+uint64_t ShmemObject::HarvestMapping(const Vma& v, AddrRange r) {
+  MemMap& mem_map = machine_->mem_map();
+  uint64_t found = 0;
+  WriteLockHolder l(&harvest_lock_);
+  machine_->host().Harvest(r, [&](AddrRange written) {
+    for (VirtAddr a = written.start; a < written.end; a += kPageSize) {
+      // Mapped by the host, so cached; and it stays so while the lock is
+      // held: reclaim harvests (under it) before it unmaps a page.
+      const Pfn pfn = Find(v.pgoff + ((a - v.start) >> kPageShift));
+      if (ToU64(pfn) == 0) continue;
+      MarkDirty(mem_map.page(pfn));
+      found++;
+    }
+  });
+  if (found > 0) machine_->vmstat().Add(VmEvent::k_pgharvest, found);
+  return found;
+}
+
 bool ShmemObject::ClearDirty(Page& page) {
   dirty_bits_[page.index / 64].fetch_and(~(uint64_t{1} << (page.index % 64)),
                                          std::memory_order_acq_rel);
@@ -337,6 +360,12 @@ absl::Status ShmemObject::Writeback(uint64_t first, uint64_t last, bool wait, ui
   Page* batch[kWriteBatch];
   Pfn pfns[kWriteBatch];
   int n = 0;
+  // With the host tracking writes, what it recorded since the last
+  // harvest is dirtied first; the harvest also protects the pages again,
+  // which is page_mkclean's work, so a write after it is recorded anew
+  // and no page needs cleaning below.
+  const bool tracked = machine_->host().tracks_writes();
+  if (tracked) Harvest(first, last);
   auto submit = [&] {
     int err = 0;
     nr += static_cast<uint64_t>(WriteOutBatch(batch, n, &err));
@@ -366,7 +395,7 @@ absl::Status ShmemObject::Writeback(uint64_t first, uint64_t last, bool wait, ui
       machine_->PutPage(pfn);
       continue;
     }
-    MkClean(pfn);
+    if (!tracked) MkClean(pfn);
     batch[n] = &page;
     pfns[n++] = pfn;
     if (n == kWriteBatch) submit();

@@ -91,6 +91,20 @@ class ShmemObject final : public RmapAnchor {
   // A write fault dirtied `page` (a page of this object): counts it.
   // async-signal-safe.
   void MarkDirty(Page& page);
+  // Dirty tracking "async" (MachineOptions::dirty_tracking): writes to a
+  // shared mapping of a file go through without a fault and the host
+  // records them (HostMmu::MapPoolTracked). A harvest dirties the pages
+  // written since the last one and has the host watch them again, in one
+  // step, so a write after it is recorded anew.
+  // Every mapping of [first, last) (before writeback, the flusher's
+  // turns). The caller holds no mmap_lock.
+  void Harvest(uint64_t first, uint64_t last);
+  // The mapping `r` of `v` (a tracked VMA of this object), whose address
+  // space's mmap_lock the caller holds. Harvests of one object are
+  // serialized, so that a page one harvest found written is dirty before
+  // another (reclaim's) can find it clean. async-signal-safe.
+  // Returns the pages found written.
+  uint64_t HarvestMapping(const Vma& v, AddrRange r);
   // Takes `page`'s dirty flag (Linux: clear_page_dirty_for_io, before
   // page_mkclean); true when it was dirty. async-signal-safe.
   bool ClearDirty(Page& page);
@@ -205,6 +219,9 @@ class ShmemObject final : public RmapAnchor {
   // Writes to the file hold it for read, a truncate for write: no write
   // past the end lands after the file was shortened.
   RwSem io_lock_;
+  // Held (for write) across a harvest and the dirtying of what it found;
+  // under mmap_lock, a leaf.
+  RwSem harvest_lock_;
   absl::Mutex truncate_mu_;  // one truncate at a time
   std::atomic<uint32_t>* pages_;  // capacity_ entries, MAP_NORESERVE, zero = none
   // One bit per page: it may be dirty (set after kPgDirty by MarkDirty,

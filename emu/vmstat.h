@@ -68,6 +68,8 @@ namespace emu {
   X(file_read, "pages of emulated files read in at their first fault")                \
   X(pgdirty, "clean pages of shared file mappings dirtied by a write fault (seed 001)") \
   X(pgmkclean, "PTEs write-protected by page_mkclean before writeback")               \
+  X(pgharvest, "pages found written by a harvest (dirty tracking 'async')")           \
+  X(harvest_scans, "PAGEMAP_SCAN harvests of host-tracked writes")                     \
   X(pgwriteback, "dirty file pages written back")                                     \
   X(pgwriteback_background, "of pgwriteback: by the flusher above the background threshold") \
   X(pgwriteback_periodic, "of pgwriteback: by the flusher, dirty longer than dirty_expire_ms") \

@@ -316,7 +316,9 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
     Page& page = mem_map.page(pte.pfn());
     if (!shared) return CopyObjectPage(vmf, orig);
     obj.MarkDirty(page);  // before the PTE is writable: writeback sees it
-    const bool ok = host.MakeWritable(page_range, prot);
+    // A page whose writes the host tracks needs no host change: the host
+    // lets writes through as the VMA allows.
+    const bool ok = machine_->Tracked(vma) || host.MakeWritable(page_range, prot);
     {
       SpinLockHolder l(pt.Ptl(vmf.address));
       vmf.pte->store(ok ? pte.WithWrite(true).WithDirty().WithYoung(true).raw() : orig,
@@ -385,15 +387,21 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
                           /*mapped=*/false);
   }
   // A shared writable mapping maps a clean file page read-only, so that its
-  // first write is seen (seed 001); a write fault dirties it now.
-  const bool map_writable = shared && writable && (!obj.backed() || vmf.write());
+  // first write is seen (seed 001); a write fault dirties it now. With the
+  // host tracking writes (dirty tracking "async"), it is mapped writable
+  // and the host records its writes; a write fault dirties it at once all
+  // the same (a populate or a pin may write it without the host seeing).
+  const bool tracked = machine_->Tracked(vma);
+  const bool map_writable = shared && writable && (tracked || !obj.backed() || vmf.write());
+  const bool dirty = map_writable && (!tracked || vmf.write());
   // The mapping counts before the page is dirtied: reclaim's page_mkclean,
   // which cannot see a PTE being installed, then finds fewer PTEs than the
   // count and keeps the page dirty.
   page.mapcount.fetch_add(1, std::memory_order_acq_rel);  // with this fault's reference
-  if (map_writable) obj.MarkDirty(page);
+  if (dirty) obj.MarkDirty(page);
   machine_->AddPoolVmas(2);
-  if (!host.MapPool(page_range, pool.fd(), page.pool_off, prot, map_writable)) {
+  if (!(tracked ? host.MapPoolTracked(page_range, pool.fd(), page.pool_off, prot)
+                : host.MapPool(page_range, pool.fd(), page.pool_off, prot, map_writable))) {
     const int err = errno;
     page.mapcount.fetch_sub(1, std::memory_order_acq_rel);
     machine_->PutPage(pfn);
@@ -404,7 +412,7 @@ unsigned AnonFaultHandler::DoSharedPage(VmFault& vmf, uint64_t orig) {
   }
   {
     SpinLockHolder l(pt.Ptl(vmf.address));
-    vmf.pte->store(Pte::Anon(pfn, map_writable, /*dirty=*/map_writable).raw(),
+    vmf.pte->store(Pte::Anon(pfn, map_writable, /*dirty=*/map_writable && !tracked).raw(),
                    std::memory_order_release);
   }
   vmf.as->AddRssAnon(1);
@@ -425,9 +433,13 @@ unsigned AnonFaultHandler::DoObjectFaultAround(VmFault& vmf, AddrRange window) {
   HostMmu& host = machine_->host();
   FramePool& pool = *machine_->frame_pool();
   const Prot prot = VmFlagsToProt(vma.vm_flags);
-  // Read faults map a file's pages read-only (clean, seed 001); shared
-  // memory's shared writable mappings map them writable at once.
-  const bool map_writable = (vma.vm_flags & kVmShared) && vma.writable() && !obj.backed();
+  // Read faults map a file's pages read-only (clean, seed 001), or
+  // writable with the host tracking their writes (dirty tracking "async");
+  // shared memory's shared writable mappings map them writable at once.
+  const bool tracked = machine_->Tracked(vma);
+  const bool map_writable =
+      (vma.vm_flags & kVmShared) && vma.writable() && (tracked || !obj.backed());
+  const bool dirty = map_writable && !tracked;
   auto index_of = [&](VirtAddr a) { return vma.pgoff + ((a - vma.start) >> kPageShift); };
   // Not past the object's end (the faulting page is inside it).
   const uint64_t end_index = obj.nr_pages();
@@ -520,7 +532,7 @@ unsigned AnonFaultHandler::DoObjectFaultAround(VmFault& vmf, AddrRange window) {
     if (ToU64(pfns[i]) == 0) continue;
     Page& page = mem_map.page(pfns[i]);
     page.mapcount.fetch_add(1, std::memory_order_acq_rel);
-    if (map_writable) obj.MarkDirty(page);
+    if (dirty) obj.MarkDirty(page);
   }
   // One host mapping per stretch of the run that is contiguous in the pool
   // (new pages sit at their identity offsets, so a run read in is one).
@@ -538,7 +550,9 @@ unsigned AnonFaultHandler::DoObjectFaultAround(VmFault& vmf, AddrRange window) {
     }
     const AddrRange r{run.start + (uint64_t(a) << kPageShift), run.start + (uint64_t(b) << kPageShift)};
     machine_->AddPoolVmas(2);
-    if (host.MapPool(r, pool.fd(), mem_map.page(pfns[a]).pool_off, prot, map_writable)) {
+    const uint64_t off = mem_map.page(pfns[a]).pool_off;
+    if (tracked ? host.MapPoolTracked(r, pool.fd(), off, prot)
+                : host.MapPool(r, pool.fd(), off, prot, map_writable)) {
       mapped += b - a;
     } else {
       const int err = errno;
@@ -555,7 +569,7 @@ unsigned AnonFaultHandler::DoObjectFaultAround(VmFault& vmf, AddrRange window) {
   }
   PublishRun(vmf, run, [&](VirtAddr a) {
     const Pfn pfn = pfns[(a - run.start) >> kPageShift];
-    return ToU64(pfn) == 0 ? Pte() : Pte::Anon(pfn, map_writable, /*dirty=*/map_writable);
+    return ToU64(pfn) == 0 ? Pte() : Pte::Anon(pfn, map_writable, dirty);
   });
   if (self_err != kFaultOk) return self_err;
   vmf.as->AddRssAnon(mapped);

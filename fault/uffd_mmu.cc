@@ -30,11 +30,26 @@
 #ifndef USERFAULTFD_IOC_NEW
 #define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
 #endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)  // Linux 6.7
+#endif
 
 namespace emu {
 namespace {
 
 constexpr size_t kZeroSrcBytes = 512 * kPageSize;  // the largest install run
+
+// PAGEMAP_SCAN (Linux 6.7, <linux/fs.h>; the build's headers may be older).
+struct PmScanArg {
+  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+  uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+struct PageRegion {
+  uint64_t start, end, categories;
+};
+constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
+constexpr uint64_t kPmScanWpMatching = 1 << 0;  // write-protect what matches
+constexpr uint64_t kPageIsWritten = 1 << 1;     // not uffd-wp: written since protected
 
 // Calls fn(start, end) for each piece of the arena outside the native
 // mappings a program placed in it (AddressSpace::MapForeign), in order,
@@ -47,6 +62,50 @@ bool ForEachEmulatedPiece(Machine* machine, AddrRange arena, Fn&& fn) {
     from = std::max(from, r.end);
   }
   return from >= arena.end || fn(from, arena.end);
+}
+
+int OpenUffd(int flags, std::string* why);
+
+// The write tracker of MachineOptions::dirty_tracking "async": a second
+// userfaultfd with UFFD_FEATURE_WP_ASYNC (its write-protect faults resolve
+// in the kernel, recorded in the PTE) and /proc/self/pagemap for
+// PAGEMAP_SCAN. False with the reason when the kernel has neither.
+bool OpenWriteTracker(int* uffd, int* pagemap, std::string* why) {
+  *uffd = OpenUffd(O_CLOEXEC | O_NONBLOCK, why);
+  if (*uffd < 0) return false;
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_WP_ASYNC;
+  if (ioctl(*uffd, UFFDIO_API, &api) != 0 || !(api.features & UFFD_FEATURE_WP_ASYNC)) {
+    if (why) {
+      *why = absl::StrCat("UFFDIO_API offers no UFFD_FEATURE_WP_ASYNC (Linux 6.7): ",
+                          strerror(errno));
+    }
+    close(*uffd);
+    *uffd = -1;
+    return false;
+  }
+  *pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  PageRegion vec[1];
+  PmScanArg arg{};
+  arg.size = sizeof(arg);
+  arg.start = reinterpret_cast<uintptr_t>(vec) & ~(kPageSize - 1);  // any mapped page will do
+  arg.end = arg.start + kPageSize;
+  arg.vec = reinterpret_cast<uintptr_t>(vec);
+  arg.vec_len = 1;
+  arg.category_mask = kPageIsWritten;
+  arg.return_mask = kPageIsWritten;
+  if (*pagemap < 0 || ioctl(*pagemap, kPagemapScan, &arg) < 0) {
+    if (why) {
+      *why = absl::StrCat(*pagemap < 0 ? "open /proc/self/pagemap: " : "PAGEMAP_SCAN (Linux 6.7): ",
+                          strerror(errno));
+    }
+    if (*pagemap >= 0) close(*pagemap);
+    close(*uffd);
+    *uffd = *pagemap = -1;
+    return false;
+  }
+  return true;
 }
 
 int OpenUffd(int flags, std::string* why) {
@@ -69,13 +128,17 @@ int OpenUffd(int flags, std::string* why) {
 
 class UffdMmu : public HostMmu {
  public:
-  UffdMmu(Machine* machine, FaultMode mode, int uffd, void* zero_src, bool fork_events)
+  UffdMmu(Machine* machine, FaultMode mode, int uffd, void* zero_src, bool fork_events,
+          int wp_uffd, int pagemap)
       : machine_(machine),
         mode_(mode),
         uffd_(uffd),
         zero_src_(zero_src),
         fork_events_(fork_events),
-        fork_efd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+        fork_efd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+        tracks_writes_(wp_uffd >= 0),
+        wp_uffd_(wp_uffd),
+        pagemap_(pagemap) {}
 
   ~UffdMmu() override {
     UnregisterSignalMachine(machine_);
@@ -84,6 +147,11 @@ class UffdMmu : public HostMmu {
     uffdio_range r{arena.start, arena.len_bytes()};
     ioctl(uffd_, UFFDIO_UNREGISTER, &r);
     close(uffd_);
+    if (wp_uffd_ >= 0) {
+      ioctl(wp_uffd_, UFFDIO_UNREGISTER, &r);
+      close(wp_uffd_);
+    }
+    if (pagemap_ >= 0) close(pagemap_);
     if (fork_efd_ >= 0) close(fork_efd_);
     sys::Munmap(zero_src_, kZeroSrcBytes);
   }
@@ -198,6 +266,59 @@ class UffdMmu : public HostMmu {
     return first == vma_prot || Protect(r, vma_prot);
   }
 
+  bool tracks_writes() const override { return tracks_writes_; }
+
+  bool MapPoolTracked(AddrRange r, int fd, uint64_t off, Prot vma_prot) override {
+    // As MapPool's read-only case, with the tracker's descriptor: no write
+    // reaches a page before the tracker protects it, so none goes unseen.
+    void* a = reinterpret_cast<void*>(r.start);
+    const Prot first = (vma_prot & ~PROT_WRITE) | PROT_READ;
+    if (sys::Mmap(a, r.len_bytes(), first, MAP_SHARED | MAP_FIXED | MAP_POPULATE, fd,
+                  static_cast<off_t>(off)) == MAP_FAILED) {
+      return false;
+    }
+    machine_->vmstat().Add(VmEvent::k_host_install_calls, 2);
+    uffdio_register reg{};
+    reg.range = {r.start, r.len_bytes()};
+    reg.mode = UFFDIO_REGISTER_MODE_WP;
+    uffdio_writeprotect wp{};
+    wp.range = {r.start, r.len_bytes()};
+    wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+    if (ioctl(wp_uffd_, UFFDIO_REGISTER, &reg) != 0 ||
+        ioctl(wp_uffd_, UFFDIO_WRITEPROTECT, &wp) != 0) {
+      return false;
+    }
+    return first == vma_prot || Protect(r, vma_prot);
+  }
+
+  bool Harvest(AddrRange r, absl::FunctionRef<void(AddrRange)> written) override {
+    PageRegion vec[32];
+    PmScanArg arg{};
+    arg.size = sizeof(arg);
+    arg.flags = kPmScanWpMatching;  // ranges of the main descriptor are skipped
+    arg.start = r.start;
+    arg.end = r.end;
+    arg.vec = reinterpret_cast<uintptr_t>(vec);
+    arg.vec_len = sizeof(vec) / sizeof(vec[0]);
+    arg.category_mask = kPageIsWritten;
+    arg.return_mask = kPageIsWritten;
+    machine_->vmstat().Add(VmEvent::k_harvest_scans);
+    for (;;) {
+      const long n = ioctl(pagemap_, kPagemapScan, &arg);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return false;
+      }
+      for (long i = 0; i < n; i++) written({vec[i].start, vec[i].end});
+      if (arg.walk_end >= arg.end) return true;
+      if (arg.walk_end <= arg.start) {
+        errno = EIO;
+        return false;
+      }
+      arg.start = arg.walk_end;
+    }
+  }
+
   bool ReplaceWithCopy(AddrRange r, const void* src, Prot vma_prot) override {
     // PROT_NONE while the copy goes in: a racing access traps (SIGSEGV,
     // retried by the signal handler) instead of mapping a page of its own.
@@ -269,6 +390,11 @@ class UffdMmu : public HostMmu {
   void* const zero_src_;  // kZeroSrcBytes of never-written memory: reads as zeros
   const bool fork_events_;  // UFFD_FEATURE_EVENT_FORK: a child keeps the registration
   int fork_efd_;            // signalled when fork_fd_ is set
+  // The write tracker (OpenWriteTracker), or -1s. Both change only in a
+  // forked child (ChildAdopt): the parent's name the parent's mm.
+  const bool tracks_writes_;
+  int wp_uffd_;
+  int pagemap_;
   std::atomic<int> fork_fd_{-1};
   std::atomic<bool> expecting_{false};
   int stop_fd_ = -1;
@@ -343,6 +469,16 @@ bool UffdMmu::ChildAdopt(int fd) {
   // another process, so the vector is forgotten, not destroyed.
   new (&threads_) std::vector<pthread_t>();
   uffd_ = fd;
+  if (tracks_writes_) {
+    // The tracker's descriptor and /proc/self/pagemap name the parent's mm:
+    // the child opens its own. Its host mappings of tracked pages lost
+    // their registration in the fork (the tracker has no fork events), so
+    // writes to pages mapped before the fork are not tracked in the child
+    // (docs/DESIGN.md section 8).
+    close(wp_uffd_);
+    close(pagemap_);
+    if (!OpenWriteTracker(&wp_uffd_, &pagemap_, nullptr)) wp_uffd_ = pagemap_ = -1;
+  }
   return fd >= 0 || !fork_events_;
 }
 
@@ -515,7 +651,19 @@ absl::StatusOr<std::unique_ptr<HostMmu>> CreateUffdMmu(Machine* machine, AddrRan
     close(fd);
     return ErrnoError(errno, "map the zero source");
   }
-  auto mmu = std::make_unique<UffdMmu>(machine, mode, fd, zero, fork_events);
+  // MachineOptions::dirty_tracking: the write tracker where the kernel
+  // has one ("auto"), or by the option's demand ("async").
+  int wp_uffd = -1, pagemap = -1;
+  const std::string& tracking = machine->options().dirty_tracking;
+  if (tracking != "fault" && !OpenWriteTracker(&wp_uffd, &pagemap, &why)) {
+    if (tracking == "async") {
+      close(fd);
+      sys::Munmap(zero, kZeroSrcBytes);
+      return ErrnoError(EOPNOTSUPP, absl::StrCat("dirty tracking 'async': ", why));
+    }
+    Log(Component::kFault).info("dirty tracking by write fault: {}", why);
+  }
+  auto mmu = std::make_unique<UffdMmu>(machine, mode, fd, zero, fork_events, wp_uffd, pagemap);
   if (mode == FaultMode::kUffdSigbus && fork_events) {
     // Faults never queue in SIGBUS mode; fork() waits until its event is
     // read, so one thread reads events.

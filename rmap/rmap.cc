@@ -1,5 +1,7 @@
 #include "rmap/rmap.h"
 
+#include <sys/mman.h>
+
 #include <cerrno>
 #include <set>
 #include <utility>
@@ -8,6 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "emu/mm.h"
+#include "emu/shmem.h"
 #include "emu/status.h"
 
 namespace emu {
@@ -103,6 +106,10 @@ UnmapResult TryToUnmap(Machine& m, Pfn pfn,
       return false;
     }
     PageTable& pt = as.page_table();
+    // A file's page whose writes the host tracks (dirty tracking "async")
+    // is writable without being dirty: what the host recorded decides.
+    const bool tracked = !discard && m.Tracked(vma);
+    const Prot prot = VmFlagsToProt(vma.vm_flags);
     Pte pte;
     {
       SpinLockHolder l(pt.Ptl(addr));
@@ -111,23 +118,42 @@ UnmapResult TryToUnmap(Machine& m, Pfn pfn,
       // A writable PTE may have written the frame since the caller copied
       // it out; a pin (taken under this ptl) keeps the page mapped. Both
       // leave the page where it is.
-      if ((pte.write() && !discard) || (discard && !vma.is_volatile()) || page.MaybePinned()) {
+      if ((pte.write() && !discard && !tracked) || (discard && !vma.is_volatile()) ||
+          page.MaybePinned()) {
         kept = true;
         return true;
       }
       e->store(pte.WithLocked().raw(), std::memory_order_relaxed);  // claimed: faults retry
     }
-    // The host drops its mapping of the file page: the arena's reservation
-    // comes back, with the VMA's protection unless the host encodes PTEs.
     AddrRange r{addr, addr + kPageSize};
-    bool ok = host.Reserve(r) &&
-              (host.prot_encodes_ptes() || host.Protect(r, VmFlagsToProt(vma.vm_flags)));
-    if (!ok) {
-      // Put the mapping back as it was (read-only: the page is shared).
-      host.MapPool(r, m.frame_pool()->fd(), page.pool_off, VmFlagsToProt(vma.vm_flags),
-                   pte.write());
+    auto put_back = [&] {
       SpinLockHolder l(pt.Ptl(addr));
       e->store(pte.raw(), std::memory_order_release);
+    };
+    if (tracked && pte.write()) {
+      // Writes stop first (a write meanwhile traps and is retried), then
+      // the host's record is read: a page written since the caller looked
+      // is dirty and stays mapped, as a writable PTE does above.
+      host.Protect(r, prot & ~PROT_WRITE);
+      if (vma.file->HarvestMapping(vma, r) > 0) {
+        host.Protect(r, prot);
+        put_back();
+        kept = true;
+        return true;
+      }
+    }
+    // The host drops its mapping of the file page: the arena's reservation
+    // comes back, with the VMA's protection unless the host encodes PTEs.
+    bool ok = host.Reserve(r) && (host.prot_encodes_ptes() || host.Protect(r, prot));
+    if (!ok) {
+      // Put the mapping back as it was (read-only: the page is shared).
+      const int fd = m.frame_pool()->fd();
+      if (tracked) {
+        host.MapPoolTracked(r, fd, page.pool_off, prot);
+      } else {
+        host.MapPool(r, fd, page.pool_off, prot, pte.write());
+      }
+      put_back();
       return true;
     }
     Pte now = replacement(as, addr);

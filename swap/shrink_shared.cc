@@ -31,6 +31,16 @@ int Vmscan::ShrinkFilePage(Pfn pfn) {
       PageReferenced(*machine_, pfn) > 0 && policy_ == ReclaimPolicy::kLru) {
     return rotate(true);
   }
+  // Dirty tracking "async": what the host recorded for the page's
+  // mappings makes it dirty first (the harvest also protects it again, so
+  // a later write is recorded anew; TryToUnmap looks once more).
+  if (page.mapcount.load(std::memory_order_acquire) > 0 && machine_->host().tracks_writes()) {
+    RmapWalk(*machine_, pfn, [&](AddressSpace&, const Vma& vma, VirtAddr addr,
+                                 std::atomic<uint64_t>*) {
+      if (machine_->Tracked(vma)) vma.file->HarvestMapping(vma, {addr, addr + kPageSize});
+      return true;
+    });
+  }
   if (page.Test(kPgDirty) && file.ClearDirty(page)) {
     // page_mkclean through the reverse map, try-locking each address space
     // (this may run in a fault that holds its own): a busy one keeps the
@@ -39,6 +49,8 @@ int Vmscan::ShrinkFilePage(Pfn pfn) {
     bool failed = false;
     RmapWalkStats seen = RmapWalk(*machine_, pfn, [&](AddressSpace& as, const Vma& vma,
                                                       VirtAddr addr, std::atomic<uint64_t>* e) {
+      // Tracked by the host: the harvest above protected it again already.
+      if (machine_->Tracked(vma)) return true;
       PageTable& pt = as.page_table();
       {
         SpinLockHolder l(pt.Ptl(addr));

@@ -19,8 +19,11 @@
 namespace emu {
 namespace {
 
+using test::Harvest;
 using test::MakeEnv;
 using test::MapFile;
+using test::NoteTracking;
+using test::Tracked;
 using test::Open;
 using test::RequireAll;
 using test::Stat;
@@ -36,22 +39,35 @@ uint64_t& W(char* p, size_t page) { return *reinterpret_cast<uint64_t*>(p + page
 TEST_CASE("File mappings: shared writes reach the file at msync, and only dirty pages are written",
           "[file][dirty]") {
   FaultMode mode = EMU_ALL_MODES();
-  INFO("mode " << FaultModeName(mode));
-  auto env = MakeEnv(mode);
+  MachineOptions o;
+  o.dirty_tracking = EMU_TRACKING();
+  INFO("mode " << FaultModeName(mode) << " dirty_tracking " << o.dirty_tracking);
+  auto env = MakeEnv(mode, o);
   AddressSpace& as = *env->as;
   Machine& m = *env->machine;
+  NoteTracking(m, o.dirty_tracking);
+  const bool tracked = Tracked(m);
   constexpr size_t kPages = 256;
   TempFile f(kPages, 100);
   ShmemObject* file = Open(m, f, true);
   char* p = MapFile(as, file, kPages * kPageSize, kRW, MAP_SHARED);
-  // Reads see the file and dirty nothing; clean pages are mapped read-only.
+  // Reads see the file and dirty nothing; clean pages are mapped read-only
+  // (seed 001), or writable with the host tracking their writes.
   for (size_t i = 0; i < kPages; i++) REQUIRE(W(p, i) == i + 100);
   CHECK(Stat(m, VmEvent::k_file_read) == kPages);
   CHECK(file->nr_dirty() == 0);
-  CHECK_FALSE(as.GetPte(A(p)).write());
+  CHECK(as.GetPte(A(p)).write() == tracked);
   RequireAll(m);
-  // Writes to 10 pages: 10 dirty, each dirtied by one fault.
+  // Writes to 10 pages: 10 dirty, each dirtied by one fault, or found by
+  // one harvest with no fault at all.
+  const uint64_t faults = Stat(m, VmEvent::k_pgfault);
   for (size_t i = 0; i < kPages; i += kPages / 10 + 1) W(p, i) = 5000 + i;
+  if (tracked) {
+    CHECK(Stat(m, VmEvent::k_pgfault) == faults);
+    CHECK(file->nr_dirty() == 0);
+    Harvest(file);
+    CHECK(Stat(m, VmEvent::k_pgharvest) == 10);
+  }
   const uint64_t dirtied = Stat(m, VmEvent::k_pgdirty);
   CHECK(file->nr_dirty() == dirtied);
   CHECK(dirtied == 10);
@@ -63,10 +79,12 @@ TEST_CASE("File mappings: shared writes reach the file at msync, and only dirty 
   for (size_t i = 0; i < kPages; i++) {
     REQUIRE(f.Word(i) == (i % (kPages / 10 + 1) == 0 ? 5000 + i : i + 100));
   }
-  // Cleaned pages are write-protected again: the next write dirties anew,
-  // and the next msync writes that page alone.
-  CHECK_FALSE(as.GetPte(A(p)).write());
+  // Cleaned pages are write-protected again (for the host's tracker, with
+  // it): the next write dirties anew, and the next msync writes that page
+  // alone.
+  CHECK(as.GetPte(A(p)).write() == tracked);
   W(p, 1) = 77;
+  Harvest(file);
   CHECK(file->nr_dirty() == 1);
   REQUIRE(as.Msync(A(p), kPages * kPageSize, MS_ASYNC).ok());
   CHECK(Stat(m, VmEvent::k_pgwriteback) == dirtied + 1);
@@ -75,7 +93,8 @@ TEST_CASE("File mappings: shared writes reach the file at msync, and only dirty 
   REQUIRE(as.Msync(A(p), kPages * kPageSize, MS_SYNC).ok());
   CHECK(Stat(m, VmEvent::k_pgwriteback) == dirtied + 1);
   RequireAll(m);
-  // munmap of the last mapping writes what is still dirty.
+  // munmap of the last mapping writes what is still dirty (with host
+  // tracking, what the host recorded is dirty first).
   W(p, 2) = 88;
   REQUIRE(as.Munmap(A(p), kPages * kPageSize).ok());
   CHECK(f.Word(2) == 88);
@@ -84,15 +103,21 @@ TEST_CASE("File mappings: shared writes reach the file at msync, and only dirty 
 
 TEST_CASE("File mappings: msync of part of a range writes the dirty pages in it, at word edges too",
           "[file][dirty]") {
-  auto env = MakeEnv(FaultMode::kUffdSigbus);
+  MachineOptions o;
+  o.dirty_tracking = EMU_TRACKING();
+  INFO("dirty_tracking " << o.dirty_tracking);
+  auto env = MakeEnv(FaultMode::kUffdSigbus, o);
   AddressSpace& as = *env->as;
   Machine& m = *env->machine;
+  NoteTracking(m, o.dirty_tracking);
   constexpr size_t kPages = 300;
   TempFile f(kPages);
   ShmemObject* file = Open(m, f, true);
   char* p = MapFile(as, file, kPages * kPageSize, kRW, MAP_SHARED);
+  for (size_t i = 0; i < kPages; i++) REQUIRE(W(p, i) == i);  // mapped clean first
   const size_t dirty[] = {0, 63, 64, 127, 128, 191, 255, 256, 299};
   for (size_t i : dirty) W(p, i) = 9000 + i;
+  Harvest(file);
   CHECK(file->nr_dirty() == 9);
   // The first 128 pages: 0, 63, 64 and 127 only.
   REQUIRE(as.Msync(A(p), 128 * kPageSize, MS_SYNC).ok());
@@ -111,8 +136,10 @@ TEST_CASE("File mappings: two address spaces see each other's writes at once; a 
           "mapping copies on write",
           "[file]") {
   FaultMode mode = EMU_ALL_MODES();
-  INFO("mode " << FaultModeName(mode));
-  auto env = MakeEnv(mode);
+  MachineOptions o;
+  o.dirty_tracking = EMU_TRACKING();
+  INFO("mode " << FaultModeName(mode) << " dirty_tracking " << o.dirty_tracking);
+  auto env = MakeEnv(mode, o);
   AddressSpace& a = *env->as;
   Machine& m = *env->machine;
   auto other = m.CreateAddressSpace(uint64_t{2} << 30);
@@ -159,8 +186,10 @@ TEST_CASE("File mappings: two address spaces see each other's writes at once; a 
 
 TEST_CASE("File mappings: Linux's errors: EACCES, SIGBUS past the end, bad msync", "[file]") {
   FaultMode mode = EMU_ALL_MODES();
-  INFO("mode " << FaultModeName(mode));
-  auto env = MakeEnv(mode);
+  MachineOptions o;
+  o.dirty_tracking = EMU_TRACKING();
+  INFO("mode " << FaultModeName(mode) << " dirty_tracking " << o.dirty_tracking);
+  auto env = MakeEnv(mode, o);
   AddressSpace& as = *env->as;
   Machine& m = *env->machine;
   TempFile f(2, 0, 100);  // two pages and 100 bytes: three pages mapped
@@ -191,7 +220,9 @@ TEST_CASE("File mappings: a read fault maps its aligned window, reading the miss
   FaultMode mode = EMU_ALL_MODES();
   MachineOptions o;
   o.file_io = GENERATE("psync", "uring");
-  INFO("mode " << FaultModeName(mode) << " file_io " << o.file_io);
+  o.dirty_tracking = EMU_TRACKING();
+  INFO("mode " << FaultModeName(mode) << " file_io " << o.file_io << " dirty_tracking "
+                << o.dirty_tracking);
   auto env = MakeEnv(mode, o);
   AddressSpace& a = *env->as;
   Machine& m = *env->machine;
@@ -207,7 +238,8 @@ TEST_CASE("File mappings: a read fault maps its aligned window, reading the miss
   for (size_t i = 0; i < 16; i++) {
     Pte pte = a.GetPte(A(p) + i * kPageSize);
     CHECK(pte.present());
-    CHECK_FALSE(pte.write());  // clean: the first write is seen (seed 001)
+    // Clean: the first write is seen (seed 001), or recorded by the host.
+    CHECK(pte.write() == Tracked(m));
   }
   CHECK(a.GetPte(A(p) + 16 * kPageSize).none());
   for (size_t i = 0; i < 16; i++) REQUIRE(W(p, i) == 500 + i);
@@ -218,6 +250,7 @@ TEST_CASE("File mappings: a read fault maps its aligned window, reading the miss
   CHECK(ToErrno(a.FaultInPages(A(p) + 40 * kPageSize, kPageSize, false)) == EFAULT);
   // A write still dirties one page.
   W(p, 33) = 1;
+  Harvest(file);
   CHECK(file->nr_dirty() == 1);
   RequireAll(m);
   // Another address space: its window of cached pages, nothing read.
@@ -254,8 +287,10 @@ TEST_CASE("File mappings: a read fault maps its aligned window, reading the miss
 // in the file, so no write is lost between cleaning and writing a page.
 TEST_CASE("File mappings: no write is lost to concurrent msync", "[file][dirty][race]") {
   FaultMode mode = EMU_ALL_MODES();
-  INFO("mode " << FaultModeName(mode));
-  auto env = MakeEnv(mode);
+  MachineOptions o;
+  o.dirty_tracking = EMU_TRACKING();
+  INFO("mode " << FaultModeName(mode) << " dirty_tracking " << o.dirty_tracking);
+  auto env = MakeEnv(mode, o);
   AddressSpace& as = *env->as;
   Machine& m = *env->machine;
   constexpr size_t kPages = 64;

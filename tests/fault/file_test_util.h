@@ -52,6 +52,28 @@ struct TempFile {
   }
 };
 
+// The dirty tracking modes the file tests run in (MachineOptions::
+// dirty_tracking): seed 001's write fault, and "auto", the host's record of
+// writes (userfaultfd WP_ASYNC + PAGEMAP_SCAN) where the kernel and the
+// fault mode have it. Elsewhere "auto" is the write fault again, which
+// NoteTracking says.
+#define EMU_TRACKING() GENERATE(as<std::string>(), "fault", "auto")
+
+// Whether the machine's host tracks writes (dirty tracking "async").
+inline bool Tracked(Machine& m) { return m.host().tracks_writes(); }
+
+inline void NoteTracking(Machine& m, const std::string& want) {
+  if (want == "auto" && !Tracked(m) && m.options().fault_mode != FaultMode::kSigsegv) {
+    WARN("dirty tracking 'auto' found no WP_ASYNC + PAGEMAP_SCAN on this kernel: this run "
+         "repeats the write-fault one");
+  }
+}
+
+// With host tracking, the pages written since the last harvest become
+// dirty now (as writeback would make them), so that counts are exact; a
+// no-op with the write fault, where they are exact already.
+inline void Harvest(ShmemObject* f) { f->Harvest(0, f->nr_pages()); }
+
 inline ShmemObject* Open(Machine& m, const TempFile& f, bool writable = true) {
   auto obj = m.OpenFile(f.path, writable);
   INFO(obj.status().ToString());

@@ -21,8 +21,11 @@
 namespace emu {
 namespace {
 
+using test::Harvest;
 using test::MakeEnv;
 using test::MapFile;
+using test::NoteTracking;
+using test::Tracked;
 using test::Open;
 using test::RequireAll;
 using test::Stat;
@@ -50,13 +53,16 @@ TEST_CASE("File writeback: reclaim drops clean file pages without I/O, writes di
           "[file][reclaim]") {
   FaultMode mode = EMU_ALL_MODES();
   const bool swap = GENERATE(false, true);
-  INFO("mode " << FaultModeName(mode) << (swap ? " with swap" : " without swap"));
   MachineOptions o = Quiet();
+  o.dirty_tracking = EMU_TRACKING();
+  INFO("mode " << FaultModeName(mode) << (swap ? " with swap" : " without swap")
+               << " dirty_tracking " << o.dirty_tracking);
   o.mem_limit = 8 << 20;  // 2048 frames
   o.no_swap = !swap;
   auto env = MakeEnv(mode, o);
   AddressSpace& as = *env->as;
   Machine& m = *env->machine;
+  NoteTracking(m, o.dirty_tracking);
   constexpr size_t kPages = 4096;  // twice the limit
   TempFile f(kPages, 100);
   ShmemObject* file = Open(m, f);
@@ -102,8 +108,9 @@ TEST_CASE("File writeback: the flusher writes above the background threshold and
           "expiry, and holds writers at the dirty threshold",
           "[file][dirty][flusher]") {
   FaultMode mode = EMU_ALL_MODES();
-  INFO("mode " << FaultModeName(mode));
   MachineOptions o;
+  o.dirty_tracking = EMU_TRACKING();
+  INFO("mode " << FaultModeName(mode) << " dirty_tracking " << o.dirty_tracking);
   o.dirty_background_bytes = 64 * kPageSize;
   o.dirty_bytes = 128 * kPageSize;
   o.dirty_writeback_ms = 50;
@@ -111,6 +118,7 @@ TEST_CASE("File writeback: the flusher writes above the background threshold and
   auto env = MakeEnv(mode, o);
   AddressSpace& as = *env->as;
   Machine& m = *env->machine;
+  NoteTracking(m, o.dirty_tracking);
   REQUIRE(m.flusher().background_thresh() == 64);
   REQUIRE(m.flusher().dirty_thresh() == 128);
   constexpr size_t kPages = 2048;
@@ -118,7 +126,8 @@ TEST_CASE("File writeback: the flusher writes above the background threshold and
   ShmemObject* file = Open(m, f);
   char* p = MapFile(as, file, kPages * kPageSize, kRW, MAP_SHARED);
   // One writer over 2048 pages: never more than the threshold and its own
-  // next page dirty after its fault returns.
+  // next page dirty after its fault returns (each first write is a fault
+  // with host tracking too).
   uint64_t most = 0;
   for (size_t i = 0; i < kPages; i++) {
     W(p, i).store(i + 1);
@@ -142,11 +151,20 @@ TEST_CASE("File writeback: the flusher writes above the background threshold and
   CHECK(wait_for(0));
   // A page written just as the flusher cleaned it is written twice.
   CHECK(Stat(m, VmEvent::k_pgwriteback) >= kPages);
+  // Writes to mapped clean pages: dirty at once (seed 001), or when the
+  // flusher's next harvest finds them; written after the expiry either way.
   const uint64_t periodic = Stat(m, VmEvent::k_pgwriteback_periodic);
+  const uint64_t harvested = Stat(m, VmEvent::k_pgharvest);
   for (size_t i = 0; i < 10; i++) W(p, i).store(i + 2);
-  CHECK(m.flusher().nr_dirty() == 10);
+  if (!Tracked(m)) CHECK(m.flusher().nr_dirty() == 10);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (Stat(m, VmEvent::k_pgwriteback_periodic) - periodic < 10 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
   CHECK(wait_for(0));
   CHECK(Stat(m, VmEvent::k_pgwriteback_periodic) - periodic >= 10);
+  if (Tracked(m)) CHECK(Stat(m, VmEvent::k_pgharvest) - harvested >= 10);  // the flusher's own
   for (size_t i = 0; i < kPages; i += 31) REQUIRE(f.Word(i) == (i < 10 ? i + 2 : i + 1));
   for (size_t i = 0; i < 10; i++) REQUIRE(f.Word(i) == i + 2);
   RequireAll(m);
@@ -156,10 +174,12 @@ TEST_CASE("File writeback: the flusher writes above the background threshold and
 TEST_CASE("File writeback: dirty counts are exact", "[file][dirty]") {
   MachineOptions o = Quiet();
   o.file_io = GENERATE("psync", "uring");
-  INFO("file_io " << o.file_io);
+  o.dirty_tracking = EMU_TRACKING();
+  INFO("file_io " << o.file_io << " dirty_tracking " << o.dirty_tracking);
   auto env = MakeEnv(FaultMode::kUffdSigbus, o);
   AddressSpace& as = *env->as;
   Machine& m = *env->machine;
+  NoteTracking(m, o.dirty_tracking);
   auto other = m.CreateAddressSpace(uint64_t{2} << 30);
   REQUIRE(other.ok());
   constexpr size_t kPages = 512;
@@ -195,6 +215,27 @@ TEST_CASE("File writeback: dirty counts are exact", "[file][dirty]") {
   CHECK(f.Word(3) == 1);
   CHECK(g.Word(99) == 3);
   RequireAll(m);
+  // Writes to pages mapped clean, through both mappings: dirty at once with
+  // the write fault; with host tracking, none until a harvest, which finds
+  // each page once however many mappings wrote it.
+  for (size_t i = 0; i < kPages; i++) REQUIRE(W(a, i).load() == W(b, i).load());
+  const uint64_t faults = Stat(m, VmEvent::k_pgfault);
+  for (size_t i = 0; i < kPages; i += 5) W(a, i).store(4);
+  for (size_t i = 0; i < kPages; i += 10) W(b, i).store(5);
+  const size_t rewritten = (kPages + 4) / 5;
+  if (Tracked(m)) {
+    CHECK(Stat(m, VmEvent::k_pgfault) == faults);
+    CHECK(ff->nr_dirty() == 0);
+    Harvest(ff);
+  }
+  CHECK(ff->nr_dirty() == rewritten);
+  CHECK(m.flusher().nr_dirty() == rewritten);
+  RequireAll(m);
+  REQUIRE(as.Msync(A(a), kPages * kPageSize, MS_SYNC).ok());
+  CHECK(ff->nr_dirty() == 0);
+  CHECK(f.Word(10) == 5);
+  CHECK(f.Word(5) == 4);
+  RequireAll(m);
   other->reset();
 }
 
@@ -204,8 +245,10 @@ TEST_CASE("File writeback: no write is lost to the flusher or reclaim racing wri
           "[file][dirty][race]") {
   FaultMode mode = EMU_ALL_MODES();
   const bool limit = GENERATE(false, true);
-  INFO("mode " << FaultModeName(mode) << (limit ? " under a limit" : ""));
   MachineOptions o;
+  o.dirty_tracking = EMU_TRACKING();
+  INFO("mode " << FaultModeName(mode) << (limit ? " under a limit" : "") << " dirty_tracking "
+               << o.dirty_tracking);
   o.dirty_background_bytes = 16 * kPageSize;
   o.dirty_bytes = 32 * kPageSize;
   o.dirty_writeback_ms = 10;
@@ -239,8 +282,10 @@ TEST_CASE("File writeback: no write is lost to the flusher or reclaim racing wri
 
 TEST_CASE("File writeback: truncate while mapped, and files that grow", "[file][truncate]") {
   FaultMode mode = EMU_ALL_MODES();
-  INFO("mode " << FaultModeName(mode));
-  auto env = MakeEnv(mode, Quiet());
+  MachineOptions o = Quiet();
+  o.dirty_tracking = EMU_TRACKING();
+  INFO("mode " << FaultModeName(mode) << " dirty_tracking " << o.dirty_tracking);
+  auto env = MakeEnv(mode, o);
   AddressSpace& a = *env->as;
   Machine& m = *env->machine;
   auto other = m.CreateAddressSpace(uint64_t{2} << 30);
