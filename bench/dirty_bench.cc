@@ -49,10 +49,15 @@
 //     of the mapping and then the last (Writeback stops after the last dirty
 //     page), the difference divided by the pages in between.
 //
-//  3. Write tracking without faults to user space. Emu has only seed 001's
-//     sync mode (every first write to a clean page is a fault the emulator
-//     handles); its WP_ASYNC + PAGEMAP_SCAN mode is not implemented yet and is
-//     not measured. The kernel's primitive is, where it works: a native
+//  3. Write tracking: emu's two modes (MachineOptions::dirty_tracking) on a
+//     shared mapping of a --wp-mib file, every page read first (mapped
+//     clean), then rounds of --sync-every random 8-byte writes: "fault"
+//     (seed 001: every first write to a clean page is a fault the emulator
+//     handles) and "async" (the writes go through; after each round one
+//     harvest of the file, as writeback does first); after each round
+//     nr_dirty must be the pages written, and an untimed MS_ASYNC cleans
+//     them. The cost per written page is (writes + harvest) / pages
+//     written. Next to them the kernel's primitive, where it works: a native
 //     private anonymous mapping of --wp-mib (default 256), every page written,
 //     registered with a userfaultfd having UFFD_FEATURE_WP_ASYNC and
 //     write-protected; then rounds of --sync-every random 8-byte writes (the
@@ -67,7 +72,8 @@
 // pages that differ and must be 0; part 1 also counts the emu file's pages
 // that differ from the initial contents, which must be the pages written.
 // Emu's counters must agree with the runs: every dirtied page written back
-// (pgdirty = pgwriteback = pgmkclean, nr_dirty 0 after each msync), and in
+// (pgdirty = pgwriteback = pgmkclean, pgmkclean 0 with dirty tracking
+// "async", nr_dirty 0 after each msync), and in
 // part 2 pgwriteback = the pages of each set.
 //
 // Sizes that do not fit in MemAvailable (3x the file + 1 GiB: emu's frames,
@@ -163,6 +169,7 @@ struct Options {
   std::vector<int> folios = {0, 1};  // kFolioSpecs indices
   std::string dir;
   std::string file_io = MachineOptions{}.file_io;
+  std::string dirty_tracking = MachineOptions{}.dirty_tracking;
   bool json = false;
   bool quick = false;
 };
@@ -177,6 +184,9 @@ struct Context {
   double emu_sync_ns_per_page = std::nan("");
   double kernel_sync_ns_per_page = std::nan("");
   const char* sync_folios = "";
+  // Part 3: emu's tracking cost per written page with dirty_tracking fault
+  // and async; NaN if not run.
+  double emu_wp_ns[2] = {std::nan(""), std::nan("")};
 };
 
 struct Result {
@@ -392,11 +402,14 @@ struct Mapping {
   }
 };
 
-Result MapEmu(const Context& ctx, const std::string& path, size_t bytes, Mapping* m) {
+// `tracking`: MachineOptions::dirty_tracking, else --dirty-tracking's.
+Result MapEmu(const Context& ctx, const std::string& path, size_t bytes, Mapping* m,
+              const char* tracking = nullptr) {
   MachineOptions mo;
   mo.fault_mode = ctx.o.mode;
   mo.arena_bytes = kArenaBytes;
   mo.file_io = ctx.o.file_io;
+  mo.dirty_tracking = tracking != nullptr ? tracking : ctx.o.dirty_tracking;
   auto machine = CreateMachine(mo);
   if (!machine.ok())
     return Result::Fail("CreateMachine(" + mo.ToString() + "): " + Msg(machine.status()));
@@ -548,13 +561,17 @@ std::string CheckWriteback(const Mapping& m, const Probe& a, const Probe& b, int
   const uint64_t dirty = D(a.emu, b.emu, VmEvent::k_pgdirty);
   const uint64_t wb = D(a.emu, b.emu, VmEvent::k_pgwriteback);
   const uint64_t clean = D(a.emu, b.emu, VmEvent::k_pgmkclean);
-  if (dirty == wb && clean == wb && m.file->nr_dirty() == 0 &&
+  // With the host tracking writes, a harvest protects the pages again: no
+  // page_mkclean.
+  const bool tracked = m.machine->host().tracks_writes();
+  if (dirty == wb && clean == (tracked ? 0 : wb) && m.file->nr_dirty() == 0 &&
       (expect < 0 || wb == static_cast<uint64_t>(expect))) {
     return {};
   }
   return "pgdirty " + std::to_string(dirty) + ", pgwriteback " + std::to_string(wb) +
          ", pgmkclean " + std::to_string(clean) + ", nr_dirty after " +
          std::to_string(m.file->nr_dirty()) + "; expected them equal" +
+         (tracked ? std::string(" (pgmkclean 0: host tracking)") : std::string()) +
          (expect >= 0 ? " to " + std::to_string(expect) : std::string()) + " and nr_dirty 0";
 }
 
@@ -1085,8 +1102,8 @@ Result Scan(int pagemap, char* base, size_t bytes, std::vector<PageRegion>& vec,
   for (;;) {
     const long n = ioctl(pagemap, kPagemapScan, &arg);
     if (n < 0) return Result::Fail(Errno("ioctl(PAGEMAP_SCAN)"));
+    r->regions++;  // one scan
     for (long i = 0; i < n; i++) {
-      r->regions++;
       for (uint64_t a = vec[i].start; a < vec[i].end; a += kHostPageSize) {
         found[(a - Addr(base)) / kHostPageSize] = true;
         r->harvested++;
@@ -1098,28 +1115,139 @@ Result Scan(int pagemap, char* base, size_t bytes, std::vector<PageRegion>& vec,
   }
 }
 
+// Emu's side of part 3: a shared mapping of a --wp-mib file with
+// `tracking` (MachineOptions::dirty_tracking), every page read first (mapped
+// clean), then the same rounds of random writes as the kernel's; after each
+// round, with "async", one harvest of the whole file (what writeback does
+// first); then nr_dirty must be the pages the round wrote, and an untimed
+// MS_ASYNC cleans them for the next round.
+Result EmuWpRounds(const Context& ctx, const char* tracking, std::vector<WpRound>* rounds) {
+  const Options& o = ctx.o;
+  const size_t pages = static_cast<size_t>(o.wp_mib) * (kMiB / kHostPageSize);
+  TempFile f;
+  Mapping m;
+  Result r = CreateFile(o.dir, pages, 1, &f);
+  if (r.ok) r = MapEmu(ctx, f.path, pages * kHostPageSize, &m, tracking);
+  f.Unlink();
+  if (!r.ok) return r;
+  const bool tracked = m.machine->host().tracks_writes();
+  if (tracked != (std::string(tracking) == "async")) {
+    return Result::Fail(std::string("dirty tracking '") + tracking + "' but the host " +
+                        (tracked ? "tracks" : "does not track") + " writes");
+  }
+  ReadEveryPage(m.base, pages);
+  std::mt19937_64 rng(static_cast<uint64_t>(o.seed) + 3);
+  auto* words = reinterpret_cast<volatile uint64_t*>(m.base);
+  const uint64_t nwords = m.bytes / sizeof(uint64_t);
+  for (int64_t round = 0; round < o.wp_rounds; round++) {
+    WpRound w;
+    std::vector<uint64_t> idx(static_cast<size_t>(o.sync_every));
+    for (uint64_t& x : idx) x = rng() % nwords;
+    std::vector<bool> written(pages);
+    for (uint64_t x : idx) written[x / kWordsPerPage] = true;
+    w.written = static_cast<uint64_t>(std::count(written.begin(), written.end(), true));
+    const Probe p0 = Sample(m);
+    const uint64_t t0 = NowNs();
+    for (size_t j = 0; j < idx.size(); j++) words[idx[j]] = WriteValue(j);
+    const uint64_t t1 = NowNs();
+    if (tracked) m.file->Harvest(0, pages);
+    const uint64_t t2 = NowNs();
+    const Probe p1 = Sample(m);
+    w.write_ns = static_cast<double>(t1 - t0);
+    w.scan_ns = static_cast<double>(t2 - t1);
+    w.faults = D(p0.emu, p1.emu, VmEvent::k_pgfault);
+    w.harvested = tracked ? D(p0.emu, p1.emu, VmEvent::k_pgharvest) : w.faults;
+    w.regions = D(p0.emu, p1.emu, VmEvent::k_harvest_scans);
+    if (m.file->nr_dirty() != w.written) {
+      return Result::Fail("round " + std::to_string(round) + ": nr_dirty " +
+                          std::to_string(m.file->nr_dirty()) + " after " +
+                          std::to_string(w.written) + " pages were written");
+    }
+    const std::string bad = Sync(m, MS_ASYNC);
+    if (!bad.empty()) return Result::Fail(bad);
+    rounds->push_back(w);
+  }
+  return Result::Ok();
+}
+
+// One part-3 row (p50 over rounds); returns the tracking cost per written
+// page: (writes + scan) / pages written.
+double PrintWpRow(const Context& ctx, const char* side, const std::vector<WpRound>& rounds) {
+  const Options& o = ctx.o;
+  std::vector<double> wns, sns, fl, wr, hv, rg;
+  for (const WpRound& w : rounds) {
+    wns.push_back(w.write_ns / static_cast<double>(o.sync_every));
+    sns.push_back(w.scan_ns);
+    fl.push_back(static_cast<double>(w.faults));
+    wr.push_back(static_cast<double>(w.written));
+    hv.push_back(static_cast<double>(w.harvested));
+    rg.push_back(static_cast<double>(w.regions));
+  }
+  const double scan = Percentile(sns, 0.5), written = Percentile(wr, 0.5);
+  const double per_page =
+      (Percentile(wns, 0.5) * static_cast<double>(o.sync_every) + scan) / written;
+  if (o.json) {
+    JsonLine j;
+    j.Str("name", std::string("dirty_wp_") + side).Num("value", per_page).Str("unit", "ns/page");
+    j.Num("write_ns_per_write", Percentile(wns, 0.5)).Num("faults", Percentile(fl, 0.5));
+    j.Num("pages_written", written).Num("harvested", Percentile(hv, 0.5));
+    j.Num("scans", Percentile(rg, 0.5)).Num("scan_ns", scan);
+    j.Num("scan_ns_per_page", scan / written).Int("wp_mib", o.wp_mib).Int("rounds", o.wp_rounds);
+    JsonCommon(j, ctx);
+    j.Print();
+    return per_page;
+  }
+  std::printf("%-16s %14.1f %8.0f %13.0f %10.0f %8.0f %9.1f %12.1f %13.0f\n", side,
+              Percentile(wns, 0.5), Percentile(fl, 0.5), written, Percentile(hv, 0.5),
+              Percentile(rg, 0.5), scan * 1e-3, scan / written, per_page);
+  std::fflush(stdout);
+  return per_page;
+}
+
+void RunEmuWp(Context& ctx) {
+  if (!ctx.o.json) {
+    std::printf("%-16s %14s %8s %13s %10s %8s %9s %12s %13s\n", "p50 per round",
+                "write ns/write", "faults", "pages written", "found", "scans", "scan us",
+                "scan ns/page", "ns/page");
+  }
+  static constexpr const char* kModes[2] = {"fault", "async"};
+  for (int k = 0; k < 2; k++) {
+    const std::string name = std::string("emu ") + kModes[k];
+    std::vector<WpRound> rounds;
+    Result r = EmuWpRounds(ctx, kModes[k], &rounds);
+    if (!r.ok) {
+      // No tracker on this kernel: "async" cannot be made (EOPNOTSUPP).
+      if (k == 1 && r.why.find("EOPNOTSUPP") != std::string::npos) {
+        ReportSkip(ctx, "dirty_wp_emu_async", r.why);
+        continue;
+      }
+      Failed(ctx, "part 3, " + name, r.why);
+      continue;
+    }
+    ctx.emu_wp_ns[k] = PrintWpRow(ctx, name.c_str(), rounds);
+  }
+}
+
 void RunWpPart(Context& ctx) {
   const Options& o = ctx.o;
   const size_t pages = static_cast<size_t>(o.wp_mib) * (kMiB / kHostPageSize);
   const size_t bytes = pages * kHostPageSize;
   if (!o.json) {
     std::printf(
-        "\npart 3: write tracking without a fault to user space\nemu: only seed 001's sync "
-        "write-fault tracking; the WP_ASYNC + PAGEMAP_SCAN mode is not implemented yet (not "
-        "measured)\nkernel primitive: %lld MiB private anonymous mapping (every page written "
+        "\npart 3: write tracking, seed 001's write fault against the host's record of writes\n"
+        "emu: a %lld MiB shared file mapping (every page read first, so mapped clean), rounds of "
+        "the same random writes; 'fault' (dirty_tracking fault): each first write to a clean page "
+        "is a fault the emulator handles; 'async' (dirty_tracking async): the writes go through "
+        "and one harvest of the file (PAGEMAP_SCAN, what writeback does first) follows each "
+        "round; nr_dirty must then be the pages written, and an untimed MS_ASYNC cleans them\n"
+        "kernel primitive: %lld MiB private anonymous mapping (every page written "
         "first), userfaultfd UFFD_FEATURE_WP_ASYNC; %lld rounds of %lld random 8-byte writes, then "
         "one PAGEMAP_SCAN (PAGE_IS_WRITTEN, PM_SCAN_WP_MATCHING) harvesting the written pages and "
         "protecting them again (p50 over rounds)\n\n",
-        static_cast<long long>(o.wp_mib), static_cast<long long>(o.wp_rounds),
-        static_cast<long long>(o.sync_every));
+        static_cast<long long>(o.wp_mib), static_cast<long long>(o.wp_mib),
+        static_cast<long long>(o.wp_rounds), static_cast<long long>(o.sync_every));
   }
-  if (o.json) {
-    JsonLine j;
-    j.Str("name", "dirty_wp_async_emu")
-        .Str("skipped", "emu's WP_ASYNC + PAGEMAP_SCAN mode is not implemented yet");
-    JsonCommon(j, ctx);
-    j.Print();
-  }
+  RunEmuWp(ctx);
   std::string no_room = NoRoom(bytes + (uint64_t{1} << 30));
   if (!no_room.empty()) return ReportSkip(ctx, "dirty_wp_async_kernel", no_room);
   uint64_t features = 0;
@@ -1185,43 +1313,19 @@ void RunWpPart(Context& ctx) {
   if (pagemap >= 0) close(pagemap);
   close(uffd);
   if (!r.ok) return ReportSkip(ctx, "dirty_wp_async_kernel", "kernel primitive failed: " + r.why);
-  std::vector<double> wns, sns, fl, wr, hv, rg;
-  for (const WpRound& w : rounds) {
-    wns.push_back(w.write_ns / static_cast<double>(o.sync_every));
-    sns.push_back(w.scan_ns);
-    fl.push_back(static_cast<double>(w.faults));
-    wr.push_back(static_cast<double>(w.written));
-    hv.push_back(static_cast<double>(w.harvested));
-    rg.push_back(static_cast<double>(w.regions));
+  const double per_page = PrintWpRow(ctx, "kernel", rounds);
+  if (o.json) return;
+  std::printf("every kernel round: PAGEMAP_SCAN returned exactly the pages written\n");
+  std::printf("tracking cost per written page ((writes + scan) / pages written):");
+  if (std::isfinite(ctx.emu_wp_ns[0])) std::printf(" emu fault %.0f ns", ctx.emu_wp_ns[0]);
+  if (std::isfinite(ctx.emu_wp_ns[1])) std::printf(", emu async %.0f ns", ctx.emu_wp_ns[1]);
+  std::printf(", kernel primitive %.0f ns", per_page);
+  if (std::isfinite(ctx.emu_wp_ns[0]) && std::isfinite(ctx.emu_wp_ns[1])) {
+    std::printf("; emu async / emu fault %s", Ratio(ctx.emu_wp_ns[1], ctx.emu_wp_ns[0]).c_str());
   }
-  const double scan = Percentile(sns, 0.5), harvested = Percentile(hv, 0.5);
-  const double per_page =
-      (Percentile(wns, 0.5) * static_cast<double>(o.sync_every) + scan) / harvested;
-  if (o.json) {
-    JsonLine j;
-    j.Str("name", "dirty_wp_async_kernel").Num("value", scan).Str("unit", "ns/scan");
-    j.Num("write_ns_per_write", Percentile(wns, 0.5)).Num("faults", Percentile(fl, 0.5));
-    j.Num("pages_written", Percentile(wr, 0.5)).Num("harvested", harvested);
-    j.Num("regions", Percentile(rg, 0.5)).Num("scan_ns_per_page", scan / harvested);
-    j.Num("tracking_ns_per_page", per_page).Int("wp_mib", o.wp_mib).Int("rounds", o.wp_rounds);
-    j.Num("emu_sync_ns_per_page", ctx.emu_sync_ns_per_page);
-    j.Num("kernel_sync_ns_per_page", ctx.kernel_sync_ns_per_page);
-    JsonCommon(j, ctx);
-    j.Print();
-    return;
-  }
-  std::printf("%-10s %14s %8s %13s %10s %8s %9s %12s\n", "", "write ns/write", "faults",
-              "pages written", "harvested", "regions", "scan us", "scan ns/page");
-  std::printf("%-10s %14.1f %8.0f %13.0f %10.0f %8.0f %9.1f %12.1f\n", "kernel p50",
-              Percentile(wns, 0.5), Percentile(fl, 0.5), Percentile(wr, 0.5), harvested,
-              Percentile(rg, 0.5), scan * 1e-3, scan / harvested);
-  std::printf("every round: PAGEMAP_SCAN returned exactly the pages written\n");
-  std::printf("tracking cost per written page (writes + scan) / harvested: WP_ASYNC %.0f ns",
-              per_page);
   if (std::isfinite(ctx.emu_sync_ns_per_page)) {
     std::printf(
-        "; sync tracking in part 1 (%s: write loop w/o msync / faults): emu %.0f ns, "
-        "kernel %.0f ns",
+        "; part 1 (%s: write loop w/o msync / faults): emu %.0f ns, kernel %.0f ns",
         ctx.sync_folios, ctx.emu_sync_ns_per_page, ctx.kernel_sync_ns_per_page);
   }
   std::printf("\n");
@@ -1235,11 +1339,14 @@ void PrintHelp() {
       "usage: %s [options]\n"
       "Dirty tracking of shared file mappings (seed 001) on the emulator next to the\n"
       "kernel's mmap(MAP_SHARED) of the same file contents: (1) random writes with a\n"
-      "periodic msync, (2) msync cost by the number of dirty pages, (3) the kernel's\n"
-      "WP_ASYNC + PAGEMAP_SCAN primitive (emu's mode is not implemented yet).\n\n"
+      "periodic msync, (2) msync cost by the number of dirty pages, (3) write tracking\n"
+      "by fault against the host's record of writes (WP_ASYNC + PAGEMAP_SCAN), emu's\n"
+      "two modes and the kernel's primitive.\n\n"
       "  --mode M          sigbus, thread or sigsegv (default sigbus)\n"
       "  --parts LIST      writes, msync, wp; comma-separated (default all)\n"
       "  --file-io IO      emu's file I/O: uring or psync (MachineOptions::file_io)\n"
+      "  --dirty-tracking M  parts 1 and 2: emu's dirty tracking, fault, async or auto\n"
+      "                    (MachineOptions::dirty_tracking; part 3 runs both)\n"
       "  --file-mib N      part 1's file (default 256)\n"
       "  --writes N        part 1's random writes (default 1000000)\n"
       "  --sync-every N    part 1: msync after every N writes; part 3: writes per\n"
@@ -1340,6 +1447,11 @@ int ParseOptions(int argc, char** argv, Options* o) {
         args.Fail("--file-io '%s': want uring or psync", v.c_str());
       }
       o->file_io = v;
+    } else if (args.Is("--dirty-tracking")) {
+      if (args.Value(&v) && v != "auto" && v != "fault" && v != "async") {
+        args.Fail("--dirty-tracking '%s': want auto, fault or async", v.c_str());
+      }
+      o->dirty_tracking = v;
     } else if (args.Is("--parts")) {
       ParseParts(args, o->part);
     } else if (args.Is("--file-mib")) {
@@ -1402,6 +1514,7 @@ int Main(int argc, char** argv) {
   mo.fault_mode = o.mode;
   mo.arena_bytes = kArenaBytes;
   mo.file_io = o.file_io;
+  mo.dirty_tracking = o.dirty_tracking;
   ctx.config = mo.ToString();
   dev_stat_path = DeviceStatPath(o.dir);
   const uint64_t t0 = NowNs();

@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <chrono>
 #include <string>
 #include <thread>
@@ -363,6 +365,100 @@ TEST_CASE("File writeback: truncate while mapped, and files that grow", "[file][
   CHECK(ToErrno(b.FaultInPages(A(pp), kPageSize, true)) == EFAULT);
   RequireAll(m);
   other->reset();
+}
+
+
+// Dirty tracking "async": writes go to mapped pages without a fault, so
+// every place a mapping moves, goes or changes must first make what the
+// host recorded dirty pages: none of these writes may be lost.
+TEST_CASE("File writeback: with host tracking, writes are dirty before their mapping moves, goes "
+          "or changes",
+          "[file][dirty][async]") {
+  const FaultMode mode = GENERATE(FaultMode::kUffdSigbus, FaultMode::kUffdThread);
+  MachineOptions o = Quiet();
+  o.dirty_tracking = "auto";
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode, o);
+  AddressSpace& as = *env->as;
+  Machine& m = *env->machine;
+  if (!Tracked(m)) {
+    std::fprintf(stderr, "SKIP: no userfaultfd WP_ASYNC + PAGEMAP_SCAN here (Linux 6.7)\n");
+    std::exit(test::kSkip);
+  }
+  constexpr size_t kPages = 64;
+  TempFile f(kPages);
+  ShmemObject* file = Open(m, f);
+  char* p = MapFile(as, file, kPages * kPageSize, kRW, MAP_SHARED);
+  for (size_t i = 0; i < kPages; i++) REQUIRE(W(p, i).load() == i);  // mapped clean
+  CHECK(as.GetPte(A(p)).write());
+  // MADV_DONTNEED: the PTEs go, the cache keeps the page, dirty.
+  W(p, 1).store(101);
+  REQUIRE(as.Madvise(A(p), 8 * kPageSize, MADV_DONTNEED).ok());
+  CHECK(file->nr_dirty() == 1);
+  CHECK(W(p, 1).load() == 101);
+  // mremap: a write before the move is dirty; one after it, at the new
+  // address, is tracked there.
+  W(p, 9).store(109);
+  auto target = as.Mmap(0, 8 * kPageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS);
+  REQUIRE(target.ok());
+  auto moved = as.Mremap(A(p) + 8 * kPageSize, 8 * kPageSize, 8 * kPageSize,
+                         MREMAP_MAYMOVE | MREMAP_FIXED, *target);
+  INFO(moved.status().ToString());
+  REQUIRE(moved.ok());
+  CHECK(file->nr_dirty() == 2);
+  char* q = reinterpret_cast<char*>(*moved);  // pages 8..15 of the file
+  CHECK(W(q, 1).load() == 109);
+  W(q, 2).store(110);
+  // mprotect: a write before PROT_READ stays recorded; one after PROT_WRITE
+  // comes back is recorded too, without a fault.
+  W(p, 20).store(120);
+  REQUIRE(as.Mprotect(A(p) + 16 * kPageSize, 16 * kPageSize, PROT_READ).ok());
+  CHECK(ToErrno(as.FaultInPages(A(p) + 21 * kPageSize, kPageSize, true)) == EFAULT);
+  REQUIRE(as.Mprotect(A(p) + 16 * kPageSize, 16 * kPageSize, kRW).ok());
+  CHECK(as.GetPte(A(p) + 21 * kPageSize).write());
+  const uint64_t faults = Stat(m, VmEvent::k_pgfault);
+  W(p, 21).store(121);
+  CHECK(Stat(m, VmEvent::k_pgfault) == faults);  // recorded by the host, no fault
+  Harvest(file);
+  CHECK(file->nr_dirty() == 5);  // 1, 9, 10, 20, 21
+  // A fork: the child's mapping of the same pages is tracked too.
+  auto child = as.Fork();
+  REQUIRE(child.ok());
+  char* cp = reinterpret_cast<char*>((*child)->window().start + (A(p) - as.window().start));
+  W(cp, 30).store(130);
+  CHECK(W(p, 30).load() == 130);
+  Harvest(file);
+  CHECK(file->nr_dirty() == 6);
+  // A page pinned for writing is dirty at once: its holder writes it
+  // through the pool, not the mapping.
+  Pfn pinned;
+  auto got = as.PinUserPages(A(p) + 40 * kPageSize, 1, kGupWrite, &pinned);
+  REQUIRE(got.ok());
+  REQUIRE(*got == 1);
+  CHECK(file->nr_dirty() == 7);
+  as.UnpinUserPages(&pinned, 1);
+  RequireAll(m);
+  // The child goes: what it wrote since the last harvest is dirty first.
+  W(cp, 31).store(131);
+  child->reset();
+  CHECK(file->nr_dirty() == 8);
+  // Everything in the file after MS_SYNC of both pieces (pages 8..15 moved).
+  REQUIRE(as.Msync(A(p), 8 * kPageSize, MS_SYNC).ok());
+  REQUIRE(as.Msync(A(q), 8 * kPageSize, MS_SYNC).ok());
+  REQUIRE(as.Msync(A(p) + 16 * kPageSize, (kPages - 16) * kPageSize, MS_SYNC).ok());
+  CHECK(file->nr_dirty() == 0);
+  for (size_t i : {1, 20, 21, 30, 31}) CHECK(f.Word(i) == 100 + i);
+  CHECK(f.Word(9) == 109);
+  CHECK(f.Word(10) == 110);
+  // munmap: a write just before it is in the file when the last mapping
+  // has gone (no harvest, no msync).
+  W(q, 3).store(111);
+  W(p, 50).store(150);
+  REQUIRE(as.Munmap(A(q), 8 * kPageSize).ok());
+  REQUIRE(as.Munmap(A(p), kPages * kPageSize).ok());
+  CHECK(f.Word(11) == 111);
+  CHECK(f.Word(50) == 150);
+  RequireAll(m);
 }
 
 }  // namespace
