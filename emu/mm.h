@@ -17,6 +17,9 @@
 //                                  one; truncate takes it for write)
 //       ShmemObject::io_lock_     (RwSem; a file's writes read, truncate's
 //                                  ftruncate write with nothing under it)
+//       ShmemObject::harvest_lock_ (RwSem, write only; a harvest of the
+//                                  host's record of writes and the dirtying
+//                                  of what it found, nothing under it)
 //       PageTable::Ptl(addr)      (SpinLock, = the pte lock; one per leaf table)
 //         MemMap::lock_           (SpinLock, = the zone lock of the buddy allocator)
 //   Vmscan::lru_lock_ (= the lruvec lock), SwapDevice::swap_lock_ (= swap_lock),

@@ -25,7 +25,9 @@
 // page's flag, write-protects every PTE that maps it through the object's
 // reverse map (page_mkclean), then writes it: a write after the flag is
 // taken either lands before the write or faults and dirties it again, so no
-// write is lost. A private mapping reads the page cache and copies on write.
+// write is lost. With dirty tracking "async" the host records the writes
+// instead (see Harvest below), and writeback harvests first. A private
+// mapping reads the page cache and copies on write.
 //
 // Invariants:
 //  1. pages_[i] is 0 or the pfn of a frame with kPgShmem | kPgPool, anchor

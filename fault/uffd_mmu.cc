@@ -392,7 +392,7 @@ class UffdMmu : public HostMmu {
   int fork_efd_;            // signalled when fork_fd_ is set
   // The write tracker (OpenWriteTracker), or -1s. Both change only in a
   // forked child (ChildAdopt): the parent's name the parent's mm.
-  const bool tracks_writes_;
+  bool tracks_writes_;
   int wp_uffd_;
   int pagemap_;
   std::atomic<int> fork_fd_{-1};
@@ -477,7 +477,11 @@ bool UffdMmu::ChildAdopt(int fd) {
     // (docs/DESIGN.md section 8).
     close(wp_uffd_);
     close(pagemap_);
-    if (!OpenWriteTracker(&wp_uffd_, &pagemap_, nullptr)) wp_uffd_ = pagemap_ = -1;
+    if (!OpenWriteTracker(&wp_uffd_, &pagemap_, nullptr)) {
+      // New mappings fall back to the write fault.
+      wp_uffd_ = pagemap_ = -1;
+      tracks_writes_ = false;
+    }
   }
   return fd >= 0 || !fork_events_;
 }

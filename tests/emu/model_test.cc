@@ -140,8 +140,8 @@ TEST_CASE("ParseSize: human sizes parse and garbage is rejected with EINVAL", "[
   }
 }
 
-TEST_CASE("MachineOptions: bad fault-around, arena sizes, dirty limits and file I/O are refused "
-          "with EINVAL",
+TEST_CASE("MachineOptions: bad fault-around, arena sizes, dirty limits, file I/O and dirty "
+          "tracking are refused with EINVAL",
           "[model]") {
   MachineOptions o;
   CHECK(o.Validate().ok());
@@ -166,6 +166,16 @@ TEST_CASE("MachineOptions: bad fault-around, arena sizes, dirty limits and file 
   o.file_io = "aio";
   CHECK(ToErrno(o.Validate()) == EINVAL);
   o.file_io = "uring";
+  CHECK(o.Validate().ok());
+  // Dirty tracking: a known mode, and "async" only with a userfaultfd.
+  o = MachineOptions{};
+  o.dirty_tracking = "soft-dirty";
+  CHECK(ToErrno(o.Validate()) == EINVAL);
+  o.dirty_tracking = "async";
+  CHECK(o.Validate().ok());
+  o.fault_mode = FaultMode::kSigsegv;
+  CHECK(ToErrno(o.Validate()) == EINVAL);
+  o.dirty_tracking = "auto";
   CHECK(o.Validate().ok());
   FaultMode m;
   CHECK(ParseFaultMode("thread", &m));
