@@ -40,7 +40,7 @@ TEST_CASE("File mappings: shared writes reach the file at msync, and only dirty 
           "[file][dirty]") {
   FaultMode mode = EMU_ALL_MODES();
   MachineOptions o;
-  o.dirty_tracking = EMU_TRACKING();
+  o.dirty_tracking = EMU_TRACKING(mode);
   INFO("mode " << FaultModeName(mode) << " dirty_tracking " << o.dirty_tracking);
   auto env = MakeEnv(mode, o);
   AddressSpace& as = *env->as;
@@ -104,7 +104,7 @@ TEST_CASE("File mappings: shared writes reach the file at msync, and only dirty 
 TEST_CASE("File mappings: msync of part of a range writes the dirty pages in it, at word edges too",
           "[file][dirty]") {
   MachineOptions o;
-  o.dirty_tracking = EMU_TRACKING();
+  o.dirty_tracking = EMU_TRACKING(FaultMode::kUffdSigbus);
   INFO("dirty_tracking " << o.dirty_tracking);
   auto env = MakeEnv(FaultMode::kUffdSigbus, o);
   AddressSpace& as = *env->as;
@@ -137,7 +137,7 @@ TEST_CASE("File mappings: two address spaces see each other's writes at once; a 
           "[file]") {
   FaultMode mode = EMU_ALL_MODES();
   MachineOptions o;
-  o.dirty_tracking = EMU_TRACKING();
+  o.dirty_tracking = EMU_TRACKING(mode);
   INFO("mode " << FaultModeName(mode) << " dirty_tracking " << o.dirty_tracking);
   auto env = MakeEnv(mode, o);
   AddressSpace& a = *env->as;
@@ -187,7 +187,7 @@ TEST_CASE("File mappings: two address spaces see each other's writes at once; a 
 TEST_CASE("File mappings: Linux's errors: EACCES, SIGBUS past the end, bad msync", "[file]") {
   FaultMode mode = EMU_ALL_MODES();
   MachineOptions o;
-  o.dirty_tracking = EMU_TRACKING();
+  o.dirty_tracking = EMU_TRACKING(mode);
   INFO("mode " << FaultModeName(mode) << " dirty_tracking " << o.dirty_tracking);
   auto env = MakeEnv(mode, o);
   AddressSpace& as = *env->as;
@@ -220,7 +220,7 @@ TEST_CASE("File mappings: a read fault maps its aligned window, reading the miss
   FaultMode mode = EMU_ALL_MODES();
   MachineOptions o;
   o.file_io = GENERATE("psync", "uring");
-  o.dirty_tracking = EMU_TRACKING();
+  o.dirty_tracking = EMU_TRACKING(mode);
   INFO("mode " << FaultModeName(mode) << " file_io " << o.file_io << " dirty_tracking "
                 << o.dirty_tracking);
   auto env = MakeEnv(mode, o);
@@ -288,7 +288,7 @@ TEST_CASE("File mappings: a read fault maps its aligned window, reading the miss
 TEST_CASE("File mappings: no write is lost to concurrent msync", "[file][dirty][race]") {
   FaultMode mode = EMU_ALL_MODES();
   MachineOptions o;
-  o.dirty_tracking = EMU_TRACKING();
+  o.dirty_tracking = EMU_TRACKING(mode);
   INFO("mode " << FaultModeName(mode) << " dirty_tracking " << o.dirty_tracking);
   auto env = MakeEnv(mode, o);
   AddressSpace& as = *env->as;

@@ -53,11 +53,15 @@ struct TempFile {
 };
 
 // The dirty tracking modes the file tests run in (MachineOptions::
-// dirty_tracking): seed 001's write fault, and "auto", the host's record of
-// writes (userfaultfd WP_ASYNC + PAGEMAP_SCAN) where the kernel and the
-// fault mode have it. Elsewhere "auto" is the write fault again, which
-// NoteTracking says.
-#define EMU_TRACKING() GENERATE(as<std::string>(), "fault", "auto")
+// dirty_tracking) with fault mode `mode`: seed 001's write fault, and in
+// the userfaultfd modes "auto", the host's record of writes (WP_ASYNC +
+// PAGEMAP_SCAN) where the kernel has it; elsewhere "auto" is the write
+// fault again, which NoteTracking says.
+inline std::vector<std::string> TrackingModes(FaultMode mode) {
+  if (mode == FaultMode::kSigsegv) return {"fault"};
+  return {"fault", "auto"};
+}
+#define EMU_TRACKING(mode) GENERATE_COPY(from_range(::emu::test::TrackingModes(mode)))
 
 // Whether the machine's host tracks writes (dirty tracking "async").
 inline bool Tracked(Machine& m) { return m.host().tracks_writes(); }

@@ -56,7 +56,7 @@ TEST_CASE("File writeback: reclaim drops clean file pages without I/O, writes di
   FaultMode mode = EMU_ALL_MODES();
   const bool swap = GENERATE(false, true);
   MachineOptions o = Quiet();
-  o.dirty_tracking = EMU_TRACKING();
+  o.dirty_tracking = EMU_TRACKING(mode);
   INFO("mode " << FaultModeName(mode) << (swap ? " with swap" : " without swap")
                << " dirty_tracking " << o.dirty_tracking);
   o.mem_limit = 8 << 20;  // 2048 frames
@@ -111,7 +111,7 @@ TEST_CASE("File writeback: the flusher writes above the background threshold and
           "[file][dirty][flusher]") {
   FaultMode mode = EMU_ALL_MODES();
   MachineOptions o;
-  o.dirty_tracking = EMU_TRACKING();
+  o.dirty_tracking = EMU_TRACKING(mode);
   INFO("mode " << FaultModeName(mode) << " dirty_tracking " << o.dirty_tracking);
   o.dirty_background_bytes = 64 * kPageSize;
   o.dirty_bytes = 128 * kPageSize;
@@ -176,7 +176,7 @@ TEST_CASE("File writeback: the flusher writes above the background threshold and
 TEST_CASE("File writeback: dirty counts are exact", "[file][dirty]") {
   MachineOptions o = Quiet();
   o.file_io = GENERATE("psync", "uring");
-  o.dirty_tracking = EMU_TRACKING();
+  o.dirty_tracking = EMU_TRACKING(FaultMode::kUffdSigbus);
   INFO("file_io " << o.file_io << " dirty_tracking " << o.dirty_tracking);
   auto env = MakeEnv(FaultMode::kUffdSigbus, o);
   AddressSpace& as = *env->as;
@@ -248,7 +248,7 @@ TEST_CASE("File writeback: no write is lost to the flusher or reclaim racing wri
   FaultMode mode = EMU_ALL_MODES();
   const bool limit = GENERATE(false, true);
   MachineOptions o;
-  o.dirty_tracking = EMU_TRACKING();
+  o.dirty_tracking = EMU_TRACKING(mode);
   INFO("mode " << FaultModeName(mode) << (limit ? " under a limit" : "") << " dirty_tracking "
                << o.dirty_tracking);
   o.dirty_background_bytes = 16 * kPageSize;
@@ -285,7 +285,7 @@ TEST_CASE("File writeback: no write is lost to the flusher or reclaim racing wri
 TEST_CASE("File writeback: truncate while mapped, and files that grow", "[file][truncate]") {
   FaultMode mode = EMU_ALL_MODES();
   MachineOptions o = Quiet();
-  o.dirty_tracking = EMU_TRACKING();
+  o.dirty_tracking = EMU_TRACKING(mode);
   INFO("mode " << FaultModeName(mode) << " dirty_tracking " << o.dirty_tracking);
   auto env = MakeEnv(mode, o);
   AddressSpace& a = *env->as;
