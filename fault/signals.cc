@@ -147,10 +147,16 @@ void Dispatch(int sig, siginfo_t* info, void* ctx) {
         // this page (a copy-on-write copy or try_to_unmap goes in while
         // the page is PROT_NONE, HostMmu::ReplaceWithCopy; this thread
         // waited for the mm call that was changing it). Retry it, a
-        // bounded number of times in a row.
+        // bounded number of times in a row, unless the page's PTE is
+        // claimed: then the emulator is in the middle of changing it (a
+        // try_to_unmap stops writes to a page whose writes the host
+        // tracks, reads what the host recorded, then unmaps it, and the
+        // window lasts as long as the emulator is descheduled), and the
+        // retry waits for it however long it takes.
         const VirtAddr page = PageAlignDown(addr);
         t_retry_count = t_retry_addr == page ? t_retry_count + 1 : 0;
         t_retry_addr = page;
+        if (as->GetPte(page).locked()) t_retry_count = 0;
         if (t_retry_count < kMaxHostRetries) ret = kFaultRetry;
       }
     }
