@@ -528,6 +528,11 @@ bool Machine::ForkPrepare() {
   // fork would take over the socket pair and the fork event.
   fork_lock_.Lock();
   fork_owner_ = static_cast<pid_t>(syscall(SYS_getpid));
+  // The child's copy starts its set-up afresh. This process may be a
+  // forked child itself, whose own set-up set the flag: a grandchild that
+  // inherited it skipped its set-up (the lock above stayed held in it, and
+  // its next fork spun forever).
+  child_early_started_ = false;
   // Without the socket pair the child gets no descriptor and leaves the
   // emulator (ChildLate fails); the fork itself goes ahead.
   const bool ok = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fork_ctl_) == 0;

@@ -229,6 +229,38 @@ int Fork(size_t total_mb) {
   return 0;
 }
 
+// Nested forks: each process checks what its parent wrote, writes its own
+// pattern and, above `depth`, forks a child and waits for it, twice. A
+// forked child's second fork, and a grandchild's set-up, are what this
+// covers (a grandchild once inherited its parent's "set up" flag, skipped
+// its own set-up and spun in its first fork).
+int ChainLevel(char* p, size_t bytes, int level, int depth) {
+  Fill(p, bytes, 40 + level);
+  if (level == depth) return Check(p, bytes, 40 + level) ? 0 : 5;
+  for (int round = 0; round < 2; round++) {
+    pid_t pid = fork();
+    if (pid < 0) return 6;
+    if (pid == 0) {
+      if (!Check(p, bytes, 40 + level)) _exit(3);
+      _exit(ChainLevel(p, bytes, level + 1, depth));
+    }
+    int st;
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      std::fprintf(stderr, "probe: level %d child status %d\n", level, st);
+      return 7;
+    }
+    if (!Check(p, bytes, 40 + level)) return 8;
+  }
+  return 0;
+}
+
+int ForkChain(size_t total_mb) {
+  size_t bytes = total_mb << 20;
+  char* p = static_cast<char*>(malloc(bytes));
+  const int r = ChainLevel(p, bytes, 0, 3);
+  return r == 0 ? 0 : Fail("a nested fork");
+}
+
 // Many processes on one swap file: a fan of children running at once, each
 // swapping its own writes while the parent swaps its own, then more
 // children one after another than the swap device tracks at once (their
@@ -625,6 +657,7 @@ int main(int argc, char** argv) {
   if (cmd == "signals") return Signals();
   if (cmd == "fork") return Fork(mb);
   if (cmd == "forkmany") return ForkMany(mb);
+  if (cmd == "forkchain") return ForkChain(mb);
   if (cmd == "foreign") return Foreign();
   if (cmd == "mlockall") return MlockAll();
   if (cmd == "forkwrite") return ForkWhileWriting(mb);

@@ -216,6 +216,16 @@ TEST_CASE("Preload: many processes share one swap file (a fan at once, then 40 i
   CHECK(Records(r.stats) == 45);
 }
 
+TEST_CASE("Preload: a forked child forks again, and so does its child", "[preload][fork]") {
+  std::string mode = GENERATE("thread", "sigbus", "sigsegv");
+  const bool limit = GENERATE(false, true);
+  Result r = Run(ModeArg(mode) + (limit ? " --mem-limit 8M" : "") + " --no-summary", "forkchain 12");
+  INFO(mode << (limit ? " under a limit" : "") << "\n" << r.out);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("leaves the emulator") == std::string::npos);
+  CHECK(Records(r.stats) == 15);  // 1 + 2 + 4 + 8 processes
+}
+
 TEST_CASE("Preload: without a limit a forked child stays on the emulator", "[preload][fork]") {
   std::string mode = GENERATE("thread", "sigbus", "sigsegv");
   Result r = Run(ModeArg(mode) + " --no-summary", "fork 16");
