@@ -53,6 +53,14 @@ class HostMmu {
   virtual bool MakeWritable(AddrRange r, Prot vma_prot) = 0;
   // Drops the pages of `r` and makes them not present.
   virtual bool Zap(AddrRange r) = 0;
+  // Zap of each of `n` ranges (reclaim's scattered victims). The userfaultfd
+  // modes make it one process_madvise call with one TLB flush, where a Zap
+  // per range costs a flush, an IPI to every other CPU running the process.
+  virtual bool ZapMany(const AddrRange* r, int n) {
+    bool ok = true;
+    for (int i = 0; i < n; i++) ok &= Zap(r[i]);
+    return ok;
+  }
   // Maps the frame pool's file pages [off, off + r.len_bytes()) of `fd` at
   // `r` (emu/frame_pool.h), replacing what the host had there: accessible as
   // the VMA allows, writable only when `writable`, so that a write to a

@@ -703,13 +703,15 @@ int Vmscan::UnmapPages(AddressSpace* held, Victim* v, int n) {
     }
   }
   // Drop the host pages (coalesced), then publish the swap PTEs.
-  HostMmu& host = machine_->host();
+  AddrRange runs[kBatch];
+  int nruns = 0;
   for (int a = 0; a < nunmap;) {
     int b = a + 1;
     while (b < nunmap && v[unmap[b]].addr == v[unmap[b - 1]].addr + kPageSize) b++;
-    host.Zap({v[unmap[a]].addr, v[unmap[b - 1]].addr + kPageSize});
+    runs[nruns++] = {v[unmap[a]].addr, v[unmap[b - 1]].addr + kPageSize};
     a = b;
   }
+  machine_->host().ZapMany(runs, nruns);
   VmStat& vmstat = machine_->vmstat();
   for (int a = 0; a < nunmap; a++) {
     Victim& x = v[unmap[a]];
