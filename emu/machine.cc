@@ -101,6 +101,10 @@ absl::Status MachineOptions::Validate() const {
     return ErrnoError(EINVAL, absl::StrCat("swap queue depth ", swap_queue_depth,
                                            ": want 1 to 4096"));
   }
+  if (swap_read_poll_us < 0 || swap_read_poll_us > 10000) {
+    return ErrnoError(EINVAL, absl::StrCat("swap read poll of ", swap_read_poll_us,
+                                           " us: want 0 to 10000"));
+  }
   if (pool_vma_budget < 0) return ErrnoError(EINVAL, "pool_vma_budget: want >= 0");
   if (dirty_ratio < 1 || dirty_ratio > 100 || dirty_background_ratio < 1 ||
       dirty_background_ratio > 100) {
@@ -140,8 +144,9 @@ std::string MachineOptions::ToString() const {
                                   std::string(FaultModeName(fault_mode)), fault_around_pages,
                                   zero_page ? "on" : "off", arena_bytes >> 30);
   if (mem_limit != 0) {
-    absl::StrAppendFormat(&s, " mem_limit=%dM policy=%s readahead=%d", mem_limit >> 20,
-                          reclaim_policy, swap_readahead_pages);
+    absl::StrAppendFormat(&s, " mem_limit=%dM policy=%s readahead=%d read_poll=%dus",
+                          mem_limit >> 20, reclaim_policy, swap_readahead_pages,
+                          swap_read_poll_us);
     if (no_swap) absl::StrAppend(&s, " swap=none");
   }
   if (file_io != "psync") absl::StrAppend(&s, " file_io=", file_io);
@@ -511,6 +516,13 @@ void* WaitForChild(void* arg) {
   ssize_t n;
   while ((n = read(w.ctl, &status, 1)) < 0 && errno == EINTR) {
   }
+  // Nothing of ours reads the child's descriptor any more: the child may
+  // fork now (ChildDone waits for this), and its fork event is its own.
+  if (n == 1) {
+    const char ack = 1;
+    while (write(w.ctl, &ack, 1) < 0 && errno == EINTR) {
+    }
+  }
   close(w.ctl);
   // 1: the child stays; 2: it took its share and gave it up itself on
   // leaving the emulator; 0 (or EOF): fork failed, the child died first, or
@@ -694,6 +706,13 @@ absl::Status Machine::ChildLate() {
 void Machine::ChildDone(char status) {
   if (fork_ctl_[1] < 0) return;
   while (write(fork_ctl_[1], &status, 1) < 0 && errno == EINTR) {
+  }
+  // Until the parent says it stopped reading our descriptor (handler-thread
+  // mode serves our faults until now), a fork of ours would raise its event
+  // where the parent might read it, and lose it: the fork's child would wait
+  // for its descriptor forever. EOF (the parent is gone) is as good.
+  char ack;
+  while (read(fork_ctl_[1], &ack, 1) < 0 && errno == EINTR) {
   }
   close(fork_ctl_[1]);
   fork_ctl_[1] = -1;

@@ -63,6 +63,11 @@ struct MachineOptions {
   // Try O_DIRECT on the swap file (falls back when the filesystem refuses).
   bool swap_direct_io = true;
   int swap_queue_depth = 64;
+  // How long a swap-in polls for its read's completion before it sleeps,
+  // in microseconds, 0..10000 (0: sleep at once). Polling keeps the
+  // waiting CPU from halting, which on a VM makes the completion's wake-up
+  // slow; it costs that CPU for up to this long per swap-in (swap/swap_io.h).
+  int swap_read_poll_us = 200;
   // Pages read around a swap-in fault (1 disables swap readahead), 1..64.
   int swap_readahead_pages = 8;
   // Reclaim policy: "lru" (active/inactive lists, references from faults and
@@ -259,9 +264,12 @@ class Machine {
   // zero. A no-op outside a forked child of a prepared fork.
   void ChildEarlyIfPending();
   // In the child, after ChildEarlyIfPending, allocating: the child's own
-  // handler threads, I/O rings and kswapd. Then ChildDone tells the parent;
-  // a child that cannot stay calls ChildLeave (its share of the swap device
-  // goes; its memory stops being registered) after reading what it needs.
+  // handler threads, I/O rings and kswapd. Then ChildDone tells the parent,
+  // and returns once the parent has stopped reading the child's fault
+  // descriptor (so that a fork of the child's raises its event where the
+  // child reads it); a child that cannot stay calls ChildLeave (its share of
+  // the swap device goes; its memory stops being registered) after reading
+  // what it needs.
   absl::Status ChildLate();
   void ChildDone(char status);
   void ChildLeave();

@@ -468,9 +468,18 @@ void UffdMmu::ForkServeChild(int child_fd, int ctl) {
       if (errno == EINTR) continue;
       return;
     }
+    // The child's word first: from then on its own handlers read its
+    // descriptor, and a fork of its own must find its event there.
+    if (fds[1].revents != 0) return;  // the child is set up, or gone
     if (fds[0].revents & POLLIN) {
       ssize_t n = read(child_fd, msgs, sizeof(msgs));
       for (ssize_t i = 0; n > 0 && i < n / static_cast<ssize_t>(sizeof(uffd_msg)); i++) {
+        if (msgs[i].event == UFFD_EVENT_FORK) {
+          // Cannot happen: the child forks only after ChildDone, which
+          // waits until this loop is over. Not to leak the descriptor.
+          close(static_cast<int>(msgs[i].arg.fork.ufd));
+          continue;
+        }
         if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
         const VirtAddr addr = msgs[i].arg.pagefault.address;
         const pid_t tid = static_cast<pid_t>(msgs[i].arg.pagefault.feat.ptid);
@@ -488,7 +497,6 @@ void UffdMmu::ForkServeChild(int child_fd, int ctl) {
         ioctl(child_fd, UFFDIO_WAKE, &range);
       }
     }
-    if (fds[1].revents != 0) return;  // the child is set up, or gone
   }
 }
 

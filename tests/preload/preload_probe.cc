@@ -261,6 +261,35 @@ int ForkChain(size_t total_mb) {
   return r == 0 ? 0 : Fail("a nested fork");
 }
 
+// A child that forks at once, before it touches anything: its fork event
+// comes while its parent may still be serving its faults (handler-thread
+// mode reads the child's descriptor until the child says it is set up).
+// 20 rounds; each grandchild checks every byte.
+int ForkRace(size_t total_mb) {
+  size_t bytes = total_mb << 20;
+  char* p = static_cast<char*>(malloc(bytes));
+  Fill(p, bytes, 50);
+  for (int round = 0; round < 20; round++) {
+    pid_t pid = fork();
+    if (pid < 0) return Fail("fork");
+    if (pid == 0) {
+      pid_t g = fork();
+      if (g < 0) _exit(6);
+      if (g == 0) _exit(Check(p, bytes, 50) ? 0 : 3);
+      int st;
+      if (waitpid(g, &st, 0) != g || !WIFEXITED(st)) _exit(7);
+      if (WEXITSTATUS(st) != 0) _exit(WEXITSTATUS(st));
+      _exit(Check(p, bytes, 50) ? 0 : 4);
+    }
+    int st;
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      std::fprintf(stderr, "probe: round %d child status %d\n", round, st);
+      return Fail("a child that forks at once");
+    }
+  }
+  return Check(p, bytes, 50) ? 0 : Fail("the parent's data after the forks");
+}
+
 // Many processes on one swap file: a fan of children running at once, each
 // swapping its own writes while the parent swaps its own, then more
 // children one after another than the swap device tracks at once (their
@@ -658,6 +687,7 @@ int main(int argc, char** argv) {
   if (cmd == "fork") return Fork(mb);
   if (cmd == "forkmany") return ForkMany(mb);
   if (cmd == "forkchain") return ForkChain(mb);
+  if (cmd == "forkrace") return ForkRace(mb);
   if (cmd == "foreign") return Foreign();
   if (cmd == "mlockall") return MlockAll();
   if (cmd == "forkwrite") return ForkWhileWriting(mb);
