@@ -114,6 +114,7 @@ struct Options {
   int64_t timeout_s = 600;  // per child run
   std::string swap_dir;
   FaultMode mode = FaultMode::kUffdSigbus;
+  int64_t poll_us = MachineOptions{}.swap_read_poll_us;
   bool json = false, quick = false, no_kernel = false;
 };
 
@@ -730,6 +731,7 @@ RunResult EmuRun(const Plan& plan, const Variant& v, const Options& o) {
         mo.swap_readahead_pages = v.readahead;
         mo.reclaim_policy = v.policy;
         mo.fault_mode = o.mode;
+        mo.swap_read_poll_us = static_cast<int>(o.poll_us);
         WarmUp(mo);
         const int64_t rss0 = ResetHwm();
         auto machine = CreateMachine(mo);
@@ -884,11 +886,12 @@ void PrintHeader(const Context& c) {
   const Options& o = c.o;
   std::printf(
       "%s: git %s, %s, nproc %d, limit %.0f MiB, swap %.0f MiB per side in %s (%s), "
-      "seq passes %lld, random accesses %.2f/page, reps %lld, emu mode %s\n",
+      "seq passes %lld, random accesses %.2f/page, reps %lld, emu mode %s, swap read poll "
+      "%lld us\n",
       kProg, GitSha(), CompilerVersion(), Nproc(), static_cast<double>(o.limit) / kMiB,
       static_cast<double>(o.swap_bytes) / kMiB, o.swap_dir.c_str(), c.dir_note.c_str(),
       static_cast<long long>(o.passes), o.accesses, static_cast<long long>(o.reps),
-      std::string(FaultModeName(o.mode)).c_str());
+      std::string(FaultModeName(o.mode)).c_str(), static_cast<long long>(o.poll_us));
   if (!c.peer.unavailable.empty()) {
     std::printf("kernel peer unavailable: %s (emu runs alone; ratios are n/a)\n",
                 c.peer.unavailable.c_str());
@@ -984,7 +987,7 @@ void PrintJson(const Row& r, const Context& c) {
     j.Num("ws_mib", static_cast<double>(r.plan->pages * kPage) / kMiB);
     j.Num("swap_mib", static_cast<double>(c.o.swap_bytes) / kMiB);
     j.Str("policy", r.variant->policy).Int("readahead", r.variant->readahead);
-    j.Str("mode", std::string(FaultModeName(c.o.mode)));
+    j.Str("mode", std::string(FaultModeName(c.o.mode))).Int("swap_poll_us", c.o.poll_us);
     j.Int("accesses", static_cast<int64_t>(r.plan->accesses())).Int("reps", c.o.reps);
     j.Str("swap_dir", c.o.swap_dir).Str("git_sha", GitSha()).Str("compiler", CompilerVersion());
     j.Int("nproc", Nproc());
@@ -1086,6 +1089,8 @@ void PrintHelp() {
       "  --swap SIZE      swap size of each side (default twice the largest working set)\n"
       "  --swap-dir DIR   where both swap files go (default $TMPDIR, else /var/tmp)\n"
       "  --mode M         emu's fault mode: sigbus, thread or sigsegv (default sigbus)\n"
+      "  --swap-poll-us N how long emu's swap-in polls before it sleeps, 0..10000 (default\n"
+      "                   200; 0 sleeps at once)\n"
       "  --reps N         repetitions; medians are reported (default 1)\n"
       "  --timeout S      seconds a run may take before it counts as hung (default 600)\n"
       "  --no-kernel      run emu only\n"
@@ -1146,6 +1151,7 @@ bool ParseOne(ArgParser& args, Options* o, uint64_t* limit, int64_t* passes, dou
     return !args.failed();
   }
   if (args.Is("--reps")) return args.IntValue(1, 100, &o->reps);
+  if (args.Is("--swap-poll-us")) return args.IntValue(0, 10000, &o->poll_us);
   if (args.Is("--passes")) return args.IntValue(1, 100, passes);
   if (args.Is("--timeout")) return args.IntValue(1, 86400, timeout);
   if (args.Is("--accesses")) {

@@ -570,6 +570,7 @@ MachineOptions OptionsFromEnv() {
   if (const char* s = Env("EMU_NO_SWAP")) o.no_swap = std::string(s) == "1";
   if (const char* p = Env("EMU_POLICY")) o.reclaim_policy = p;
   o.swap_readahead_pages = EnvInt("EMU_READAHEAD", o.swap_readahead_pages);
+  o.swap_read_poll_us = EnvInt("EMU_SWAP_POLL_US", o.swap_read_poll_us);
   if (const char* f = Env("EMU_MADV_FREE")) {
     std::string v = f;
     if (v != "linux" && v != "volatile") {

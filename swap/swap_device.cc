@@ -138,7 +138,8 @@ absl::StatusOr<std::unique_ptr<SwapDevice>> SwapDevice::Open(const SwapOptions& 
 
   int nr_rings = o.nr_rings;
   if (nr_rings <= 0) nr_rings = std::max(4, 2 * static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)));
-  EMU_ASSIGN_OR_RETURN(std::unique_ptr<SwapIo> io, CreateUringSwapIo(fd, o.queue_depth, nr_rings));
+  EMU_ASSIGN_OR_RETURN(std::unique_ptr<SwapIo> io, CreateUringSwapIo(fd, o.queue_depth, nr_rings,
+                                                                     o.read_poll_us));
 
   std::string desc = absl::StrCat(
       o.path.empty() ? absl::StrCat("unlinked tmpfile in ", dir) : o.path, ", ", HumanSize(size),
@@ -148,13 +149,14 @@ absl::StatusOr<std::unique_ptr<SwapDevice>> SwapDevice::Open(const SwapOptions& 
             nr_rings);
   std::unique_ptr<SwapDevice> dev(new SwapDevice(guard.release(), size / kPageSize, direct,
                                                  std::move(desc), std::move(io), o.queue_depth,
-                                                 nr_rings));
+                                                 nr_rings, o.read_poll_us));
   EMU_RETURN_IF_ERROR(dev->MapShared());
   return dev;
 }
 
 SwapDevice::SwapDevice(int fd, uint64_t nr_slots, bool direct_io, std::string description,
-                       std::unique_ptr<SwapIo> io, int queue_depth, int nr_rings)
+                       std::unique_ptr<SwapIo> io, int queue_depth, int nr_rings,
+                       int read_poll_us)
     : fd_(fd),
       nr_slots_(nr_slots),
       nr_clusters_(static_cast<uint32_t>((nr_slots + kSwapClusterPages - 1) / kSwapClusterPages)),
@@ -162,6 +164,7 @@ SwapDevice::SwapDevice(int fd, uint64_t nr_slots, bool direct_io, std::string de
       description_(std::move(description)),
       queue_depth_(queue_depth),
       nr_rings_(nr_rings),
+      read_poll_us_(read_poll_us),
       io_(std::move(io)),
       sync_io_(fd) {
   cur_io_.store(io_.get(), std::memory_order_release);
@@ -297,7 +300,7 @@ void SwapDevice::ForkDetach() {
 
 absl::Status SwapDevice::ChildRings() {
   if (io_ != nullptr) return absl::OkStatus();
-  auto io = CreateUringSwapIo(fd_, queue_depth_, nr_rings_);
+  auto io = CreateUringSwapIo(fd_, queue_depth_, nr_rings_, read_poll_us_);
   if (!io.ok()) return io.status();
   io_ = std::move(*io);
   cur_io_.store(io_.get(), std::memory_order_release);

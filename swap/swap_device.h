@@ -27,6 +27,8 @@ struct SwapOptions {
                             // refuses it (EINVAL)
   int queue_depth = 64;
   int nr_rings = 0;  // 0: 2 x online CPUs, at least 4
+  // How long a reader polls for its completion before it sleeps (swap_io.h).
+  int read_poll_us = 0;
 };
 
 // A swap entry is the slot number (one device). Slot counts (swap_map[slot]):
@@ -259,7 +261,7 @@ class SwapDevice {
   };
 
   SwapDevice(int fd, uint64_t nr_slots, bool direct_io, std::string description,
-             std::unique_ptr<SwapIo> io, int queue_depth, int nr_rings);
+             std::unique_ptr<SwapIo> io, int queue_depth, int nr_rings, int read_poll_us);
   // The shared region: the sharer table, then one holder mask per slot.
   struct Sharer {
     std::atomic<int32_t> state;  // kFree, kReserved, kLive, kReaping
@@ -299,7 +301,7 @@ class SwapDevice {
   const uint32_t nr_clusters_;
   const bool direct_io_;
   const std::string description_;
-  const int queue_depth_, nr_rings_;  // for the child's own rings (ForkAttach)
+  const int queue_depth_, nr_rings_, read_poll_us_;  // for the child's own rings (ForkAttach)
   int shared_fd_ = -1;                // the memfd (close-on-exec)
   uint64_t shared_ino_ = 0;           // its inode: how ReapGone recognizes a live sharer
   Shared* shared_ = nullptr;

@@ -2,6 +2,7 @@
 
 #include <liburing.h>
 #include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,7 +35,11 @@ struct Ring {
 
 class UringSwapIo final : public SwapIo {
  public:
-  UringSwapIo(int fd, int nr_rings) : fd_(fd), nr_rings_(nr_rings), rings_(nr_rings) {}
+  UringSwapIo(int fd, int nr_rings, int read_poll_us)
+      : fd_(fd),
+        nr_rings_(nr_rings),
+        read_poll_ns_(int64_t{read_poll_us} * 1000),
+        rings_(nr_rings) {}
   ~UringSwapIo() override {
     for (int i = 0; i < nr_rings_; i++) {
       if (rings_[i].initialized) io_uring_queue_exit(&rings_[i].ring);
@@ -92,10 +97,44 @@ class UringSwapIo final : public SwapIo {
     io_uring_sqe_set_data64(sqe, static_cast<uint64_t>(i));
   }
 
+  // Waits for a completion on `ring`: polls for up to `poll_ns` first
+  // (yielding every kPollYieldNs), then sleeps. Returns like
+  // io_uring_wait_cqe. async-signal-safe.
+  static constexpr int64_t kPollYieldNs = 20000;
+  static int WaitCqe(io_uring* ring, io_uring_cqe** cqe, int64_t poll_ns) {
+    if (poll_ns > 0) {
+      const int64_t start = NowNs();
+      const int64_t deadline = start + poll_ns;
+      int64_t next_yield = start + kPollYieldNs;
+      int64_t now = start;
+      do {
+        // The completion of a read is posted by task work of this thread
+        // (io_uring's default TWA_SIGNAL wakes a polling thread into the
+        // kernel for it); peeking sees it once posted.
+        if (io_uring_peek_cqe(ring, cqe) == 0) return 0;
+        __builtin_ia32_pause();
+        now = NowNs();
+        if (now >= next_yield) {
+          // Another thread that is ready on this CPU (kswapd, a thread of
+          // the program) runs first: a poll must not cost it its turn.
+          sched_yield();
+          next_yield = now + kPollYieldNs;
+        }
+      } while (now < deadline);
+    }
+    return io_uring_wait_cqe(ring, cqe);
+  }
+  static int64_t NowNs() {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
+  }
+
   // Submits what is queued on `ring` and reaps `nr` completions into `ops`
-  // (user_data is the op's index). A retry completion adds to the bytes done,
-  // or replaces them with its -errno. async-signal-safe.
-  static void SubmitAndReap(io_uring* ring, SwapIoOp* ops, int nr, bool retry) {
+  // (user_data is the op's index), waiting as WaitCqe. A retry completion
+  // adds to the bytes done, or replaces them with its -errno.
+  // async-signal-safe.
+  static void SubmitAndReap(io_uring* ring, SwapIoOp* ops, int nr, bool retry, int64_t poll_ns) {
     int reaped = 0;
     while (reaped < nr) {
       if (io_uring_sq_ready(ring) > 0) {
@@ -110,7 +149,7 @@ class UringSwapIo final : public SwapIo {
         continue;
       }
       io_uring_cqe* cqe = nullptr;
-      int ret = io_uring_wait_cqe(ring, &cqe);
+      int ret = WaitCqe(ring, &cqe, poll_ns);
       if (ret == -EINTR || ret == -EAGAIN) continue;
       EMU_BUG_ON(ret < 0);
       do {
@@ -143,7 +182,8 @@ class UringSwapIo final : public SwapIo {
         Prep(&r->ring, write, chunk, i, /*retry=*/false);
         queued++;
       }
-      SubmitAndReap(&r->ring, chunk, queued, /*retry=*/false);
+      const int64_t poll_ns = write ? 0 : read_poll_ns_;
+      SubmitAndReap(&r->ring, chunk, queued, /*retry=*/false, poll_ns);
       // A short transfer (a signal, a filesystem quirk): once more for the rest.
       queued = 0;
       for (int i = 0; i < cnt; i++) {
@@ -153,13 +193,14 @@ class UringSwapIo final : public SwapIo {
           queued++;
         }
       }
-      if (queued > 0) SubmitAndReap(&r->ring, chunk, queued, /*retry=*/true);
+      if (queued > 0) SubmitAndReap(&r->ring, chunk, queued, /*retry=*/true, poll_ns);
     }
     r->busy.store(false, std::memory_order_release);
   }
 
   const int fd_;  // not owned
   const int nr_rings_;
+  const int64_t read_poll_ns_;
   int depth_ = 0;  // immutable after Init
   std::vector<Ring, PoolAllocator<Ring>> rings_;  // see SwapIo::operator new
   std::atomic<uint32_t> next_{0};  // where the next Acquire starts looking
@@ -167,12 +208,15 @@ class UringSwapIo final : public SwapIo {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<SwapIo>> CreateUringSwapIo(int fd, int queue_depth, int nr_rings) {
-  if (fd < 0 || queue_depth < 1 || queue_depth > 4096 || nr_rings < 1 || nr_rings > 1024) {
+absl::StatusOr<std::unique_ptr<SwapIo>> CreateUringSwapIo(int fd, int queue_depth, int nr_rings,
+                                                          int read_poll_us) {
+  if (fd < 0 || queue_depth < 1 || queue_depth > 4096 || nr_rings < 1 || nr_rings > 1024 ||
+      read_poll_us < 0 || read_poll_us > kMaxReadPollUs) {
     return ErrnoError(EINVAL, absl::StrCat("swap: CreateUringSwapIo(fd=", fd, ", queue_depth=",
-                                           queue_depth, ", nr_rings=", nr_rings, ")"));
+                                           queue_depth, ", nr_rings=", nr_rings,
+                                           ", read_poll_us=", read_poll_us, ")"));
   }
-  auto io = std::make_unique<UringSwapIo>(fd, nr_rings);
+  auto io = std::make_unique<UringSwapIo>(fd, nr_rings, read_poll_us);
   EMU_RETURN_IF_ERROR(io->Init(queue_depth));
   return std::unique_ptr<SwapIo>(std::move(io));
 }

@@ -63,9 +63,20 @@ class SwapIo {
 // thread holding a ring takes another one; with nr_rings >= 2 it cannot
 // deadlock on its own thread.
 //
+// A reader (a swap-in: the faulting thread, or the handler thread it waits
+// for) polls its ring's completion queue for up to `read_poll_us` before it
+// sleeps in io_uring_enter. A sleeping vCPU halts, and the completion then
+// has to wake it: on the 2-vCPU VM we measure on (no guest halt-polling),
+// polling took the swap-in p50 from 102 to 80 us (SIGBUS mode) and from 146
+// to 117 us (handler threads); see docs/DESIGN.md. It costs CPU: the poller
+// holds its CPU for the I/O's duration, up to the window. Writes (reclaim)
+// never poll.
+//
 // Errors: EINVAL for a bad argument, or the errno of io_uring_queue_init
 // (ENOSYS or EPERM where io_uring is disabled, ENOMEM).
-absl::StatusOr<std::unique_ptr<SwapIo>> CreateUringSwapIo(int fd, int queue_depth, int nr_rings);
+inline constexpr int kMaxReadPollUs = 10000;
+absl::StatusOr<std::unique_ptr<SwapIo>> CreateUringSwapIo(int fd, int queue_depth, int nr_rings,
+                                                          int read_poll_us = 0);
 
 // Synchronous pread/pwrite on `fd`, one call per op (retried for the rest
 // of a short transfer). Constructing it allocates nothing: a forked child

@@ -84,6 +84,7 @@ absl::StatusOr<std::unique_ptr<Vmscan>> Vmscan::Create(Machine* machine) {
     so.size_bytes = o.swap_bytes ? o.swap_bytes : std::max<uint64_t>(2 * o.mem_limit, 64 << 20);
     so.direct_io = o.swap_direct_io;
     so.queue_depth = o.swap_queue_depth;
+    so.read_poll_us = o.swap_read_poll_us;
     auto dev = SwapDevice::Open(so);
     if (!dev.ok()) return dev.status();
     swap = std::move(*dev);

@@ -81,6 +81,12 @@ bool ParseArgs(const std::vector<std::string>& args, DemoOptions* o) {
         std::fprintf(stderr, "emu demo: --readahead '%s' is not a number\n", v->c_str());
         return false;
       }
+    } else if (a == "--swap-poll-us") {
+      if (!(v = value("--swap-poll-us"))) return false;
+      if (!absl::SimpleAtoi(*v, &o->machine.swap_read_poll_us)) {
+        std::fprintf(stderr, "emu demo: --swap-poll-us '%s' is not a number\n", v->c_str());
+        return false;
+      }
     } else if (a == "--threads" || a == "--fault-around") {
       if (!(v = value(a.c_str()))) return false;
       int n;

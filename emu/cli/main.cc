@@ -19,8 +19,8 @@ SYNOPSIS
     emu demo [--mode MODE] [--size SIZE] [--threads N] [--fault-around N]
              [--zero-page on|off] [--arena SIZE] [--mem-limit SIZE]
              [--swap-dir DIR | --swap-file PATH] [--swap-size SIZE]
-             [--policy lru|fifo] [--readahead N] [--rmap anon_vma|anonmm]
-             [--madv-free linux|volatile]
+             [--policy lru|fifo] [--readahead N] [--swap-poll-us N]
+             [--rmap anon_vma|anonmm] [--madv-free linux|volatile]
              [--log SPEC]
     emu --help | --version
 
@@ -64,7 +64,8 @@ COMMANDS
             environment variables of the preload: EMU_MEM_LIMIT,
             EMU_SWAP_FILE, EMU_SWAP_DIR, EMU_SWAP_SIZE, EMU_NO_SWAP=1,
             EMU_FAULT_MODE, EMU_FAULT_AROUND, EMU_ZERO_PAGE, EMU_POLICY,
-            EMU_READAHEAD, EMU_ARENA, EMU_STATS_DIR, EMU_DISABLE=1.
+            EMU_READAHEAD, EMU_SWAP_POLL_US, EMU_ARENA, EMU_STATS_DIR,
+            EMU_DISABLE=1.
 
     workload
             A plain program that reads memory it never wrote (zero page),
@@ -106,6 +107,10 @@ OPTIONS
     --policy lru|fifo    reclaim policy: Linux's active/inactive lists
                          (default) or one list in fault order
     --readahead N        pages read around a swap-in fault, 1..64 (default 8)
+    --swap-poll-us N     how long a swap-in polls for its read before it
+                         sleeps, 0..10000 microseconds (default 200; 0 never
+                         polls): a waiting CPU that halts is slow to wake on
+                         a VM; polling spends that CPU instead
     --rmap METHOD        how a frame shared by the emulated fork finds its
                          mappings: anon_vma (default) or anonmm
     --madv-free linux|volatile

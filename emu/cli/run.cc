@@ -182,6 +182,9 @@ bool ParseArgs(const std::vector<std::string>& args, RunOptions* o, int* status)
     } else if (a == "--readahead") {
       if (!value(a, &v) || !number(a, v, &o->machine.swap_readahead_pages)) return false;
       o->env.emplace_back("EMU_READAHEAD", v);
+    } else if (a == "--swap-poll-us") {
+      if (!value(a, &v) || !number(a, v, &o->machine.swap_read_poll_us)) return false;
+      o->env.emplace_back("EMU_SWAP_POLL_US", v);
     } else if (a == "--madv-free") {
       if (!value(a, &v)) return false;
       if (v != "linux" && v != "volatile") {

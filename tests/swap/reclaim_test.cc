@@ -607,6 +607,13 @@ TEST_CASE("Memory limit options: bad values get clear errors", "[swap][options]"
   o.swap_readahead_pages = 0;
   CHECK(ToErrno(o.Validate()) == EINVAL);
   o.swap_readahead_pages = 8;
+  for (int bad : {-1, 10001}) {
+    o.swap_read_poll_us = bad;
+    CHECK_THAT(std::string(o.Validate().message()), Catch::Contains("want 0 to 10000"));
+    CHECK(ToErrno(o.Validate()) == EINVAL);
+  }
+  o.swap_read_poll_us = 0;
+  CHECK(o.Validate().ok());
   o.reclaim_policy = "random";
   CHECK_THAT(std::string(o.Validate().message()), Catch::Contains("want lru or fifo"));
   CHECK(ToErrno(ParseSize("lots").status()) == EINVAL);

@@ -56,9 +56,10 @@ std::unique_ptr<SwapDevice> OpenOrSkip(const SwapOptions& o) {
   return std::move(*d);
 }
 
-std::unique_ptr<SwapDevice> OpenSize(uint64_t bytes) {
+std::unique_ptr<SwapDevice> OpenSize(uint64_t bytes, int read_poll_us = 0) {
   SwapOptions o;
   o.size_bytes = bytes;
+  o.read_poll_us = read_poll_us;
   return OpenOrSkip(o);
 }
 
@@ -593,6 +594,24 @@ TEST_CASE(
   if (fs == "ext4") REQUIRE(d->direct_io());
   REQUIRE(WriteReadVerify(*d, 4, 3000, TestSeed()) == 0);
   RequireInvariants(*d);
+}
+
+TEST_CASE("io_uring: reads that poll for their completion (a window from 1 us, which mostly "
+          "times out, to 10 ms) read back intact from 4 threads",
+          "[swap][io][threads]") {
+  const int poll_us = GENERATE(1, 200, 10000);
+  INFO("read poll " << poll_us << " us");
+  auto d = OpenSize(64 * kMiB, poll_us);
+  REQUIRE(WriteReadVerify(*d, 4, 1000, TestSeed()) == 0);
+  RequireInvariants(*d);
+}
+
+TEST_CASE("io_uring: a read poll window outside 0 to 10 ms is EINVAL", "[swap][io]") {
+  for (int bad : {-1, kMaxReadPollUs + 1}) {
+    auto io = CreateUringSwapIo(/*fd=*/0, 8, 1, bad);
+    REQUIRE_FALSE(io.ok());
+    CHECK(ToErrno(io.status()) == EINVAL);
+  }
 }
 
 TEST_CASE("io_uring: buffered I/O works where O_DIRECT is not used (tmpfs /dev/shm, or asked for)",
