@@ -13,6 +13,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "absl/functional/function_ref.h"
 #include "emu/machine.h"
 #include "fault/host_backends.h"
 #include "emu/status.h"
@@ -70,8 +71,39 @@ inline char* MapAnon(AddressSpace& as, size_t len, int prot = PROT_READ | PROT_W
   return reinterpret_cast<char*>(*p);
 }
 
+// In handler-thread mode a faulting thread can go on before the handler
+// has published its PTE: the kernel lets the access retry as soon as the
+// host allows it (userfaultfd_must_wait no longer finds the page protected),
+// which may come before the handler unlocks the PTE. The program sees the
+// right memory; a test that reads the PTE or checks invariants right after
+// the access waits for that moment to pass (5 s at most; a PTE locked for
+// good still fails).
+inline bool Settles(absl::FunctionRef<bool()> settled) {
+  for (int i = 0; i < 5000; i++) {
+    if (settled()) return true;
+    usleep(1000);
+  }
+  return settled();
+}
+
+// The PTE at `addr` once no fault is changing it (see Settles).
+inline Pte SettledPte(AddressSpace& as, VirtAddr addr) {
+  Settles([&] { return !as.GetPte(addr).locked(); });
+  return as.GetPte(addr);
+}
+
+// CheckInvariants of the machine, once no fault is publishing a PTE.
+inline absl::Status SettledInvariants(absl::FunctionRef<absl::Status()> check) {
+  absl::Status s;
+  Settles([&] {
+    s = check();
+    return s.ok() || s.message().find("in flight") == absl::string_view::npos;
+  });
+  return s;
+}
+
 inline void RequireInvariants(AddressSpace& as) {
-  absl::Status s = as.CheckInvariants();
+  absl::Status s = SettledInvariants([&] { return as.CheckInvariants(); });
   INFO(s.ToString());
   REQUIRE(s.ok());
   absl::Status mm = as.machine().mem_map().CheckInvariants();

@@ -95,7 +95,7 @@ inline char* MapFile(AddressSpace& as, ShmemObject* file, size_t len, int prot, 
 
 // The machine's invariants (every object's cache included) and the reverse map.
 inline void RequireAll(Machine& m) {
-  absl::Status s = m.CheckInvariants();
+  absl::Status s = test::SettledInvariants([&] { return m.CheckInvariants(); });
   INFO(s.ToString());
   REQUIRE(s.ok());
   absl::Status r = CheckRmap(m);

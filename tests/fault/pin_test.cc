@@ -17,7 +17,7 @@ using test::MapAnon;
 constexpr int kRW = PROT_READ | PROT_WRITE;
 
 void RequireMachineInvariants(Machine& m) {
-  absl::Status s = m.CheckInvariants();
+  absl::Status s = test::SettledInvariants([&] { return m.CheckInvariants(); });
   INFO(s.ToString());
   REQUIRE(s.ok());
 }

@@ -43,7 +43,7 @@ std::unique_ptr<AddressSpace> ForkOf(AddressSpace& as) {
 }
 
 void RequireAll(Machine& m) {
-  absl::Status s = m.CheckInvariants();
+  absl::Status s = test::SettledInvariants([&] { return m.CheckInvariants(); });
   INFO(s.ToString());
   REQUIRE(s.ok());
   absl::Status r = CheckRmap(m);

@@ -23,7 +23,7 @@ constexpr int kRW = PROT_READ | PROT_WRITE;
 #define EMU_RMAP_METHODS() GENERATE(std::string("anon_vma"), std::string("anonmm"))
 
 void RequireAll(Machine& m) {
-  absl::Status s = m.CheckInvariants();
+  absl::Status s = test::SettledInvariants([&] { return m.CheckInvariants(); });
   INFO(s.ToString());
   REQUIRE(s.ok());
   absl::Status r = CheckRmap(m);

@@ -44,7 +44,7 @@ MachineOptions LimitOptions(int readahead = 8, const char* policy = "lru") {
 [[maybe_unused]] Vmscan& Reclaim(Machine& m) { return *static_cast<Vmscan*>(m.reclaim()); }
 
 void RequireMachineInvariants(Machine& m) {
-  absl::Status s = m.CheckInvariants();
+  absl::Status s = test::SettledInvariants([&] { return m.CheckInvariants(); });
   INFO(s.ToString());
   REQUIRE(s.ok());
 }
@@ -180,7 +180,7 @@ TEST_CASE("Swap: concurrent faults on one swapped page wait on one read", "[swap
   char* p = MapAnon(*env->as, 16 * kPageSize);
   for (size_t i = 0; i < 16; i++) FillPage(p, i, 7);
   SwapOutAll(m);
-  REQUIRE(env->as->GetPte(reinterpret_cast<VirtAddr>(p + 5 * kPageSize)).swap());
+  REQUIRE(test::SettledPte(*env->as, reinterpret_cast<VirtAddr>(p + 5 * kPageSize)).swap());
   const uint64_t in0 = Stat(m, VmEvent::k_pswpin);
   constexpr int kThreads = 8;
   std::atomic<int> ready{0}, bad{0};
@@ -210,14 +210,14 @@ TEST_CASE("Swap cache: a page read back keeps its slot until written, and goes a
   const VirtAddr page = reinterpret_cast<VirtAddr>(p);
   for (size_t i = 0; i < 4; i++) FillPage(p, i, 1);
   SwapOutAll(m);
-  REQUIRE(env->as->GetPte(page).swap());
-  const uint64_t slot = env->as->GetPte(page).swap_entry();
+  REQUIRE(test::SettledPte(*env->as, page).swap());
+  const uint64_t slot = test::SettledPte(*env->as, page).swap_entry();
   CHECK(dev.Count(slot) == 1);
   CHECK_FALSE(dev.HasCache(slot));
 
   // Read: mapped write-protected, clean, still holding the slot.
   REQUIRE(CheckPage(p, 0, 1) == -1);
-  Pte pte = env->as->GetPte(page);
+  Pte pte = test::SettledPte(*env->as, page);
   REQUIRE(pte.present());
   CHECK_FALSE(pte.write());
   CHECK(dev.Count(slot) == 0);
@@ -229,14 +229,14 @@ TEST_CASE("Swap cache: a page read back keeps its slot until written, and goes a
   SwapOutAll(m);
   CHECK(Stat(m, VmEvent::k_pswpout) == out0);
   CHECK(Stat(m, VmEvent::k_pgsteal_clean) > clean0);
-  CHECK(env->as->GetPte(page).swap_entry() == slot);
+  CHECK(test::SettledPte(*env->as, page).swap_entry() == slot);
   REQUIRE(CheckPage(p, 0, 1) == -1);
 
   // Written: the slot is freed (seed 002: mapcount + swapcount == 1, reuse,
   // try_to_free_swap), the page is writable and dirty.
   const uint64_t used0 = dev.nr_used(), freed0 = Stat(m, VmEvent::k_swap_free_on_reuse);
   FillPage(p, 0, 2);
-  pte = env->as->GetPte(page);
+  pte = test::SettledPte(*env->as, page);
   CHECK(pte.write());
   CHECK(pte.dirty());
   CHECK(Stat(m, VmEvent::k_swap_free_on_reuse) == freed0 + 1);
@@ -260,7 +260,7 @@ TEST_CASE("Swap: a write fault on a swapped page takes it exclusively, slot free
   SwapOutAll(m);
   REQUIRE(dev.nr_used() == 1);
   reinterpret_cast<volatile uint64_t*>(p)[1] = Pattern(0, 1, 3);  // a write, same value
-  Pte pte = env->as->GetPte(reinterpret_cast<VirtAddr>(p));
+  Pte pte = test::SettledPte(*env->as, reinterpret_cast<VirtAddr>(p));
   CHECK(pte.write());
   CHECK(dev.nr_used() == 0);
   REQUIRE(CheckPage(p, 0, 3) == -1);
@@ -285,10 +285,10 @@ TEST_CASE("Swap: mlocked pages are never reclaimed", "[swap]") {
   CHECK(Stat(m, VmEvent::k_pswpout) > 0);
   for (size_t i = 0; i < locked_pages; i++) {
     INFO("locked page " << i);
-    REQUIRE(env->as->GetPte(reinterpret_cast<VirtAddr>(locked + i * kPageSize)).present());
+    REQUIRE(test::SettledPte(*env->as, reinterpret_cast<VirtAddr>(locked + i * kPageSize)).present());
   }
   for (size_t i = 0; i < 64; i++) {
-    REQUIRE(env->as->GetPte(reinterpret_cast<VirtAddr>(mlocked_map + i * kPageSize)).present());
+    REQUIRE(test::SettledPte(*env->as, reinterpret_cast<VirtAddr>(mlocked_map + i * kPageSize)).present());
   }
   // What is left is locked: ShrinkTo(0) cannot succeed; check the counts.
   CHECK(m.reclaim()->ShrinkTo(0).code() == absl::StatusCode::kResourceExhausted);
@@ -324,7 +324,7 @@ TEST_CASE("Swap: reclaim of scattered pages gives each back to the host, and onl
   REQUIRE(mincore(base, pages * kPageSize, resident.data()) == 0);
   for (size_t i = 0; i < pages; i++) {
     INFO("page " << i);
-    const Pte pte = env->as->GetPte(reinterpret_cast<VirtAddr>(base + i * kPageSize));
+    const Pte pte = test::SettledPte(*env->as, reinterpret_cast<VirtAddr>(base + i * kPageSize));
     CHECK(pte.present() == (i % 2 == 0));
     CHECK(pte.swap() == (i % 2 == 1));
     CHECK((resident[i] & 1) == (i % 2 == 0 ? 1 : 0));  // the host agrees
@@ -452,7 +452,7 @@ TEST_CASE("Swap I/O errors: a failed read gives SIGBUS to the faulting access", 
   for (size_t i = 0; i < 8; i++) FillPage(p, i, 5);
   SwapOutAll(m);
   const VirtAddr bad = reinterpret_cast<VirtAddr>(p + 3 * kPageSize);
-  const uint64_t slot = env->as->GetPte(bad).swap_entry();
+  const uint64_t slot = test::SettledPte(*env->as, bad).swap_entry();
   FaultInjectingSwapIo& io = InjectFaults(m);
   io.AddRule({SwapFaultRule::kRead, slot, slot + 1, error, -1});
   // The kernel's view (a system call's buffer): EFAULT.
@@ -469,7 +469,7 @@ TEST_CASE("Swap I/O errors: a failed read gives SIGBUS to the faulting access", 
     CHECK(CatchSigbus::addr == bad);
   }
   CHECK(Stat(m, VmEvent::k_swap_read_errors) > 0);
-  CHECK(env->as->GetPte(bad).swap());  // still on swap: a later read may succeed
+  CHECK(test::SettledPte(*env->as, bad).swap());  // still on swap: a later read may succeed
   io.ClearRules();
   for (size_t i = 0; i < 8; i++) REQUIRE(CheckPage(p, i, 5) == -1);
   RequireMachineInvariants(m);

@@ -33,7 +33,7 @@ MachineOptions LimitOptions() {
 VirtAddr A(const void* p) { return reinterpret_cast<VirtAddr>(p); }
 
 void RequireMachineInvariants(Machine& m) {
-  absl::Status s = m.CheckInvariants();
+  absl::Status s = test::SettledInvariants([&] { return m.CheckInvariants(); });
   INFO(s.ToString());
   REQUIRE(s.ok());
 }
