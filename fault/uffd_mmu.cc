@@ -630,10 +630,14 @@ void UffdMmu::HandlerLoop() {
         trace::Record(addr, msgs[i].arg.pagefault.feat.ptid, flags & kFaultWrite, ret, start,
                       t1.tv_sec * 1000000000ull + t1.tv_nsec - start);
       }
-      // Installs do not wake (DONTWAKE): the thread may retry only once the
-      // software PTE is published, so that it never sees its own fault in
-      // flight. A bad access then meets a host PROT_NONE page and gets the
-      // kernel's own SIGSEGV; a spurious fault finds its page.
+      // Installs do not wake (DONTWAKE): a thread that sleeps on its fault
+      // retries only once the software PTE is published. (One that has not
+      // gone to sleep yet when the host starts allowing the access retries
+      // at once: the kernel's userfaultfd_must_wait finds nothing to wait
+      // for. Its access is right; only its PTE may still be locked for a
+      // moment, which every reader of PTEs handles.) A bad access then meets
+      // a host PROT_NONE page and gets the kernel's own SIGSEGV; a spurious
+      // fault finds its page.
       Wake({PageAlignDown(addr), PageAlignDown(addr) + kPageSize});
     }
   }
