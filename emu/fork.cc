@@ -249,10 +249,11 @@ absl::Status AddressSpace::CopyPteRangeLocked(AddressSpace& child, const Vma& v,
       if (run.fill) {
         machine_->rmap()->AnchorPage(page, *this, v, a);  // it locates the frame from now on
         page.mapping = nullptr;
-        page.pool_off = run.off + i * kPageSize;
         // Shared, it is dirty (its PTE says so below) and no longer lazily
-        // freed: MADV_FREE leaves frames others map alone.
-        page.flags.fetch_and(~kPgLazyFree, std::memory_order_relaxed);
+        // freed: MADV_FREE leaves frames others map alone. Nor does it keep
+        // a checksum (pool_off takes its word).
+        page.flags.fetch_and(~(kPgLazyFree | kPgCsum), std::memory_order_relaxed);
+        page.pool_off = run.off + i * kPageSize;
         page.flags.fetch_or(kPgPool, std::memory_order_release);
         page.Unlock();
       }

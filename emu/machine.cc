@@ -144,9 +144,9 @@ std::string MachineOptions::ToString() const {
                                   std::string(FaultModeName(fault_mode)), fault_around_pages,
                                   zero_page ? "on" : "off", arena_bytes >> 30);
   if (mem_limit != 0) {
-    absl::StrAppendFormat(&s, " mem_limit=%dM policy=%s readahead=%d read_poll=%dus",
+    absl::StrAppendFormat(&s, " mem_limit=%dM policy=%s readahead=%d read_poll=%dus csum=%s",
                           mem_limit >> 20, reclaim_policy, swap_readahead_pages,
-                          swap_read_poll_us);
+                          swap_read_poll_us, swap_cache_checksum ? "on" : "off");
     if (no_swap) absl::StrAppend(&s, " swap=none");
   }
   if (file_io != "psync") absl::StrAppend(&s, " file_io=", file_io);

@@ -70,6 +70,12 @@ struct MachineOptions {
   int swap_read_poll_us = 200;
   // Pages read around a swap-in fault (1 disables swap readahead), 1..64.
   int swap_readahead_pages = 8;
+  // A page read back from a slot nobody else references is mapped writable,
+  // with its slot's checksum: reclaim drops it without I/O when the
+  // checksum still matches (its PTE cannot show a write; Linux's hardware
+  // dirty bit does). Off: mapped write-protected, and its first write is a
+  // fault (the swap cache of seed 002).
+  bool swap_cache_checksum = true;
   // Reclaim policy: "lru" (active/inactive lists, references from faults and
   // write-protect sampling, as Linux) or "fifo" (one list, no references).
   std::string reclaim_policy = "lru";

@@ -189,6 +189,7 @@ void AddressSpace::KeepPinnedBytesLocked(Page& page, Pfn pfn, VirtAddr a) {
   }
   page.mapping = nullptr;
   page.anchor = nullptr;
+  page.flags.fetch_and(~kPgCsum, std::memory_order_relaxed);  // pool_off takes its word
   page.pool_off = off;
   page.flags.fetch_or(kPgPool, std::memory_order_release);
 }
@@ -1357,8 +1358,8 @@ absl::Status AddressSpace::CheckInvariantsLocked() {
     if (page.mapcount.load() != 1 || page.refcount.load() % kPinBias != 1) {
       return fail(a, "exclusive page with mapcount != 1 or refcount != 1 (+ pins)");
     }
-    if ((flags & kPgSwapCache) && pte.write() && !pte.dirty()) {
-      return fail(a, "writable clean swap-cache page (a write would be lost)");
+    if ((flags & kPgSwapCache) && pte.write() && !pte.dirty() && !(flags & kPgCsum)) {
+      return fail(a, "writable clean swap-cache page without a checksum (a write would be lost)");
     }
     if (flags & (kPgWriteback | kPgLocked)) return fail(a, "page still locked or under writeback");
     if ((flags & kPgLazyFree) && pte.write() && !pte.dirty()) {

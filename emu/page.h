@@ -49,6 +49,14 @@ inline constexpr uint32_t kPgShmem = 1u << 13;
 // reclaimed by dropping it (written back first when dirty). kPgWriteback on
 // such a page means a write to the file is in flight.
 inline constexpr uint32_t kPgFile = 1u << 14;
+// A swap-cache page read back from its slot and mapped writable (its slot
+// referenced by no one else): `csum` is the checksum (emu/checksum.h) of the
+// slot's bytes. Its PTE may be writable and clean with writes unseen, so
+// reclaim write-protects it and compares the checksum before it takes the
+// page for a clean copy of its slot (Linux learns the same from the
+// hardware dirty bit). Meaningful only with kPgSwapCache; a page going into
+// the FramePool loses it (csum shares its word with pool_off).
+inline constexpr uint32_t kPgCsum = 1u << 15;
 // Pages reclaim leaves alone (= the unevictable list).
 inline constexpr uint32_t kPgUnevictable = kPgMlocked;
 
@@ -89,7 +97,10 @@ struct Page {
   AddressSpace* mapping = nullptr;
   uint64_t index = 0;
   uint64_t private_ = 0;  // = page_private(): the swap slot while kPgSwapCache
-  uint64_t pool_off = 0;  // where the frame lives in the FramePool, while kPgPool
+  union {
+    uint64_t pool_off = 0;  // where the frame lives in the FramePool, while kPgPool
+    uint64_t csum;          // the slot's checksum, while kPgCsum (never with kPgPool)
+  };
   // While kPgPool: the rmap anchor (an anon_vma or an anonmm, emu/rmap.h);
   // `index` is then the method's index, and `mapping` is null.
   void* anchor = nullptr;

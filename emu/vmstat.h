@@ -47,6 +47,9 @@ namespace emu {
   X(kswapd_wake, "wakeups of the background reclaimer")                               \
   X(allocstall, "allocations that reclaimed in the faulting thread (direct reclaim)")  \
   X(swap_free_on_reuse, "swap slots freed by a write to a swap-cache page (try_to_free_swap)") \
+  X(swap_cache_writable, "pages read back from swap mapped writable with their slot's checksum") \
+  X(swap_csum_clean, "checksummed swap-cache pages reclaim found unchanged (no I/O)")  \
+  X(swap_csum_dirty, "checksummed swap-cache pages reclaim found changed (written)")   \
   X(swap_write_errors, "failed swap writes (slot retired, page kept)")               \
   X(swap_read_errors, "failed swap reads (SIGBUS to the faulting thread)")            \
   X(oom, "faults that found no frame even after reclaim")                             \

@@ -571,6 +571,13 @@ MachineOptions OptionsFromEnv() {
   if (const char* p = Env("EMU_POLICY")) o.reclaim_policy = p;
   o.swap_readahead_pages = EnvInt("EMU_READAHEAD", o.swap_readahead_pages);
   o.swap_read_poll_us = EnvInt("EMU_SWAP_POLL_US", o.swap_read_poll_us);
+  if (const char* c = Env("EMU_SWAP_CACHE_CHECKSUM")) {
+    std::string v = c;
+    if (v != "on" && v != "off") {
+      Die(absl::StrCat("EMU_SWAP_CACHE_CHECKSUM=", v, ": expected on or off"));
+    }
+    o.swap_cache_checksum = v == "on";
+  }
   if (const char* f = Env("EMU_MADV_FREE")) {
     std::string v = f;
     if (v != "linux" && v != "volatile") {

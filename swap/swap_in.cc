@@ -8,6 +8,7 @@
 
 #include <cerrno>
 
+#include "emu/checksum.h"
 #include "emu/fault_handler.h"
 #include "emu/mm.h"
 #include "swap/vmscan.h"
@@ -214,9 +215,22 @@ unsigned Vmscan::DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
 
   // A write fault on a slot nobody else references takes the page
   // exclusively: writable, dirty, slot freed (Linux: do_swap_page() with
-  // FAULT_FLAG_WRITE and can_reuse_swap_page). Everything else is mapped
-  // write-protected and clean, keeping its slot (the swap cache).
+  // FAULT_FLAG_WRITE and can_reuse_swap_page). Every other page keeps its
+  // slot (the swap cache), clean: mapped writable with the slot's checksum
+  // when the slot is this PTE's alone (Linux maps such a page writable and
+  // lets the hardware dirty bit tell; reclaim compares the checksum
+  // instead), write-protected otherwise, and with the checksum off.
   const bool exclusive_write = write && vma.writable() && swap_->Count(entries[f]) == 1;
+  const bool checksum = machine_->options().swap_cache_checksum && vma.writable();
+  bool csummed[kMaxRa] = {};
+  uint64_t csums[kMaxRa];
+  for (int i = 0; i < n; i++) {
+    if (checksum && ok[i] && !(exclusive_write && i == f) && swap_->Count(entries[i]) == 1) {
+      csummed[i] = true;
+      csums[i] = PageChecksum(buf + size_t{static_cast<size_t>(i)} * kPageSize);
+    }
+  }
+  auto writable = [&](int i) { return (exclusive_write && i == f) || csummed[i]; };
   const Prot prot = VmFlagsToProt(vma.vm_flags);
   bool installed[kMaxRa] = {};
   for (int i = 0; i < n;) {
@@ -225,21 +239,19 @@ unsigned Vmscan::DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
       continue;
     }
     int j = i + 1;
-    while (j < n && ok[j] && addrs[j] == addrs[j - 1] + kPageSize &&
-           !(exclusive_write && (j == f || j - 1 == f))) {
+    while (j < n && ok[j] && addrs[j] == addrs[j - 1] + kPageSize && writable(j) == writable(i)) {
       j++;
     }
     AddrRange run{addrs[i], addrs[j - 1] + kPageSize};
     const char* src = buf + size_t{static_cast<size_t>(i)} * kPageSize;
-    bool writable = exclusive_write && i == f;
-    if (host.InstallCopy(run, src, prot, writable)) {
+    if (host.InstallCopy(run, src, prot, writable(i))) {
       for (int k = i; k < j; k++) installed[k] = true;
     } else if (j - i > 1) {
       // The run spans host VMAs that did not merge: page by page.
       for (int k = i; k < j; k++) {
         installed[k] = host.InstallCopy({addrs[k], addrs[k] + kPageSize},
                                         buf + size_t{static_cast<size_t>(k)} * kPageSize, prot,
-                                        exclusive_write && k == f);
+                                        writable(k));
       }
     }
     i = j;
@@ -249,6 +261,7 @@ unsigned Vmscan::DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
   // Publish. Linux order (seed 002's comment on page_swapcount): the page
   // takes the slot into the swap cache before the PTE's reference goes.
   int mapped = 0;
+  int nr_csummed = 0;
   Pfn added[kMaxRa];
   for (int i = 0; i < n; i++) {
     std::atomic<uint64_t>* e = base + ((addrs[i] - window.start) >> kPageShift);
@@ -270,9 +283,17 @@ unsigned Vmscan::DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
       // After AddressSpace::Fork() another address space read this slot
       // back first and its page holds the swap cache. Differs: Linux would
       // map that page here too; a page in place has one address, so this
-      // one is a private copy, dirty (no slot behind it).
+      // one is a private copy, dirty (no slot behind it), and writable if
+      // it went in so.
       swap_->Free(entries[i]);
-      now = Pte::Anon(pfns[i], false, true, /*young=*/i == f);
+      now = Pte::Anon(pfns[i], csummed[i], true, /*young=*/i == f);
+    } else if (csummed[i]) {
+      page.private_ = entries[i];
+      page.csum = csums[i];
+      page.flags.fetch_or(kPgSwapCache | kPgCsum, std::memory_order_relaxed);
+      swap_->Free(entries[i]);
+      now = Pte::Anon(pfns[i], true, false, /*young=*/i == f);
+      nr_csummed++;
     } else {
       page.private_ = entries[i];
       page.flags.fetch_or(kPgSwapCache, std::memory_order_relaxed);
@@ -291,6 +312,7 @@ unsigned Vmscan::DoSwapPage(AddressSpace& as, const Vma& vma, VirtAddr addr,
   swapin_seq_.fetch_add(1, std::memory_order_release);
   FutexWakeAll(&swapin_seq_);
   vmstat.Add(VmEvent::k_pswpin, mapped);
+  if (nr_csummed > 0) vmstat.Add(VmEvent::k_swap_cache_writable, nr_csummed);
   if (mapped > 1) vmstat.Add(VmEvent::k_swap_ra, mapped - (installed[f] ? 1 : 0));
   if (!ok[f]) {
     vmstat.Add(VmEvent::k_swap_read_errors);

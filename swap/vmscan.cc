@@ -16,6 +16,7 @@
 #include <new>
 
 #include "absl/strings/str_cat.h"
+#include "emu/checksum.h"
 #include "emu/log.h"
 #include "emu/mm.h"
 #include "emu/pool.h"
@@ -32,6 +33,7 @@ struct Vmscan::Victim {
   enum State : uint8_t {
     kSkip,      // nothing more to do here (already put back or released)
     kClean,     // clean swap-cache page: drop without I/O
+    kVerify,    // checksummed swap-cache page: clean if its checksum matches
     kWrite,     // written out to `slot`
     kWriteErr,  // the write failed
     kDiscardVolatile,  // in a volatile VMA (seed 003): dropped, no I/O
@@ -44,7 +46,7 @@ struct Vmscan::Victim {
   } verdict;
   uint64_t slot;
   uint64_t pte;   // the PTE value reclaim left (to detect any change since)
-  uint64_t orig;  // kWrite: the PTE before reclaim write-protected it
+  uint64_t orig;  // kWrite, kVerify: the PTE before reclaim write-protected it
   bool avoided;   // a discard: the page would have been written to swap
 };
 
@@ -505,16 +507,22 @@ void Vmscan::DecidePages(AddressSpace* held, Victim* v, int n, SlotRun* run) {
     }
     wp_first = -1;
   };
+  // Pages to verify (kVerify) are write-protected the same way first.
+  auto protect = [](const Victim& x) {
+    return x.state == Victim::kWrite || x.state == Victim::kVerify;
+  };
   for (int k = 0; k < n; k++) {
     Victim& x = v[k];
     DecideOne(x, *as, run);
-    bool joins = wp_first >= 0 && v[k - 1].state == Victim::kWrite &&
-                 v[k - 1].addr + kPageSize == x.addr &&
+    bool joins = wp_first >= 0 && protect(v[k - 1]) && v[k - 1].addr + kPageSize == x.addr &&
                  as->vmas().Lookup(v[k - 1].addr) == as->vmas().Lookup(x.addr);
-    if (x.state != Victim::kWrite || !joins) flush_wp(k);
-    if (x.state == Victim::kWrite && wp_first < 0) wp_first = k;
+    if (!protect(x) || !joins) flush_wp(k);
+    if (protect(x) && wp_first < 0) wp_first = k;
   }
   flush_wp(n);
+  for (int k = 0; k < n; k++) {
+    if (v[k].state == Victim::kVerify) VerifyOne(v[k], pt, run);
+  }
   UnlockSpace(as, held);
   for (int k = 0; k < n; k++) {
     if (v[k].verdict == Victim::kActivate) {
@@ -589,6 +597,18 @@ void Vmscan::DecideOne(Victim& x, AddressSpace& as, SlotRun* run) {
     x.verdict = Victim::kActivate;
     return;
   }
+  if (page.Test(kPgSwapCache) && !pte.dirty() && page.Test(kPgCsum) && !page.Test(kPgPool)) {
+    // Read back and mapped writable: a write may have gone unseen. Linux
+    // reads the PTE's dirty bit here; we write-protect the page (with the
+    // pages to write, DecidePages) and then compare its checksum with the
+    // slot's (VerifyOne).
+    x.state = Victim::kVerify;
+    x.slot = page.private_;
+    x.orig = pte.raw();
+    x.pte = pte.Clean().raw();
+    e->store(x.pte, std::memory_order_release);
+    return;
+  }
   if (page.Test(kPgSwapCache) && !pte.dirty() && !pte.write()) {
     x.state = Victim::kClean;
     x.slot = page.private_;
@@ -599,26 +619,72 @@ void Vmscan::DecideOne(Victim& x, AddressSpace& as, SlotRun* run) {
     x.verdict = Victim::kRotate;  // nothing to write it to
     return;
   }
-  if (run->used == run->len) {
-    run->len = swap_->AllocRun(kSwapClusterPages / 4, &run->first);
-    run->used = 0;
-    if (run->len == 0) {  // swap full: keep the page
-      x.verdict = Victim::kRotate;
-      return;
-    }
+  uint64_t slot;
+  if (!TakeSlot(run, &slot)) {  // swap full: keep the page
+    x.verdict = Victim::kRotate;
+    return;
   }
   if (page.Test(kPgSwapCache)) {
     // Written since it came back: its slot is stale (Linux would have freed
     // it at the write fault had the page lock been free).
     swap_->ClearCache(page.private_);
   }
-  x.slot = run->first + run->used++;
+  x.slot = slot;
   x.state = Victim::kWrite;
   page.private_ = x.slot;
+  page.flags.fetch_and(~kPgCsum, std::memory_order_relaxed);
   page.flags.fetch_or(kPgSwapCache | kPgWriteback, std::memory_order_relaxed);
   x.orig = pte.raw();
   x.pte = pte.Clean().raw();
   e->store(x.pte, std::memory_order_release);
+}
+
+bool Vmscan::TakeSlot(SlotRun* run, uint64_t* slot) {
+  if (run->used == run->len) {
+    run->len = swap_->AllocRun(kSwapClusterPages / 4, &run->first);
+    run->used = 0;
+    if (run->len == 0) return false;
+  }
+  *slot = run->first + run->used++;
+  return true;
+}
+
+void Vmscan::VerifyOne(Victim& x, PageTable& pt, SlotRun* run) {
+  // The host page is write-protected now (DecidePages): while the PTE is
+  // still what reclaim left, a write traps and waits for this ptl, so the
+  // bytes read here are the page's until UnmapPages sees the PTE again.
+  Page& page = mem_map_.page(x.pfn);
+  std::atomic<uint64_t>* e = pt.Walk(x.addr, false);
+  SpinLockHolder ptl(pt.Ptl(x.addr));
+  if (Load(e) != x.pte) {
+    x.state = Victim::kClean;  // changed meanwhile: UnmapPages keeps it mapped
+    return;
+  }
+  VmStat& vmstat = machine_->vmstat();
+  if (PageChecksum(reinterpret_cast<const void*>(x.addr)) == page.csum) {
+    x.state = Victim::kClean;  // the slot holds these bytes: no I/O
+    vmstat.Add(VmEvent::k_swap_csum_clean);
+    return;
+  }
+  // Written since it came back: the slot is stale; the page goes out like
+  // any dirty page, to a new slot.
+  vmstat.Add(VmEvent::k_swap_csum_dirty);
+  page.flags.fetch_and(~kPgCsum, std::memory_order_relaxed);
+  swap_->ClearCache(page.private_);
+  uint64_t slot;
+  if (!TakeSlot(run, &slot)) {
+    // Swap full: the page stays, dirty (and write-protected, as the host is).
+    page.flags.fetch_and(~kPgSwapCache, std::memory_order_relaxed);
+    page.private_ = 0;
+    e->store(Pte(x.pte).WithDirty().raw(), std::memory_order_release);
+    x.state = Victim::kSkip;
+    x.verdict = Victim::kRotate;
+    return;
+  }
+  x.slot = slot;
+  x.state = Victim::kWrite;
+  page.private_ = slot;
+  page.flags.fetch_or(kPgSwapCache | kPgWriteback, std::memory_order_relaxed);
 }
 
 void Vmscan::UndoWrite(Victim& x, PageTable& pt) {

@@ -118,6 +118,11 @@ class Vmscan : public PageReclaim {
   int ShrinkFilePage(Pfn pfn);
   void DecidePages(AddressSpace* held, Victim* v, int n, SlotRun* run);
   void DecideOne(Victim& x, AddressSpace& as, SlotRun* run);
+  // A slot for a page to write, from `run` (refilled from the device).
+  bool TakeSlot(SlotRun* run, uint64_t* slot);
+  // A checksummed swap-cache page, write-protected now: unchanged -> a
+  // clean copy of its slot; changed -> written to a new slot.
+  void VerifyOne(Victim& x, PageTable& pt, SlotRun* run);
   void UndoWrite(Victim& x, PageTable& pt);
   void WritePages(Victim* v, int n);
   int UnmapPages(AddressSpace* held, Victim* v, int n);

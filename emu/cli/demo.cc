@@ -96,6 +96,13 @@ bool ParseArgs(const std::vector<std::string>& args, DemoOptions* o) {
         return false;
       }
       (a == "--threads" ? o->threads : o->machine.fault_around_pages) = n;
+    } else if (a == "--swap-cache-checksum") {
+      if (!(v = value("--swap-cache-checksum"))) return false;
+      if (*v != "on" && *v != "off") {
+        std::fprintf(stderr, "emu demo: --swap-cache-checksum '%s': want on or off\n", v->c_str());
+        return false;
+      }
+      o->machine.swap_cache_checksum = *v == "on";
     } else if (a == "--zero-page") {
       if (!(v = value("--zero-page"))) return false;
       if (*v != "on" && *v != "off") {

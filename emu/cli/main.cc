@@ -20,6 +20,7 @@ SYNOPSIS
              [--zero-page on|off] [--arena SIZE] [--mem-limit SIZE]
              [--swap-dir DIR | --swap-file PATH] [--swap-size SIZE]
              [--policy lru|fifo] [--readahead N] [--swap-poll-us N]
+             [--swap-cache-checksum on|off]
              [--rmap anon_vma|anonmm] [--madv-free linux|volatile]
              [--log SPEC]
     emu --help | --version
@@ -64,7 +65,8 @@ COMMANDS
             environment variables of the preload: EMU_MEM_LIMIT,
             EMU_SWAP_FILE, EMU_SWAP_DIR, EMU_SWAP_SIZE, EMU_NO_SWAP=1,
             EMU_FAULT_MODE, EMU_FAULT_AROUND, EMU_ZERO_PAGE, EMU_POLICY,
-            EMU_READAHEAD, EMU_SWAP_POLL_US, EMU_ARENA, EMU_STATS_DIR,
+            EMU_READAHEAD, EMU_SWAP_POLL_US,
+            EMU_SWAP_CACHE_CHECKSUM, EMU_ARENA, EMU_STATS_DIR,
             EMU_DISABLE=1.
 
     workload
@@ -111,6 +113,14 @@ OPTIONS
                          sleeps, 0..10000 microseconds (default 200; 0 never
                          polls): a waiting CPU that halts is slow to wake on
                          a VM; polling spends that CPU instead
+    --swap-cache-checksum on|off
+                         map a page read back from swap writable, with its
+                         slot's checksum, when no one else references the
+                         slot (default on): reclaim compares the checksum
+                         and drops an unchanged page without writing it, so
+                         its first write costs no fault. off: map it
+                         write-protected; its first write is a fault that
+                         frees the slot
     --rmap METHOD        how a frame shared by the emulated fork finds its
                          mappings: anon_vma (default) or anonmm
     --madv-free linux|volatile

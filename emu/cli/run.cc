@@ -182,6 +182,14 @@ bool ParseArgs(const std::vector<std::string>& args, RunOptions* o, int* status)
     } else if (a == "--readahead") {
       if (!value(a, &v) || !number(a, v, &o->machine.swap_readahead_pages)) return false;
       o->env.emplace_back("EMU_READAHEAD", v);
+    } else if (a == "--swap-cache-checksum") {
+      if (!value(a, &v)) return false;
+      if (v != "on" && v != "off") {
+        UsageError(absl::StrCat("--swap-cache-checksum ", v, ": expected on or off"));
+        return false;
+      }
+      o->machine.swap_cache_checksum = v == "on";
+      o->env.emplace_back("EMU_SWAP_CACHE_CHECKSUM", v);
     } else if (a == "--swap-poll-us") {
       if (!value(a, &v) || !number(a, v, &o->machine.swap_read_poll_us)) return false;
       o->env.emplace_back("EMU_SWAP_POLL_US", v);

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "emu/checksum.h"
 #include "swap/swap_io.h"
 #include "swap/vmscan.h"
 #include "test_util.h"
@@ -203,7 +204,10 @@ TEST_CASE("Swap cache: a page read back keeps its slot until written, and goes a
           "[swap]") {
   FaultMode mode = EMU_ALL_MODES();
   INFO("mode " << FaultModeName(mode));
-  auto env = MakeEnv(mode, LimitOptions(/*readahead=*/1));
+  // Without the checksum: the page comes back write-protected (seed 002).
+  MachineOptions o = LimitOptions(/*readahead=*/1);
+  o.swap_cache_checksum = false;
+  auto env = MakeEnv(mode, o);
   Machine& m = *env->machine;
   SwapDevice& dev = *Reclaim(m).swap_device();
   char* p = MapAnon(*env->as, 4 * kPageSize);
@@ -247,6 +251,179 @@ TEST_CASE("Swap cache: a page read back keeps its slot until written, and goes a
   SwapOutAll(m);
   REQUIRE(CheckPage(p, 0, 2) == -1);
   REQUIRE(CheckPage(p, 1, 1) == -1);
+}
+
+TEST_CASE("Page checksum: any change to one word of a page changes it", "[csum]") {
+  std::mt19937_64 rng(11);
+  std::vector<uint64_t> page(kPageSize / 8);
+  for (uint64_t& w : page) w = rng();
+  const uint64_t sum = PageChecksum(page.data());
+  CHECK(PageChecksum(page.data()) == sum);
+  for (size_t k = 0; k < page.size(); k++) {
+    const uint64_t orig = page[k];
+    for (uint64_t delta : {uint64_t{1}, uint64_t{1} << 63, ~uint64_t{0}, rng() | 1}) {
+      page[k] = orig ^ delta;
+      if (PageChecksum(page.data()) == sum) FAIL("word " << k << " changed by " << delta);
+    }
+    page[k] = orig;
+  }
+  // Two pages that differ only in where a word sits.
+  std::vector<uint64_t> moved = page;
+  std::swap(moved[0], moved[1]);
+  CHECK(PageChecksum(moved.data()) != sum);
+  std::vector<uint64_t> zeros(kPageSize / 8, 0), one(kPageSize / 8, 0);
+  one[kPageSize / 8 - 1] = 1;
+  CHECK(PageChecksum(zeros.data()) != PageChecksum(one.data()));
+}
+
+// Page `i`'s word that the checksum tests change: first, last and middle
+// words all occur.
+size_t ChangedWord(size_t i) { return (i * 37) % (kPageSize / 8); }
+
+// Checks page `i`: round 1 everywhere, except ChangedWord(i) holding round 2
+// when `changed`.
+bool PageAsWritten(const char* base, size_t i, bool changed) {
+  auto* w = reinterpret_cast<const uint64_t*>(base + i * kPageSize);
+  for (size_t k = 0; k < kPageSize / 8; k++) {
+    const uint64_t want = changed && k == ChangedWord(i) ? Pattern(i, k, 2) : Pattern(i, k, 1);
+    if (w[k] != want) return false;
+  }
+  return true;
+}
+
+TEST_CASE("Swap cache checksum: a page read back is writable, and reclaim writes only the pages "
+          "that changed",
+          "[swap][csum]") {
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode, LimitOptions(/*readahead=*/1));  // checksum on: the default
+  Machine& m = *env->machine;
+  SwapDevice& dev = *Reclaim(m).swap_device();
+  constexpr size_t kPages = 16;
+  char* p = MapAnon(*env->as, kPages * kPageSize);
+  auto at = [&](size_t i) { return reinterpret_cast<VirtAddr>(p + i * kPageSize); };
+  for (size_t i = 0; i < kPages; i++) FillPage(p, i, 1);
+  SwapOutAll(m);
+  uint64_t slots[kPages];
+  for (size_t i = 0; i < kPages; i++) {
+    REQUIRE(test::SettledPte(*env->as, at(i)).swap());
+    slots[i] = test::SettledPte(*env->as, at(i)).swap_entry();
+  }
+
+  // Read back: writable but clean, the slot still the page's.
+  const uint64_t writable0 = Stat(m, VmEvent::k_swap_cache_writable);
+  for (size_t i = 0; i < kPages; i++) REQUIRE(CheckPage(p, i, 1) == -1);
+  CHECK(Stat(m, VmEvent::k_swap_cache_writable) - writable0 == kPages);
+  for (size_t i = 0; i < kPages; i++) {
+    Pte pte = test::SettledPte(*env->as, at(i));
+    REQUIRE(pte.present());
+    CHECK(pte.write());
+    CHECK_FALSE(pte.dirty());
+    CHECK(dev.HasCache(slots[i]));
+  }
+  RequireMachineInvariants(m);
+
+  // One word of every other page changes: no fault sees it.
+  const uint64_t faults0 = Stat(m, VmEvent::k_pgfault);
+  for (size_t i = 0; i < kPages; i += 2) {
+    reinterpret_cast<volatile uint64_t*>(p + i * kPageSize)[ChangedWord(i)] =
+        Pattern(i, ChangedWord(i), 2);
+  }
+  CHECK(Stat(m, VmEvent::k_pgfault) == faults0);
+  RequireMachineInvariants(m);
+
+  // Reclaim compares checksums: the changed pages are written (to new
+  // slots), the others dropped without I/O and keep their slots.
+  const uint64_t out0 = Stat(m, VmEvent::k_pswpout);
+  const uint64_t clean0 = Stat(m, VmEvent::k_swap_csum_clean);
+  const uint64_t dirty0 = Stat(m, VmEvent::k_swap_csum_dirty);
+  SwapOutAll(m);
+  CHECK(Stat(m, VmEvent::k_swap_csum_dirty) - dirty0 == kPages / 2);
+  CHECK(Stat(m, VmEvent::k_swap_csum_clean) - clean0 == kPages / 2);
+  CHECK(Stat(m, VmEvent::k_pswpout) - out0 == kPages / 2);
+  for (size_t i = 1; i < kPages; i += 2) {
+    CHECK(test::SettledPte(*env->as, at(i)).swap_entry() == slots[i]);
+  }
+  RequireMachineInvariants(m);
+
+  // Back once more: every byte as last written.
+  for (size_t i = 0; i < kPages; i++) {
+    INFO("page " << i);
+    CHECK(PageAsWritten(p, i, i % 2 == 0));
+  }
+  RequireMachineInvariants(m);
+}
+
+TEST_CASE("Swap cache checksum: a write that went unseen survives a write-protect before reclaim",
+          "[swap][csum]") {
+  // mprotect (or reclaim's own write sampling) may write-protect a page
+  // whose PTE never saw its write: the PTE is then read-only and clean, as
+  // a true clean copy of the slot's is, and only the checksum tells.
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode, LimitOptions(/*readahead=*/1));
+  Machine& m = *env->machine;
+  constexpr size_t kPages = 8;
+  char* p = MapAnon(*env->as, kPages * kPageSize);
+  const VirtAddr a = reinterpret_cast<VirtAddr>(p);
+  for (size_t i = 0; i < kPages; i++) FillPage(p, i, 1);
+  SwapOutAll(m);
+  for (size_t i = 0; i < kPages; i++) REQUIRE(CheckPage(p, i, 1) == -1);
+  for (size_t i = 0; i < kPages; i++) {
+    reinterpret_cast<volatile uint64_t*>(p + i * kPageSize)[ChangedWord(i)] =
+        Pattern(i, ChangedWord(i), 2);
+  }
+  REQUIRE(env->as->Mprotect(a, kPages * kPageSize, PROT_READ).ok());
+  for (size_t i = 0; i < kPages; i++) {
+    Pte pte = test::SettledPte(*env->as, a + i * kPageSize);
+    CHECK_FALSE(pte.write());
+    CHECK_FALSE(pte.dirty());
+  }
+  const uint64_t dirty0 = Stat(m, VmEvent::k_swap_csum_dirty);
+  SwapOutAll(m);
+  CHECK(Stat(m, VmEvent::k_swap_csum_dirty) - dirty0 == kPages);
+  REQUIRE(env->as->Mprotect(a, kPages * kPageSize, PROT_READ | PROT_WRITE).ok());
+  for (size_t i = 0; i < kPages; i++) {
+    INFO("page " << i);
+    CHECK(PageAsWritten(p, i, true));
+  }
+  RequireMachineInvariants(m);
+}
+
+TEST_CASE("Swap cache checksum: a slot another address space references comes back "
+          "write-protected",
+          "[swap][csum]") {
+  // After AddressSpace::Fork both address spaces' swap PTEs name the slot:
+  // the first to read it back must not write unseen what the other still
+  // expects in the slot.
+  FaultMode mode = EMU_ALL_MODES();
+  INFO("mode " << FaultModeName(mode));
+  auto env = MakeEnv(mode, LimitOptions(/*readahead=*/1));
+  Machine& m = *env->machine;
+  char* p = MapAnon(*env->as, 2 * kPageSize);
+  const VirtAddr a = reinterpret_cast<VirtAddr>(p);
+  FillPage(p, 0, 1);
+  FillPage(p, 1, 1);
+  SwapOutAll(m);
+  auto forked = env->as->Fork();
+  REQUIRE(forked.ok());
+  std::unique_ptr<AddressSpace> child = std::move(*forked);
+  const VirtAddr ca = child->window().start + (a - env->as->window().start);
+  REQUIRE(test::SettledPte(*child, ca).swap());
+  const uint64_t writable0 = Stat(m, VmEvent::k_swap_cache_writable);
+  REQUIRE(CheckPage(p, 0, 1) == -1);  // the parent reads it back
+  CHECK(Stat(m, VmEvent::k_swap_cache_writable) == writable0);
+  CHECK_FALSE(test::SettledPte(*env->as, a).write());
+  FillPage(p, 0, 2);  // a fault, which copies or takes the page
+  REQUIRE(CheckPage(p, 0, 2) == -1);
+  RequireMachineInvariants(m);
+  // The child still sees the bytes of the moment of the fork, and so does
+  // its next swap-in of the page.
+  CHECK(CheckPage(reinterpret_cast<const char*>(ca), 0, 1) == -1);
+  SwapOutAll(m);
+  CHECK(CheckPage(reinterpret_cast<const char*>(ca), 0, 1) == -1);
+  CHECK(CheckPage(p, 0, 2) == -1);
+  RequireMachineInvariants(m);
 }
 
 TEST_CASE("Swap: a write fault on a swapped page takes it exclusively, slot freed", "[swap]") {
