@@ -115,6 +115,7 @@ struct Options {
   std::string swap_dir;
   FaultMode mode = FaultMode::kUffdSigbus;
   int64_t poll_us = MachineOptions{}.swap_read_poll_us;
+  bool csum = MachineOptions{}.swap_cache_checksum;
   bool json = false, quick = false, no_kernel = false;
 };
 
@@ -732,6 +733,7 @@ RunResult EmuRun(const Plan& plan, const Variant& v, const Options& o) {
         mo.reclaim_policy = v.policy;
         mo.fault_mode = o.mode;
         mo.swap_read_poll_us = static_cast<int>(o.poll_us);
+        mo.swap_cache_checksum = o.csum;
         WarmUp(mo);
         const int64_t rss0 = ResetHwm();
         auto machine = CreateMachine(mo);
@@ -887,11 +889,12 @@ void PrintHeader(const Context& c) {
   std::printf(
       "%s: git %s, %s, nproc %d, limit %.0f MiB, swap %.0f MiB per side in %s (%s), "
       "seq passes %lld, random accesses %.2f/page, reps %lld, emu mode %s, swap read poll "
-      "%lld us\n",
+      "%lld us, swap cache checksum %s\n",
       kProg, GitSha(), CompilerVersion(), Nproc(), static_cast<double>(o.limit) / kMiB,
       static_cast<double>(o.swap_bytes) / kMiB, o.swap_dir.c_str(), c.dir_note.c_str(),
       static_cast<long long>(o.passes), o.accesses, static_cast<long long>(o.reps),
-      std::string(FaultModeName(o.mode)).c_str(), static_cast<long long>(o.poll_us));
+      std::string(FaultModeName(o.mode)).c_str(), static_cast<long long>(o.poll_us),
+      o.csum ? "on" : "off");
   if (!c.peer.unavailable.empty()) {
     std::printf("kernel peer unavailable: %s (emu runs alone; ratios are n/a)\n",
                 c.peer.unavailable.c_str());
@@ -988,6 +991,7 @@ void PrintJson(const Row& r, const Context& c) {
     j.Num("swap_mib", static_cast<double>(c.o.swap_bytes) / kMiB);
     j.Str("policy", r.variant->policy).Int("readahead", r.variant->readahead);
     j.Str("mode", std::string(FaultModeName(c.o.mode))).Int("swap_poll_us", c.o.poll_us);
+    j.Str("swap_cache_checksum", c.o.csum ? "on" : "off");
     j.Int("accesses", static_cast<int64_t>(r.plan->accesses())).Int("reps", c.o.reps);
     j.Str("swap_dir", c.o.swap_dir).Str("git_sha", GitSha()).Str("compiler", CompilerVersion());
     j.Int("nproc", Nproc());
@@ -1091,6 +1095,10 @@ void PrintHelp() {
       "  --mode M         emu's fault mode: sigbus, thread or sigsegv (default sigbus)\n"
       "  --swap-poll-us N how long emu's swap-in polls before it sleeps, 0..10000 (default\n"
       "                   200; 0 sleeps at once)\n"
+      "  --swap-cache-checksum on|off\n"
+      "                   map pages read back writable with their slot's checksum (default\n"
+      "                   on) or write-protected (off)\n"
+
       "  --reps N         repetitions; medians are reported (default 1)\n"
       "  --timeout S      seconds a run may take before it counts as hung (default 600)\n"
       "  --no-kernel      run emu only\n"
@@ -1152,6 +1160,17 @@ bool ParseOne(ArgParser& args, Options* o, uint64_t* limit, int64_t* passes, dou
   }
   if (args.Is("--reps")) return args.IntValue(1, 100, &o->reps);
   if (args.Is("--swap-poll-us")) return args.IntValue(0, 10000, &o->poll_us);
+  if (args.Is("--swap-cache-checksum")) {
+    std::string v;
+    if (args.Value(&v)) {
+      if (v != "on" && v != "off") {
+        args.Fail("--swap-cache-checksum '%s': want on or off", v.c_str());
+      } else {
+        o->csum = v == "on";
+      }
+    }
+    return !args.failed();
+  }
   if (args.Is("--passes")) return args.IntValue(1, 100, passes);
   if (args.Is("--timeout")) return args.IntValue(1, 86400, timeout);
   if (args.Is("--accesses")) {
