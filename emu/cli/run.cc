@@ -304,6 +304,12 @@ std::string FormatProcess(const ProcStats& p) {
       "reclaimed %llu (%llu clean), direct-reclaim stalls %llu, OOM %llu\n",
       n("pswpin"), n("pgmajfault"), n("swap_ra"), n("pswpout"), n("pgsteal"),
       n("pgsteal_clean"), n("allocstall"), n("oom")));
+  if (n("swap_cache_writable") > 0) {
+    absl::StrAppend(&out, absl::StrFormat(
+        "  swap cache    %llu pages read back writable with a checksum; at reclaim %llu "
+        "unchanged (no I/O), %llu changed (written)\n",
+        n("swap_cache_writable"), n("swap_csum_clean"), n("swap_csum_dirty")));
+  }
   absl::StrAppend(&out, absl::StrFormat(
       "  discards      %llu pages (munmap, MADV_DONTNEED), mremap moves %llu\n",
       n("zap_pages"), n("mremap_moves")));

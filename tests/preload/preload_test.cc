@@ -90,6 +90,27 @@ TEST_CASE("Preload: under a memory limit pages go to swap and come back intact",
   CHECK(Counter(r.stats, "peak_anon_pages") <= 4096);
 }
 
+TEST_CASE("emu run: pages read back from swap come writable with a checksum unless "
+          "--swap-cache-checksum off",
+          "[preload][csum]") {
+  std::string mode = GENERATE("thread", "sigbus", "sigsegv");
+  Result on = Run(ModeArg(mode) + " --mem-limit 16M --summary -", "malloc 24");
+  INFO(on.out);
+  REQUIRE(on.status == 0);
+  CHECK(Counter(on.stats, "swap_cache_writable") > 0);
+  CHECK(Counter(on.stats, "swap_csum_clean") > 0);
+  CHECK(on.out.find("swap cache") != std::string::npos);
+  // (emu run hands the option to the preload as EMU_SWAP_CACHE_CHECKSUM.)
+  Result off = Run(ModeArg(mode) + " --mem-limit 16M --no-summary --swap-cache-checksum off",
+                   "malloc 24");
+  INFO(off.out);
+  REQUIRE(off.status == 0);
+  CHECK(Counter(off.stats, "pswpin") > 0);
+  CHECK(Counter(off.stats, "swap_cache_writable") == 0);
+  CHECK(Counter(off.stats, "swap_csum_clean") == 0);
+  CHECK(Run("--no-summary --swap-cache-checksum maybe", "exit 0").status == 2);
+}
+
 TEST_CASE("Preload: MADV_FREE frees lazily (Linux) or marks a volatile range (--madv-free)",
           "[preload][volatile]") {
   std::string mode = GENERATE("thread", "sigbus", "sigsegv");
