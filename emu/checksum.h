@@ -5,7 +5,6 @@
 #define EMU_CHECKSUM_H_
 
 #include <cstdint>
-#include <cstring>
 
 #include "emu/types.h"
 
@@ -18,24 +17,30 @@ namespace emu {
 // multiplier, a bijection of each lane's value. A page that differs from
 // its slot in one word is never taken for clean; other changes collide with
 // a chance of about 2^-64. ~0.2 us a page. async-signal-safe.
-inline uint64_t PageChecksum(const void* p) {
+//
+// `p` is page aligned. Reclaim reads a program's page here while a thread
+// of the program may be writing it: the host page is write-protected then,
+// so the write traps and waits for the page table lock reclaim holds
+// (Vmscan::VerifyOne). ThreadSanitizer cannot see that order (it records a
+// store before the store traps), so these loads are left uninstrumented, as
+// the kernel's own read of a page being written to swap is.
+__attribute__((no_sanitize("thread"))) inline uint64_t PageChecksum(const void* p) {
   constexpr uint64_t kMul = 0x9e3779b97f4a7c15ull;  // odd
   constexpr uint64_t kFold = 0xc2b2ae3d27d4eb4full;  // odd
-  const unsigned char* b = static_cast<const unsigned char*>(p);
+  using Word = uint64_t __attribute__((may_alias));
+  const Word* w = static_cast<const Word*>(p);
   uint64_t h0 = 0x243f6a8885a308d3ull, h1 = 0x13198a2e03707344ull;
   uint64_t h2 = 0xa4093822299f31d0ull, h3 = 0x082efa98ec4e6c89ull;
-  auto step = [](uint64_t h, uint64_t w) {
-    h ^= w;
+  auto step = [](uint64_t h, uint64_t x) {
+    h ^= x;
     h = (h << 29) | (h >> 35);
     return h * kMul;
   };
-  for (size_t off = 0; off < kPageSize; off += 32) {
-    uint64_t w[4];
-    std::memcpy(w, b + off, sizeof(w));
-    h0 = step(h0, w[0]);
-    h1 = step(h1, w[1]);
-    h2 = step(h2, w[2]);
-    h3 = step(h3, w[3]);
+  for (size_t i = 0; i < kPageSize / sizeof(uint64_t); i += 4) {
+    h0 = step(h0, w[i]);
+    h1 = step(h1, w[i + 1]);
+    h2 = step(h2, w[i + 2]);
+    h3 = step(h3, w[i + 3]);
   }
   return ((h0 * kFold + h1) * kFold + h2) * kFold + h3;
 }
