@@ -113,6 +113,13 @@ inline void RequireInvariants(AddressSpace& as) {
 
 inline uint64_t Stat(Machine& m, VmEvent e) { return m.vmstat().Get(e); }
 
+// Counter `e` once it reaches `at_least`: in handler-thread mode the access a
+// fault served can go on before the handler has counted it (see Settles).
+inline uint64_t SettledStat(Machine& m, VmEvent e, uint64_t at_least) {
+  Settles([&] { return Stat(m, e) >= at_least; });
+  return Stat(m, e);
+}
+
 // Runs `fn` in a forked child and returns its wait status. The child reports
 // only through its exit code and signals (cow.c style: no Catch2 there).
 template <typename Fn>

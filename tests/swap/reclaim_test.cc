@@ -196,7 +196,7 @@ TEST_CASE("Swap: concurrent faults on one swapped page wait on one read", "[swap
   }
   for (auto& t : threads) t.join();
   CHECK(bad.load() == 0);
-  CHECK(Stat(m, VmEvent::k_pswpin) - in0 == 1);
+  CHECK(test::SettledStat(m, VmEvent::k_pswpin, in0 + 1) - in0 == 1);
   RequireMachineInvariants(m);
 }
 
@@ -313,7 +313,8 @@ TEST_CASE("Swap cache checksum: a page read back is writable, and reclaim writes
   // Read back: writable but clean, the slot still the page's.
   const uint64_t writable0 = Stat(m, VmEvent::k_swap_cache_writable);
   for (size_t i = 0; i < kPages; i++) REQUIRE(CheckPage(p, i, 1) == -1);
-  CHECK(Stat(m, VmEvent::k_swap_cache_writable) - writable0 == kPages);
+  CHECK(test::SettledStat(m, VmEvent::k_swap_cache_writable, writable0 + kPages) - writable0 ==
+        kPages);
   for (size_t i = 0; i < kPages; i++) {
     Pte pte = test::SettledPte(*env->as, at(i));
     REQUIRE(pte.present());
