@@ -116,6 +116,11 @@ unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsign
   unsigned ret = 0;
   bool unmarked = false;
   bool file_write = false;  // a write to a shared file mapping: may dirty a page
+  // Counted first, as Linux's handle_mm_fault() does: in handler-thread mode
+  // the faulting access goes on once its page is installed, and whoever it
+  // tells must find the fault counted.
+  VmStat& vmstat = machine_->vmstat();
+  vmstat.Add(VmEvent::k_pgfault);
   for (;;) {
     bool unmark = false;
     FaultLock l(as);
@@ -152,8 +157,6 @@ unsigned AnonFaultHandler::HandleMmFault(AddressSpace& as, VirtAddr addr, unsign
     as.UnmarkVolatile(addr);
     unmarked = true;
   }
-  VmStat& vmstat = machine_->vmstat();
-  vmstat.Add(VmEvent::k_pgfault);
   if (ret & (kFaultSigsegv | kFaultAccErr)) vmstat.Add(VmEvent::k_pgfault_sigsegv);
   // Linux: fault_dirty_shared_page() -> balance_dirty_pages_ratelimited(),
   // with mmap_lock released: above the dirty threshold the writer waits

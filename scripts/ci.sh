@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh || exit 1
 jobs=$(nproc)
 failed=()
+logs=()  # logs of failed steps, excerpted at the end (a CI log keeps its tail)
 step() {  # step NAME COMMAND...: runs a step, records a failure
   local name=$1
   shift
@@ -19,6 +20,7 @@ run_ctest() {
   local dir=$1
   ctest --test-dir "$dir" --output-on-failure -j "$jobs" --timeout 300 | tee "$dir/ctest.log"
   local rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] || logs+=("$dir/ctest.log")
   if grep -qE "\*\*\*Skipped|Not Run" "$dir/ctest.log"; then
     echo "SKIPPED (not passed):"
     grep -E "\*\*\*Skipped|Not Run" "$dir/ctest.log"
@@ -45,7 +47,11 @@ echo "=== tsan (concurrency tests)"
 if cmake --preset tsan -DEMU_BUILD_BENCH=OFF >/dev/null &&
    cmake --build build/tsan --target stress_test model_test demand_paging_test reclaim_test swap_device_test fork_test rmap_test pin_test volatile_test shmem_test file_map_test file_writeback_test; then
   for t in stress_test model_test demand_paging_test reclaim_test swap_device_test fork_test rmap_test pin_test volatile_test shmem_test file_map_test file_writeback_test; do
-    TSAN_OPTIONS=halt_on_error=1 build/tsan/tests/$t || failed+=("tsan $t")
+    TSAN_OPTIONS=halt_on_error=1 build/tsan/tests/$t 2>&1 | tee "build/tsan/$t.log"
+    if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+      failed+=("tsan $t")
+      logs+=("build/tsan/$t.log")
+    fi
   done
 else
   failed+=("build tsan")
@@ -61,7 +67,16 @@ step "demo" build/debug/emu/cli/emu demo --size 32M
 step "emu run (the main job, smaller)" build/debug/emu/cli/emu run --mem-limit 16M -- \
   build/debug/emu/cli/emu workload --size 32M
 
+# What failed, again at the end: the first sanitizer report and the Catch2
+# failures of each failed log.
+excerpt() {
+  echo "=== excerpt of $1"
+  awk '/^WARNING: ThreadSanitizer|^==[0-9]+==ERROR|runtime error:/ {n = 60}
+       n > 0 {print; n--}' "$1" | head -60
+  grep -E -B3 -A12 "^[^ ].*FAILED:$|The following tests FAILED|fatal error condition" "$1" | head -80
+}
 if [ ${#failed[@]} -gt 0 ]; then
+  for l in "${logs[@]}"; do excerpt "$l"; done
   echo "=== FAILED: ${failed[*]}"
   exit 1
 fi
