@@ -102,6 +102,14 @@ inline absl::Status SettledInvariants(absl::FunctionRef<absl::Status()> check) {
   return s;
 }
 
+// Reclaims down to `target` pages once no fault is publishing a PTE.
+// Reclaim passes over a PTE being published, so right after an access in
+// handler-thread mode (see Settles) it could leave that page resident.
+inline absl::Status ShrinkSettled(Machine& m, uint64_t target = 0) {
+  (void)SettledInvariants([&] { return m.CheckInvariants(); });
+  return m.reclaim()->ShrinkTo(target);
+}
+
 inline void RequireInvariants(AddressSpace& as) {
   absl::Status s = SettledInvariants([&] { return as.CheckInvariants(); });
   INFO(s.ToString());

@@ -232,8 +232,8 @@ TEST_CASE("Fork: reclaim swaps shared frames out through the reverse map", "[for
   REQUIRE(m.frame_pool()->nr_frames() == kPages);
   const uint64_t out0 = m.vmstat().Get(VmEvent::k_pswpout);
   // Twice: the first pass ages the frames (they start referenced).
-  (void)m.reclaim()->ShrinkTo(0);
-  (void)m.reclaim()->ShrinkTo(0);
+  (void)test::ShrinkSettled(m);
+  (void)test::ShrinkSettled(m);
   CHECK(m.frame_pool()->nr_frames() == 0);
   CHECK(m.vmstat().Get(VmEvent::k_pswpout) - out0 == kPages);  // once per frame, not per PTE
   CHECK(parent.nr_swap_ptes() == kPages);

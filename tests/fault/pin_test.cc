@@ -82,7 +82,7 @@ TEST_CASE("Pin: reclaim holding the page lock never forces a copy of a pinned pa
   REQUIRE(*as.PinUserPages(A(p), 1, kGupWrite, &pin) == 1);
   // Reclaim passes: the pinned page is kept (activated), and ageing it
   // write-protects it (write sampling), so the next write faults.
-  for (int i = 0; i < 8 && as.GetPte(A(p)).write(); i++) (void)m.reclaim()->ShrinkTo(0);
+  for (int i = 0; i < 8 && as.GetPte(A(p)).write(); i++) (void)test::ShrinkSettled(m);
   REQUIRE(as.GetPte(A(p)).present());
   REQUIRE(as.GetPte(A(p)).pfn() == pin);
   REQUIRE_FALSE(as.GetPte(A(p)).write());
@@ -97,7 +97,7 @@ TEST_CASE("Pin: reclaim holding the page lock never forces a copy of a pinned pa
   CHECK(static_cast<const char*>(m.FrameData(pin))[1] == 3);  // the pin sees the write
   RequireMachineInvariants(m);
   as.UnpinUserPages(&pin, 1);
-  (void)m.reclaim()->ShrinkTo(0);
+  (void)test::ShrinkSettled(m);
   CHECK(p[1] == 3);
   RequireMachineInvariants(m);
 }
@@ -112,8 +112,8 @@ TEST_CASE("Pin: reclaim never takes a pinned page", "[pin][swap]") {
   std::memset(p, 4, kPages * kPageSize);
   Pfn pins[kPages];
   REQUIRE(*as.PinUserPages(A(p), kPages, 0, pins) == kPages);
-  (void)m.reclaim()->ShrinkTo(0);
-  (void)m.reclaim()->ShrinkTo(0);
+  (void)test::ShrinkSettled(m);
+  (void)test::ShrinkSettled(m);
   for (size_t i = 0; i < kPages; i++) {
     Pte pte = as.GetPte(A(p + i * kPageSize));
     INFO("page " << i);
@@ -122,8 +122,8 @@ TEST_CASE("Pin: reclaim never takes a pinned page", "[pin][swap]") {
   }
   RequireMachineInvariants(m);
   as.UnpinUserPages(pins, kPages);
-  (void)m.reclaim()->ShrinkTo(0);
-  (void)m.reclaim()->ShrinkTo(0);
+  (void)test::ShrinkSettled(m);
+  (void)test::ShrinkSettled(m);
   CHECK(as.nr_swap_ptes() > 0);
   CHECK(p[5 * kPageSize] == 4);
   RequireMachineInvariants(m);

@@ -168,7 +168,7 @@ namespace {
 
 // Swaps out every evictable page of the machine now.
 void SwapOutAll(Machine& m) {
-  absl::Status s = m.reclaim()->ShrinkTo(0);
+  absl::Status s = test::ShrinkSettled(m);
   INFO(s.ToString());
   REQUIRE(s.ok());
 }
@@ -469,12 +469,12 @@ TEST_CASE("Swap: mlocked pages are never reclaimed", "[swap]") {
     REQUIRE(test::SettledPte(*env->as, reinterpret_cast<VirtAddr>(mlocked_map + i * kPageSize)).present());
   }
   // What is left is locked: ShrinkTo(0) cannot succeed; check the counts.
-  CHECK(m.reclaim()->ShrinkTo(0).code() == absl::StatusCode::kResourceExhausted);
+  CHECK(test::ShrinkSettled(m).code() == absl::StatusCode::kResourceExhausted);
   for (size_t i = 0; i < locked_pages; i++) REQUIRE(CheckPage(locked, i, 1) == -1);
   CHECK(m.mem_map().nr_used() == locked_pages + 64);
   // munlock makes them evictable again.
   REQUIRE(env->as->Munlock(reinterpret_cast<VirtAddr>(locked), locked_pages * kPageSize).ok());
-  CHECK(m.reclaim()->ShrinkTo(64).ok());
+  CHECK(test::ShrinkSettled(m, 64).ok());
   CHECK(m.mem_map().nr_used() == 64);
   for (size_t i = 0; i < locked_pages; i++) REQUIRE(CheckPage(locked, i, 1) == -1);
   RequireMachineInvariants(m);
@@ -495,7 +495,7 @@ TEST_CASE("Swap: reclaim of scattered pages gives each back to the host, and onl
   for (size_t i = 0; i < pages; i += 2) {
     REQUIRE(env->as->Mlock(reinterpret_cast<VirtAddr>(base + i * kPageSize), kPageSize).ok());
   }
-  CHECK(m.reclaim()->ShrinkTo(0).code() == absl::StatusCode::kResourceExhausted);
+  CHECK(test::ShrinkSettled(m).code() == absl::StatusCode::kResourceExhausted);
   CHECK(m.mem_map().nr_used() == pages / 2);
   CHECK(Stat(m, VmEvent::k_pswpout) == pages / 2);
   std::vector<unsigned char> resident(pages);

@@ -84,7 +84,7 @@ Tally Count(const char* p, size_t pages, uint64_t tag, size_t first = 0) {
   return t;
 }
 
-void ShrinkAll(Machine& m) { (void)m.reclaim()->ShrinkTo(0); }
+void ShrinkAll(Machine& m) { (void)test::ShrinkSettled(m); }
 
 TEST_CASE("Volatile: marking touches no page; without pressure the data stays, with no fault",
           "[volatile]") {
